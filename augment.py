@@ -1,0 +1,203 @@
+"""The SimSiam / MoCo v2 augmentations as pure batched tensor functions.
+
+Every function takes a whole batch on whatever device it lives on (CPU in tests, GPU in training) and draws
+its parameters per image from an explicit torch.Generator on that device: no per-image Python loop, no
+host synchronisation. An image that a random choice leaves alone gets identity parameters (factor 1, shift 0,
+blur sigma near 0) instead of being masked out, so every image takes the same arithmetic.
+
+MoCo v2 recipe (SimSiam paper, §4 and appendix A), for 224 px ImageNet crops:
+    RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(p 0.2),
+    GaussianBlur(sigma in [0.1, 2.0]) with p 0.5, RandomHorizontalFlip, Normalize(ImageNet mean, std).
+Deviations, for speed, none of which changes the distribution of one operation:
+    - the flip is folded into the crop (one resampling); colour ops and the symmetric blur commute with it;
+    - colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles it);
+    - a crop whose width or height would exceed the image is clamped to it, where torchvision retries 10 times.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet channel statistics, as in the paper's normalisation
+STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+CROP_SCALE = (0.2, 1.0)  # fraction of the image area, MoCo v2 (v1 used 0.08, which SimSiam drops)
+CROP_RATIO = (3 / 4, 4 / 3)  # width / height
+JITTER_PROBABILITY = 0.8
+BRIGHTNESS = CONTRAST = SATURATION = 0.4  # factors drawn from [1 - 0.4, 1 + 0.4]
+HUE = 0.1  # hue shift drawn from [-0.1, 0.1] of a full turn
+GRAYSCALE_PROBABILITY = 0.2
+BLUR_PROBABILITY = 0.5
+BLUR_SIGMA = (0.1, 2.0)  # pixels
+BLUR_KERNEL = 13  # 2 * ceil(3 * max sigma) + 1: the kernel covers +-3 sigma
+
+
+def uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) values drawn uniformly from [low, high) on the generator's device."""
+    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
+
+
+def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) booleans, each True with probability p."""
+    return torch.rand(n, generator=generator, device=generator.device) < p
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def random_crop_boxes(n: int, generator: torch.Generator, scale=CROP_SCALE, ratio=CROP_RATIO) -> torch.Tensor:
+    """(n, 4) crop boxes (centre x, centre y, width, height) in grid_sample's [-1, 1] coordinates,
+    width and height as fractions of the image side, area in `scale`, aspect ratio log-uniform in `ratio`."""
+    area = uniform(*scale, n, generator)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), n, generator))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    centre_x = uniform(-1.0, 1.0, n, generator) * (1 - width)
+    centre_y = uniform(-1.0, 1.0, n, generator) * (1 - height)
+    return torch.stack([centre_x, centre_y, width, height], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box, mirror it where flip is True, and resize to size x size, in one bilinear
+    resampling. Matches torchvision's resized_crop(antialias=False) (+ hflip) on pixel-aligned boxes."""
+    centre_x, centre_y, width, height = boxes.unbind(1)
+    sign = 1.0 - 2.0 * flip.to(x.dtype)  # -1 mirrors the sampling grid
+    zero = torch.zeros_like(width)
+    theta = torch.stack([torch.stack([width * sign, zero, centre_x], 1),
+                         torch.stack([zero, height, centre_y], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ---------------------------------------------------------------- colour, on floats in [0, 1]
+
+
+def per_image(values: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1), to broadcast over channels and pixels."""
+    return values.view(-1, 1, 1, 1)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor * x + (1 - factor) * other, clamped to [0, 1], as torchvision's _blend."""
+    factor = per_image(factor)
+    return (factor * x + (1 - factor) * other).clamp(0, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(x, torch.zeros_like(x), factor)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(x, grayscale(x), factor)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1)."""
+    r, g, b = x.unbind(1)
+    value, _ = x.max(dim=1)
+    delta = value - x.min(dim=1).values
+    saturation = delta / torch.where(value > 0, value, torch.ones_like(value))
+    safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (value - r) / safe_delta, (value - g) / safe_delta, (value - b) / safe_delta
+    hue = torch.where(value == r, bc - gc, torch.where(value == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
+    return torch.stack([hue, saturation, value], dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of rgb_to_hsv."""
+    hue, saturation, value = x.unbind(1)
+    sector = torch.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector
+    sector = sector.long() % 6
+    p = value * (1 - saturation)
+    q = value * (1 - saturation * fraction)
+    t = value * (1 - saturation * (1 - fraction))
+    candidates = torch.stack([  # (B, 3, 6, H, W): the six hue sectors, each with its (r, g, b)
+        torch.stack([value, q, p, p, t, value], 1),
+        torch.stack([t, value, value, q, p, p], 1),
+        torch.stack([p, p, t, value, value, q], 1),
+    ], dim=1)
+    index = sector[:, None, None].expand(-1, 3, 1, -1, -1)
+    return candidates.gather(2, index).squeeze(2)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` turns, in HSV as torchvision's adjust_hue."""
+    hsv = rgb_to_hsv(x)
+    hue = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
+    return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int = BLUR_KERNEL) -> torch.Tensor:
+    """Blur each image with its own sigma (pixels): a separable grouped convolution, reflect padding,
+    as torchvision's gaussian_blur. A sigma near 0 gives a unit impulse, which leaves the image unchanged."""
+    batch, channels, height, width = x.shape
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)  # (K,)
+    kernel = torch.exp(-0.5 * (offsets / sigma.to(x.dtype)[:, None]) ** 2)  # (B, K)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B * C, K)
+    y = F.pad(x.reshape(1, batch * channels, height, width), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=batch * channels)  # along rows
+    y = F.conv2d(y, kernel[:, None, :, None], groups=batch * channels)  # along columns
+    return y.reshape(batch, channels, height, width)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ---------------------------------------------------------------- the views the scripts use
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float32 in [0, 1]."""
+    return images.float().div_(255)
+
+
+def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5), each drawn per image."""
+    n = x.shape[0]
+    jitter = chance(JITTER_PROBABILITY, n, generator)
+    ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
+    x = adjust_brightness(x, torch.where(jitter, uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS, n, generator), ones))
+    x = adjust_contrast(x, torch.where(jitter, uniform(1 - CONTRAST, 1 + CONTRAST, n, generator), ones))
+    x = adjust_saturation(x, torch.where(jitter, uniform(1 - SATURATION, 1 + SATURATION, n, generator), ones))
+    x = adjust_hue(x, torch.where(jitter, uniform(-HUE, HUE, n, generator), zeros))
+    x = blend(x, grayscale(x), (~chance(GRAYSCALE_PROBABILITY, n, generator)).float())
+    sigma = torch.where(chance(BLUR_PROBABILITY, n, generator), uniform(*BLUR_SIGMA, n, generator), zeros + 1e-3)
+    return gaussian_blur(x, sigma)
+
+
+def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
+    n = images.shape[0]
+    x = resized_crop(to_float(images), random_crop_boxes(n, generator), chance(0.5, n, generator), size)
+    return normalize(colour_augment(x, generator))
+
+
+def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """The classifier's training view: random resized crop and flip only, normalised."""
+    n = images.shape[0]
+    return normalize(resized_crop(to_float(images), random_crop_boxes(n, generator), chance(0.5, n, generator), size))
+
+
+def center_view(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation view: the whole cached image resized (antialiased) to size x size, normalised."""
+    x = F.interpolate(to_float(images), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalize(x)

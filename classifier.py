@@ -1,0 +1,164 @@
+"""A classifier trained on the few labelled images (250 by default), over a random-init ResNet18 or the
+SimSiam backbone, evaluated on the held-out test split that neither pretraining nor the labels touched.
+
+    python classifier.py --demo --random                          # synthetic data, CPU, about 20 s
+    python classifier.py --demo                                   # the backbone of `train.py --demo`
+    python classifier.py --data data/PetImages                    # linear probe on runs/simsiam/siam.pt
+    python classifier.py --data data/PetImages --random           # the same over a random-init backbone
+    python classifier.py --data data/PetImages --finetune         # train backbone and head together
+    python classifier.py --data data/PetImages --test-data other/PetImages   # evaluate on another folder
+
+Frozen (default): the backbone is in eval mode with requires_grad off and is checked unchanged afterwards;
+only the head trains. Random and pretrained backbones go through the same code; only the weights differ.
+Writes OUT/metrics.jsonl (per epoch: train loss and accuracy, test accuracy), OUT/labelled.json (the exact
+labelled images), OUT/classifier.pt and OUT/args.json; prints `test accuracy: 0.xxxx` last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import augment
+import dataset
+import evaluate
+import runs
+from model import CheckpointError, Classifier, backbone_state, load_checkpoint, save_checkpoint
+
+DEFAULTS = {"epochs": 100, "batch_size": 50, "image_size": 150}
+DEMO = {"epochs": 30, "batch_size": 50, "image_size": 48}  # --demo: about 20 s on 2 CPU cores
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_data_arguments(parser)
+    group = parser.add_argument_group("backbone")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
+                        help="SimSiam checkpoint whose backbone to use (default %(default)s, train.py's output)")
+    source.add_argument("--random", action="store_true", help="a randomly initialised backbone instead")
+    group.add_argument("--finetune", action="store_true", help="train the backbone too (default: frozen)")
+    group = parser.add_argument_group("training (SGD, cosine schedule)")
+    runs.add_size_arguments(group, DEFAULTS, DEMO)
+    group.add_argument("--lr", type=runs.positive(float), default=0.1, help="lr of the head, cosine-decayed to 0")
+    group.add_argument("--backbone-lr-factor", type=runs.positive(float), default=0.1,
+                       help="with --finetune, the backbone's lr is this times --lr")
+    group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    group = parser.add_argument_group("run")
+    group.add_argument("--test-data", type=Path, default=None,
+                       help="evaluate on every image of this labelled folder instead of the held-out split")
+    group.add_argument("--out", type=Path, default=None,
+                       help="run folder (default runs/classifier-{random|simsiam}-{frozen|finetune})")
+    runs.add_run_arguments(group)
+    return parser.parse_args(argv)
+
+
+def test_images(args, data: dataset.ImageSet, splits: dataset.Splits):
+    """(images, indices, labels) of the evaluation set: the held-out split, or all of --test-data with its
+    class names mapped onto the training classes."""
+    if args.test_data is None:
+        return data.images, splits.test, data.labels[splits.test]
+    try:
+        other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers)
+    except dataset.DataError as error:
+        runs.fail(str(error))
+    unknown = sorted(set(other.classes) - set(data.classes))
+    if unknown:
+        runs.fail(f"--test-data {args.test_data} has classes {unknown} that the training data lacks ({data.classes})")
+    print(f"test data: {dataset.describe(other)}")
+    mapping = torch.tensor([data.classes.index(name) for name in other.classes])
+    return other.images, torch.arange(len(other.files)), mapping[other.labels]
+
+
+def main(argv=None) -> None:
+    args = runs.with_defaults(parse_args(argv), DEFAULTS, DEMO)
+    backbone_name = "random" if args.random else "simsiam"
+    mode = "finetune" if args.finetune else "frozen"
+    out = runs.prepare_out(args.out or Path(f"runs/classifier-{backbone_name}-{mode}"))
+    torch.manual_seed(args.seed)
+    device = runs.pick_device(args.device)
+
+    data, splits = runs.open_data(args)
+    images = dataset.place_images(data.images, device)
+    test_source, test_indices, test_labels = test_images(args, data, splits)
+    test_source = dataset.place_images(test_source, device) if args.test_data else images
+
+    model = Classifier(len(data.classes))
+    if not args.random:
+        try:
+            checkpoint = load_checkpoint(args.checkpoint, kind="simsiam")
+            model.backbone.load_state_dict(backbone_state(checkpoint))
+        except (CheckpointError, RuntimeError) as error:
+            runs.fail(f"cannot use --checkpoint: {error}")
+        held_out = dataset.fingerprint(data.files, splits.test)
+        if args.test_data is None and checkpoint["split"]["test_fingerprint"] != held_out:
+            runs.fail(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), so "
+                      f"its pretraining may have seen these test images: use the same data, --split-seed, "
+                      f"--test-fraction and --limit as train.py")
+    model = model.to(device, memory_format=runs.memory_format(device))
+    model.backbone.requires_grad_(args.finetune)
+    frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    groups = [{"params": model.head.parameters(), "initial_lr": args.lr}]
+    if args.finetune:
+        groups.append({"params": model.backbone.parameters(), "initial_lr": args.lr * args.backbone_lr_factor})
+    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(splits.labelled) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
+
+    runs.save_args(out, args, device=str(device), precision=runs.precision(device), backbone=backbone_name, mode=mode)
+    labelled = splits.labelled.tolist()
+    (out / "labelled.json").write_text(json.dumps({
+        "indices": labelled, "files": [data.files[i] for i in labelled],
+        "labels": data.labels[splits.labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
+    metrics = runs.Metrics(out / "metrics.jsonl")
+    print(f"{mode} {backbone_name} ResNet18 + linear head, {len(labelled)} labelled images, "
+          f"{len(test_indices):,} test images, on {device} ({runs.precision(device)})")
+
+    generator = torch.Generator(device).manual_seed(args.seed)
+    test_features = None
+    bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
+    for epoch in bar:
+        model.train()
+        if not args.finetune:
+            model.backbone.eval()  # frozen: BatchNorm statistics must not move
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        for indices in dataset.epoch_batches(splits.labelled, min(args.batch_size, len(labelled)), generator):
+            x = augment.crop_flip_view(dataset.gather(images, indices, device), args.image_size, generator)
+            labels = data.labels[indices.cpu()].to(device)
+            with runs.autocast(device):
+                logits = model(x.contiguous(memory_format=runs.memory_format(device))).float()
+                loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(indices)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(indices)
+        if args.finetune or test_features is None:  # a frozen backbone's features never change
+            test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, device)
+        model.head.eval()
+        with torch.no_grad():
+            test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
+        train_loss = (loss_sum / seen).item()
+        metrics.log(epoch=epoch + 1, train_loss=train_loss, train_accuracy=(correct / seen).item(),
+                    test_accuracy=test_accuracy, lr=optimizer.param_groups[0]["lr"])
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", test_accuracy=f"{test_accuracy:.3f}")
+
+    if frozen_before is not None:
+        after = model.backbone.state_dict()
+        if not all(torch.equal(value, after[key]) for key, value in frozen_before.items()):
+            raise RuntimeError("the frozen backbone changed during training: this is a bug")
+    save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=runs.plain_args(args),
+                    labelled_indices=labelled)
+    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices))
+    print(f"saved {out / 'classifier.pt'}")
+    print(f"test accuracy: {test_accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Images and labels: finding them, decoding them once into a uint8 cache, the splits, batches of indices.
+
+Layouts read:
+    ROOT/<class>/<image>        one sub-folder per class, as Microsoft's archive unpacks (PetImages/Cat, ...)
+    ROOT/<class>.<n>.<ext>      Kaggle's flat layout (train/cat.0.jpg, train/dog.0.jpg): class = name prefix
+Every image is decoded once, on all cores, into an (N, 3, S, S) uint8 array on disk (S = the cache
+resolution, a little above the training resolution), memory-mapped by every later run. Nothing is decoded
+after that, so no bad file can stop an epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+DOWNLOAD_HINT = ("download Microsoft's Cats and Dogs archive (kagglecatsanddogs_5340.zip, "
+                 "https://www.microsoft.com/en-us/download/details.aspx?id=54765) and unpack it so that "
+                 "DIR/Cat/*.jpg and DIR/Dog/*.jpg exist, or run with --demo for a synthetic set")
+
+
+class DataError(Exception):
+    """Something wrong with the data that the user must fix; the message says what and how."""
+
+
+# ---------------------------------------------------------------- finding images
+
+
+def is_image_file(path: Path) -> bool:
+    return (path.is_file() and not path.name.startswith(".") and path.name.lower() not in IGNORED_NAMES
+            and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_images(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """(files relative to root, labels, class names) in sorted order, for either layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} not found: {DOWNLOAD_HINT.replace('DIR', str(root))}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders:  # one sub-folder per class
+        classes = [folder.name for folder in folders]
+        pairs = [(str(path.relative_to(root)), label) for label, folder in enumerate(folders)
+                 for path in sorted(folder.rglob("*")) if is_image_file(path)]
+    else:  # flat: the class is the file-name prefix before the first dot
+        paths = sorted(path for path in root.iterdir() if is_image_file(path) and "." in path.stem)
+        classes = sorted({path.name.split(".")[0].lower() for path in paths})
+        pairs = [(path.name, classes.index(path.name.split(".")[0].lower())) for path in paths]
+    if not pairs:
+        raise DataError(f"no images in {root}: {DOWNLOAD_HINT.replace('DIR', str(root))}")
+    files, labels = map(list, zip(*pairs))
+    return files, labels, classes
+
+
+def seeded_subset(files: list[str], labels: list[int], limit: int | None, seed: int):
+    """A seeded random subset of `limit` images (all of them when limit is None), in the original order."""
+    if limit is None or limit >= len(files):
+        return files, labels
+    chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return [files[i] for i in chosen], [labels[i] for i in chosen]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        image = Image.fromarray((values.clip(0, top) * (255.0 / top)).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: upright (EXIF), RGB, shorter side resized to `size`, centre-cropped square."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is enough
+            image = to_rgb(ImageOps.exif_transpose(image))
+            return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
+
+
+def failure_kind(path: Path, error: Exception) -> str:
+    """A short name for why a file could not be decoded, for the skip report."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too many pixels (decompression bomb)"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image"
+    if "truncated" in str(error).lower():
+        return "truncated image"
+    return f"unreadable ({type(error).__name__})"
+
+
+_worker_array: np.memmap | None = None  # each decoding process opens the cache file once
+
+
+def _open_worker(array_path: str, shape: tuple) -> None:
+    global _worker_array
+    _worker_array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def _decode_into(task: tuple[int, str]) -> tuple[int, str | None]:
+    index, path = task
+    try:
+        _worker_array[index] = decode_image(Path(path), _worker_array.shape[-1]).transpose(2, 0, 1)
+        return index, None
+    except Exception as error:  # any undecodable file is skipped and reported, never fatal
+        return index, failure_kind(Path(path), error)
+
+
+# ---------------------------------------------------------------- the cache
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one data folder, in file order."""
+    root: Path
+    images: torch.Tensor  # (N, 3, S, S) uint8, memory-mapped from the cache file
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+    files: list[str]  # relative to root
+    skipped: dict[str, str]  # file -> why it was skipped
+    cache_path: Path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "simsiam-cats-dogs"
+
+
+def cache_key(root: Path, files: list[str], size: int) -> str:
+    """Changes when the file list, any file's size or time, the resolution or the decoding changes."""
+    digest = hashlib.sha1(f"{CACHE_VERSION} {size}".encode())
+    for name in files:
+        stat = (root / name).stat()
+        digest.update(f"\n{name} {stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: int) -> None:
+    """Decode `files` into folder/images.u8 (kept images only, in order) and folder/meta.json, atomically."""
+    staging = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shape = (len(files), 3, size, size)
+    array_path = staging / "images.u8"
+    np.memmap(array_path, dtype=np.uint8, mode="w+", shape=shape).flush()
+    failures: dict[int, str] = {}
+    tasks = [(index, str(root / name)) for index, name in enumerate(files)]
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with context.Pool(workers, initializer=_open_worker, initargs=(str(array_path), shape)) as pool:
+        results = pool.imap_unordered(_decode_into, tasks, chunksize=64)
+        for index, failure in tqdm(results, total=len(tasks), desc=f"decoding {root.name} at {size} px",
+                                   unit="img", mininterval=0.5):
+            if failure:
+                failures[index] = failure
+    kept = [index for index in range(len(files)) if index not in failures]
+    array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=shape)
+    for row, index in enumerate(kept):  # close the gaps the skipped files left
+        if row != index:
+            array[row] = array[index]
+    array.flush()
+    del array
+    os.truncate(array_path, len(kept) * 3 * size * size)
+    meta = {"version": CACHE_VERSION, "root": str(root), "size": size, "files": [files[i] for i in kept],
+            "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
+    (staging / "meta.json").write_text(json.dumps(meta))
+    (staging / "skipped.txt").write_text("".join(f"{files[i]}\t{kind}\n" for i, kind in sorted(failures.items())))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+
+
+def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
+                workers: int | None = None) -> ImageSet:
+    """The decoded images of `root` at `size` px, from the cache, building it first if needed."""
+    root = Path(root).resolve()
+    files, labels, classes = find_images(root)
+    files, labels = seeded_subset(files, labels, limit, seed)
+    folder = Path(cache_dir) / f"{root.name}-{size}px-{cache_key(root, files, size)}"
+    if not (folder / "meta.json").is_file():
+        build_cache(root, files, size, folder, workers or os.cpu_count() or 1)
+    meta = json.loads((folder / "meta.json").read_text())
+    label_of = dict(zip(files, labels))
+    kept = meta["files"]
+    if not kept:
+        raise DataError(f"none of the {len(files)} files in {root} could be decoded: see {folder / 'skipped.txt'}")
+    array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=(len(kept), 3, size, size))
+    return ImageSet(root=root, images=torch.from_numpy(array), classes=classes, files=kept,
+                    labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
+                    skipped=meta["skipped"], cache_path=folder)
+
+
+def describe(data: ImageSet) -> str:
+    """The start-up line: how many images, per class, how many skipped and where they are listed."""
+    counts = torch.bincount(data.labels, minlength=len(data.classes)).tolist()
+    per_class = ", ".join(f"{name} {count:,}" for name, count in zip(data.classes, counts))
+    line = f"{data.root}: {len(data.files):,} images ({per_class}) at {data.images.shape[-1]} px"
+    if data.skipped:
+        line += f", {len(data.skipped):,} skipped: see {data.cache_path / 'skipped.txt'}"
+    return line
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass
+class Splits:
+    test: torch.Tensor  # held out from everything but the final evaluation
+    labelled: torch.Tensor  # the few labelled images, balanced per class, never in test
+    pretrain: torch.Tensor  # every image not in test; pretraining ignores its labels
+
+
+def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, num_labels: int,
+                seed: int, label_seed: int, class_names: list[str] | None = None) -> Splits:
+    """Deterministic from (seed, label_seed): the test split is stratified and depends on `seed` only, so
+    every script and every label draw holds out the same images; the labelled subset is drawn from the rest."""
+    split_generator = torch.Generator().manual_seed(seed)
+    label_generator = torch.Generator().manual_seed(label_seed)
+    per_class_labels = [num_labels // num_classes + (c < num_labels % num_classes) for c in range(num_classes)]
+    test, labelled, rest = [], [], []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=split_generator)]
+        num_test = max(1, round(test_fraction * len(members))) if test_fraction > 0 else 0
+        if len(members) < num_test + per_class_labels[c] + 1:
+            name = class_names[c] if class_names else str(c)
+            raise DataError(f"class {name!r} has {len(members)} usable images; the test split ({num_test}) and "
+                            f"the labelled subset ({per_class_labels[c]}) need more: add images or lower "
+                            f"--labels / --test-fraction")
+        test.append(members[:num_test])
+        others = members[num_test:]
+        labelled.append(others[torch.randperm(len(others), generator=label_generator)[:per_class_labels[c]]])
+        rest.append(others)
+    return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
+                  pretrain=torch.cat(rest).sort().values)
+
+
+def fingerprint(files: list[str], indices: torch.Tensor) -> str:
+    """A short hash naming a set of images, to check that two runs held out the same test split."""
+    return hashlib.sha1("\n".join(sorted(files[i] for i in indices.tolist())).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- batches
+
+
+def place_images(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
+    """The cache on the GPU when it fits beside `reserve_bytes` for training, else where it is (host memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.numel() + reserve_bytes <= free:
+            return images.to(device)
+    return images
+
+
+def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Batches of `indices` in a random order from `generator` (on its device), dropping the incomplete last."""
+    order = indices.to(generator.device)[torch.randperm(len(indices), generator=generator, device=generator.device)]
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        yield order[start:start + batch_size]
+
+
+def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """images[indices] on `device`; a host-resident cache goes through pinned memory asynchronously."""
+    batch = images[indices.to(images.device)]
+    if batch.device == device:
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+
+
+# ---------------------------------------------------------------- demo data
+
+
+def make_demo_images(folder: Path, per_class: int = 160, size: int = 64, seed: int = 0) -> Path:
+    """A small synthetic two-class set (discs vs. squares, random colours, sizes, places and noise) written
+    as PNGs into folder/disc and folder/square once; returns folder."""
+    if folder.is_dir():
+        return folder
+    staging = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+    rng = np.random.default_rng(seed)
+    for shape in ("disc", "square"):
+        (staging / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            background = rng.integers(0, 256, 3)
+            pixels = np.clip(background + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            radius = rng.uniform(0.15, 0.35) * size
+            cx, cy = rng.uniform(radius, size - radius, 2)
+            box = [cx - radius, cy - radius, cx + radius, cy + radius]
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if shape == "disc" else draw.rectangle)(box, fill=colour)
+            image.save(staging / shape / f"{i}.png")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return folder

@@ -1,0 +1,153 @@
+"""SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021) on a ResNet18.
+
+The network, the loss D(p, z), the collapse metric and the checkpoint format, in the paper's symbols:
+    z1, z2 = f(x1), f(x2)          f = projector(backbone(x)), the encoder
+    p1, p2 = h(z1), h(z2)          h = predictor
+    L = D(p1, z2) / 2 + D(p2, z1) / 2
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+
+ARCH = "resnet18"
+FEATURE_DIM = 512  # ResNet18's pooled feature width
+PROJECTION_DIM = 2048  # d, the paper's output dimension of f and h (§4, "Projection MLP")
+PREDICTION_HIDDEN_DIM = 512  # the predictor's bottleneck (§4, "Prediction MLP")
+CHECKPOINT_FORMAT = "simsiam-cats-dogs"
+CHECKPOINT_VERSION = 1
+
+
+def resnet18_backbone() -> nn.Module:
+    """Randomly initialised torchvision ResNet18 without its classifier: (B, 3, H, W) -> (B, 512)."""
+    backbone = resnet18(weights=None)
+    backbone.fc = nn.Identity()
+    return backbone
+
+
+def projection_mlp(in_dim: int = FEATURE_DIM, dim: int = PROJECTION_DIM) -> nn.Sequential:
+    """Projection MLP (§4): three Linear -> BN layers, ReLU after the first two, output BN without affine."""
+    return nn.Sequential(
+        nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
+    )
+
+
+def prediction_mlp(dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDEN_DIM) -> nn.Sequential:
+    """Prediction MLP (§4): a bottleneck Linear -> BN -> ReLU -> Linear, no BN on its output."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, dim),
+    )
+
+
+class SimSiam(nn.Module):
+    """backbone + projector form the encoder f; predictor is h."""
+
+    def __init__(self, dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDEN_DIM):
+        super().__init__()
+        self.backbone = resnet18_backbone()
+        self.projector = projection_mlp(FEATURE_DIM, dim)
+        self.predictor = prediction_mlp(dim, hidden_dim)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        z1 = self.projector(self.backbone(x1))  # (B, d)
+        z2 = self.projector(self.backbone(x2))  # (B, d)
+        p1, p2 = self.predictor(z1), self.predictor(z2)  # (B, d)
+        return p1, p2, z1, z2
+
+
+class Classifier(nn.Module):
+    """A ResNet18 backbone and a linear head on its features, for the few-label evaluation."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.backbone = resnet18_backbone()
+        # BN without affine standardises the features before the linear layer, so one learning rate suits
+        # random and pretrained backbones alike (as in MAE's linear probing, He et al. 2022, appendix A.2)
+        self.head = nn.Sequential(nn.BatchNorm1d(FEATURE_DIM, affine=False), nn.Linear(FEATURE_DIM, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def D(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Negative cosine similarity with the stop-gradient on z (§3, eq. 1 and 3): minimum -1."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
+
+
+def z_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse metric (§4.1, Fig. 2): std over the batch of l2-normalised z, averaged over channels.
+
+    About 1/sqrt(d) for healthy outputs, 0 for collapsed ones."""
+    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+
+
+# ---------------------------------------------------------------- checkpoints
+# A checkpoint is a plain dict of tensors and builtins, readable with torch.load(weights_only=True):
+#   {"format": CHECKPOINT_FORMAT, "version": 1, "kind": "simsiam" | "classifier", "arch": ARCH,
+#    "model": state_dict, ...extra entries such as "epoch", "optimizer", "args", "split"}
+
+
+class CheckpointError(Exception):
+    """A file that is not a checkpoint of the expected kind; the message says what it is."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra: Any) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, flushed, then os.replace."""
+    path = Path(path)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind, "arch": ARCH,
+             "model": unwrap(model).state_dict(), **extra}
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, kind: str) -> dict:
+    """Read a checkpoint of `kind` without unpickling code; raise CheckpointError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused, the file holds Python objects that torch.load(weights_only=True) "
+                              f"will not run (not a checkpoint of this repository, or unsafe): {error}") from None
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: a PyTorch file but not a {CHECKPOINT_FORMAT} checkpoint (holds {keys})")
+    if state.get("kind") != kind:
+        raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, expected a {kind!r} one")
+    if state.get("arch") != ARCH:
+        raise CheckpointError(f"{path}: architecture {state.get('arch')!r}, expected {ARCH!r}")
+    return state
+
+
+def backbone_state(checkpoint: dict) -> dict:
+    """The backbone's weights from a SimSiam checkpoint's full state dict."""
+    prefix = "backbone."
+    return {key[len(prefix):]: value for key, value in checkpoint["model"].items() if key.startswith(prefix)}

@@ -1,0 +1,147 @@
+"""SimSiam pretraining of a randomly initialised ResNet18 on a folder of photos, labels unused.
+
+    python train.py --demo                                   # synthetic data, about a minute on a CPU
+    python train.py --data data/PetImages                    # Microsoft's Cats and Dogs, 150 px, batch 256
+    python train.py --data data/PetImages --resume           # continue an interrupted run from OUT/last.pt
+    python train.py --data ../shared/data/cats-vs-dogs/PetImages --image-size 64 --epochs 1 --limit 1000 --device cpu
+
+Writes OUT/siam.pt (the SimSiam weights, for classifier.py), OUT/last.pt (everything --resume needs),
+OUT/metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy) and OUT/args.json.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import dataset
+import evaluate
+import pretrain
+import runs
+from model import PROJECTION_DIM, CheckpointError, SimSiam, load_checkpoint, save_checkpoint
+
+# 150 px and batch 256 as the original repository; the optimisation follows the paper's small-data
+# (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
+# CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
+DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150}
+DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo: about 45 s on 2 CPU cores
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_data_arguments(parser)
+    group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A)")
+    runs.add_size_arguments(group, DEFAULTS, DEMO)
+    group.add_argument("--base-lr", type=runs.positive(float), default=0.03,
+                       help="base lr; effective lr = base_lr * batch_size / 256, cosine-decayed to 0, "
+                            "predictor fixed (0.03: the paper's CIFAR recipe)")
+    group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (CIFAR recipe: 5e-4)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", type=Path, default=Path("runs/simsiam"), help="run folder (default %(default)s)")
+    runs.add_run_arguments(group)
+    group.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    group.add_argument("--save-every", type=runs.positive(int), default=10, help="epochs between checkpoints")
+    group.add_argument("--knn-k", type=runs.positive(int), default=20, help="neighbours of the kNN monitor")
+    group.add_argument("--collapse-fraction", type=float, default=0.25,
+                       help="warn when z-std falls below this fraction of 1/sqrt(d), the healthy value")
+    return parser.parse_args(argv)
+
+
+def knn_monitor(model: SimSiam, images, data: dataset.ImageSet, splits: dataset.Splits, image_size: int,
+                device: torch.device, k: int) -> float:
+    """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
+    bank = evaluate.embed(model.backbone, images, splits.labelled, image_size, device)
+    queries = evaluate.embed(model.backbone, images, splits.test, image_size, device)
+    return evaluate.knn_accuracy(bank, data.labels[splits.labelled], queries, data.labels[splits.test],
+                                 len(data.classes), k).item()
+
+
+def main(argv=None) -> None:
+    args = runs.with_defaults(parse_args(argv), DEFAULTS, DEMO)
+    out = runs.prepare_out(args.out)
+    torch.manual_seed(args.seed)
+    device = runs.pick_device(args.device)
+
+    data, splits = runs.open_data(args)
+    if args.batch_size > len(splits.pretrain):
+        runs.fail(f"--batch-size {args.batch_size} is larger than the {len(splits.pretrain)} pretraining images")
+    images = dataset.place_images(data.images, device)
+    steps_per_epoch = len(splits.pretrain) // args.batch_size
+    total_steps = steps_per_epoch * args.epochs
+    initial_lr = args.base_lr * args.batch_size / 256
+    split = {"seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
+             "test_fingerprint": dataset.fingerprint(data.files, splits.test), "classes": data.classes}
+
+    model = SimSiam().to(device, memory_format=runs.memory_format(device))
+    optimizer = pretrain.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
+    start_epoch = 0
+    if args.resume:
+        try:
+            state = load_checkpoint(out / "last.pt", kind="simsiam")
+        except CheckpointError as error:
+            runs.fail(f"cannot resume: {error}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+        runs.truncate_metrics(out / "metrics.jsonl", after_epoch=start_epoch)
+        print(f"resumed from {out / 'last.pt'} after epoch {start_epoch}")
+    runs.save_args(out, args, device=str(device), precision=runs.precision(device), initial_lr=initial_lr,
+                   steps_per_epoch=steps_per_epoch, cache_on=images.device.type)
+    metrics = runs.Metrics(out / "metrics.jsonl")
+    print(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
+          f"({runs.precision(device)}), cache in {'GPU' if images.device.type == 'cuda' else 'host'} memory; "
+          f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
+
+    healthy_std = 1 / math.sqrt(PROJECTION_DIM)
+    generator = torch.Generator(device)
+    summary = "nothing to do: the run had already finished"
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
+        loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+        first_bad_step = torch.full((), -1, device=device)
+        started = time.perf_counter()
+        bar = tqdm(pretrain.batches(images, splits.pretrain, args.batch_size, generator, device),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for step, batch in enumerate(bar):
+            lr = pretrain.learning_rate(initial_lr, epoch * steps_per_epoch + step, total_steps)
+            pretrain.set_learning_rate(optimizer, initial_lr, lr)
+            loss, std = pretrain.train_step(model, optimizer, batch, args.image_size, generator)
+            loss_sum += loss
+            std_sum += std
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+            if step % 20 == 0:  # the progress bar costs a host synchronisation, so only every 20 steps
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        bad_step = int(first_bad_step)
+        if bad_step >= 0:
+            runs.fail(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}: stopped; the last good "
+                      f"checkpoint is kept in {out}. Lower --base-lr or check the data, then --resume")
+        epoch_loss, epoch_std = (loss_sum / steps_per_epoch).item(), (std_sum / steps_per_epoch).item()
+        seconds = time.perf_counter() - started
+        images_per_s = steps_per_epoch * args.batch_size / seconds
+
+        knn = knn_monitor(model, images, data, splits, args.image_size, device, args.knn_k)
+        collapsing = epoch_std < args.collapse_fraction * healthy_std
+        metrics.log(epoch=epoch + 1, loss=epoch_loss, z_std=epoch_std, lr=lr, images_per_s=images_per_s,
+                    epoch_s=seconds, knn_accuracy=knn, collapse_warning=collapsing)
+        summary = f"loss {epoch_loss:.4f}, z-std {epoch_std:.4f} (healthy {healthy_std:.4f}), kNN accuracy {knn:.4f}"
+        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {images_per_s:,.0f} images/s")
+        if collapsing:
+            print(f"warning: z-std {epoch_std:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
+                  f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
+        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+            saved = {"epoch": epoch + 1, "args": runs.plain_args(args), "split": split}
+            save_checkpoint(out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
+                            rng=torch.get_rng_state(), **saved)
+            save_checkpoint(out / "siam.pt", "simsiam", model, **saved)
+    print(f"saved {out / 'siam.pt'}: {summary}")
+
+
+if __name__ == "__main__":
+    main()
