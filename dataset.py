@@ -287,7 +287,7 @@ def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) ->
 # ---------------------------------------------------------------- demo data
 
 
-def make_demo_images(folder: Path, per_class: int = 160, size: int = 64, seed: int = 0) -> Path:
+def make_demo_images(folder: Path, per_class: int = 250, size: int = 64, seed: int = 0) -> Path:
     """A small synthetic two-class set (discs vs. squares, random colours, sizes, places and noise) written
     as PNGs into folder/disc and folder/square once; returns folder."""
     if folder.is_dir():

@@ -14,9 +14,9 @@ from model import D, SimSiam, z_std
 
 def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD over two groups: encoder (cosine-decayed lr) and predictor (fixed lr, `fix_pred_lr`, paper §4.3)."""
-    predictor = set(model.predictor.parameters())
-    groups = [{"params": [p for p in model.parameters() if p not in predictor], "fixed_lr": False},
-              {"params": list(predictor), "fixed_lr": True}]
+    predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
+    encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
+    groups = [{"params": encoder, "fixed_lr": False}, {"params": predictor, "fixed_lr": True}]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 

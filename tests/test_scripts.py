@@ -1,0 +1,131 @@
+"""End to end: each script's main() with tiny settings, as a user runs it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import classifier
+import plot
+import runs
+import train
+from conftest import SHARED_PETIMAGES
+from model import load_checkpoint
+
+TINY = ["--image-size", "32", "--labels", "12", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
+
+
+def run_train(tmp_path, data, *extra) -> None:
+    train.main(["--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "simsiam"),
+                "--epochs", "2", "--batch-size", "16", *TINY, *extra])
+
+
+def run_classifier(tmp_path, data, name, *extra) -> str:
+    out = tmp_path / name
+    backbone = [] if "--random" in extra else ["--checkpoint", str(tmp_path / "simsiam" / "siam.pt")]
+    classifier.main(["--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *backbone,
+                     "--epochs", "3", "--batch-size", "6", *TINY, *extra])
+    return out
+
+
+def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
+    """train -> classifier (random, SimSiam, fine-tuned) -> plot leave every promised file."""
+    run_train(tmp_path, class_tree)
+    records = runs.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"loss", "z_std", "lr", "images_per_s", "knn_accuracy"} <= set(records[0])
+    assert json.loads((tmp_path / "simsiam" / "args.json").read_text())["epochs"] == 2
+    outs = [run_classifier(tmp_path, class_tree, "random", "--random"),
+            run_classifier(tmp_path, class_tree, "probe"),
+            run_classifier(tmp_path, class_tree, "finetune", "--finetune")]
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: 0.")
+    for out in outs:
+        assert len(runs.read_jsonl(out / "metrics.jsonl")) == 4  # 3 epochs and the final record
+        labelled = json.loads((out / "labelled.json").read_text())
+        assert len(labelled["indices"]) == 12 and len(labelled["files"]) == 12
+    plot.main([str(tmp_path / name) for name in ("simsiam", "random", "probe", "finetune")]
+              + ["--out", str(tmp_path / "plots")])
+    assert (tmp_path / "plots" / "simsiam.png").stat().st_size > 10_000
+    assert (tmp_path / "plots" / "classifier.png").stat().st_size > 10_000
+
+
+def test_frozen_backbone_is_bit_identical(class_tree, tmp_path):
+    """After frozen training, the classifier's backbone equals the SimSiam backbone bit for bit."""
+    run_train(tmp_path, class_tree)
+    out = run_classifier(tmp_path, class_tree, "frozen")
+    siam = load_checkpoint(tmp_path / "simsiam" / "siam.pt", "simsiam")["model"]
+    trained = load_checkpoint(out / "classifier.pt", "classifier")["model"]
+    backbone_keys = [key for key in trained if key.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(trained[key], siam[key]) for key in backbone_keys)
+    finetuned = run_classifier(tmp_path, class_tree, "finetuned", "--finetune")
+    moved = load_checkpoint(finetuned / "classifier.pt", "classifier")["model"]
+    assert not all(torch.equal(moved[key], siam[key]) for key in backbone_keys)
+
+
+def test_resumed_run_equals_uninterrupted(class_tree, tmp_path, monkeypatch):
+    """A run stopped after epoch 1 and resumed ends with exactly the weights of an uninterrupted run."""
+    run_train(tmp_path, class_tree, "--epochs", "3")
+    uninterrupted = load_checkpoint(tmp_path / "simsiam" / "siam.pt", "simsiam")["model"]
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    original_seed = train.pretrain.epoch_seed
+
+    def stop_at_epoch_two(seed, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if killed after epoch 1's checkpoint
+        return original_seed(seed, epoch)
+
+    args = ["--epochs", "3", "--save-every", "1", "--out", str(resumed_dir)]
+    monkeypatch.setattr(train.pretrain, "epoch_seed", stop_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path, class_tree, *args)
+    monkeypatch.setattr(train.pretrain, "epoch_seed", original_seed)
+    run_train(tmp_path, class_tree, *args, "--resume")
+    resumed = load_checkpoint(resumed_dir / "siam.pt", "simsiam")["model"]
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+    assert [r["epoch"] for r in runs.read_jsonl(resumed_dir / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_classifier_refuses_a_checkpoint_with_another_test_split(class_tree, tmp_path, capsys):
+    """A backbone pretrained with another split may have seen the test images: refused, exit 2."""
+    run_train(tmp_path, class_tree)
+    with pytest.raises(SystemExit) as exit_info:
+        run_classifier(tmp_path, class_tree, "other", "--split-seed", "1")
+    assert exit_info.value.code == 2 and "test split" in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_one_line_exit_2(tmp_path, capsys):
+    """No data: one line naming the download and --demo, exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data", str(tmp_path / "missing"), "--cache-dir", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert "--demo" in error and "kagglecatsanddogs" in error
+
+
+def test_classifier_evaluates_on_another_folder(class_tree, tmp_path):
+    """--test-data evaluates on every image of another labelled folder, classes matched by name."""
+    other = tmp_path / "other"
+    for name in ("Dog", "Cat"):
+        for i in range(4):
+            (other / name).mkdir(parents=True, exist_ok=True)
+            (other / name / f"{i}.jpg").write_bytes((class_tree / name / f"{i}.jpg").read_bytes())
+    out = run_classifier(tmp_path, class_tree, "other-test", "--random", "--test-data", str(other))
+    assert runs.read_jsonl(out / "metrics.jsonl")[-1]["num_test"] == 8
+
+
+@pytest.mark.skipif(not SHARED_PETIMAGES.is_dir(), reason="../shared/data not present")
+def test_chain_on_real_photos(tmp_path):
+    """The chain on a few hundred of the real cat and dog JPEGs."""
+    args = ["--limit", "300", "--labels", "40"]
+    train.main(["--data", str(SHARED_PETIMAGES), "--cache-dir", str(tmp_path / "cache"), "--out",
+                str(tmp_path / "simsiam"), "--epochs", "1", "--batch-size", "64", "--image-size", "32",
+                "--device", "cpu", *args])
+    classifier.main(["--data", str(SHARED_PETIMAGES), "--cache-dir", str(tmp_path / "cache"), "--out",
+                     str(tmp_path / "probe"), "--checkpoint", str(tmp_path / "simsiam" / "siam.pt"),
+                     "--epochs", "2", "--batch-size", "20", "--image-size", "32", "--device", "cpu", *args])
+    final = runs.read_jsonl(tmp_path / "probe" / "metrics.jsonl")[-1]
+    assert final["num_test"] == 30 and 0 <= final["test_accuracy"] <= 1
