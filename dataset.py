@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
-DOWNLOAD_HINT = ("download Microsoft's Cats and Dogs archive (kagglecatsanddogs_5340.zip, "
+DOWNLOAD_HINT = ("run with --download to fetch Microsoft's Cats and Dogs archive (kagglecatsanddogs_5340.zip, "
                  "https://www.microsoft.com/en-us/download/details.aspx?id=54765) and unpack it so that "
                  "DIR/Cat/*.jpg and DIR/Dog/*.jpg exist, or run with --demo for a synthetic set")
 
@@ -199,8 +200,11 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     meta = json.loads((folder / "meta.json").read_text())
     label_of = dict(zip(files, labels))
     kept = meta["files"]
-    if not kept:
-        raise DataError(f"none of the {len(files)} files in {root} could be decoded: see {folder / 'skipped.txt'}")
+    present = {label_of[name] for name in kept}
+    missing = [name for label, name in enumerate(classes) if label not in present]
+    if missing:
+        raise DataError(f"no usable image of class {missing[0]!r} in {root} ({len(meta['skipped'])} files "
+                        f"skipped: see {folder / 'skipped.txt'}): add images of it or remove the class")
     array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=(len(kept), 3, size, size))
     return ImageSet(root=root, images=torch.from_numpy(array), classes=classes, files=kept,
                     labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
@@ -213,7 +217,9 @@ def describe(data: ImageSet) -> str:
     per_class = ", ".join(f"{name} {count:,}" for name, count in zip(data.classes, counts))
     line = f"{data.root}: {len(data.files):,} images ({per_class}) at {data.images.shape[-1]} px"
     if data.skipped:
-        line += f", {len(data.skipped):,} skipped: see {data.cache_path / 'skipped.txt'}"
+        kinds = Counter(data.skipped.values()).most_common()
+        line += (f", {len(data.skipped):,} skipped ({', '.join(f'{n:,} {kind}' for kind, n in kinds)}): "
+                 f"see {data.cache_path / 'skipped.txt'}")
     return line
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import dataset
+import download
 
 def fail(message: str) -> None:
     """Stop with one line on stderr and exit status 2, no traceback."""
@@ -43,6 +44,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", type=Path, default=Path("data/PetImages"),
                        help="image folder: one sub-folder per class (PetImages/Cat, PetImages/Dog) "
                             "or Kaggle's flat train/cat.0.jpg layout")
+    group.add_argument("--download", action="store_true",
+                       help="first fetch and unpack Microsoft's archive (787 MB) into the parent of --data, "
+                            "resuming a partial download")
+    group.add_argument("--download-url", default=download.DEFAULT_URL, help="where --download fetches from")
     group.add_argument("--demo", action="store_true",
                        help="use a generated two-class set instead of --data, with small settings")
     group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(),
@@ -89,6 +94,13 @@ def with_defaults(args: argparse.Namespace, defaults: dict, demo: dict) -> argpa
 
 def open_data(args: argparse.Namespace) -> tuple[dataset.ImageSet, dataset.Splits]:
     """The decoded images and the splits the arguments ask for, or a one-line error."""
+    if args.download and not args.demo:
+        if args.data.name != download.TOP_FOLDER:
+            fail(f"--download unpacks into a folder named {download.TOP_FOLDER}: pass --data DIR/{download.TOP_FOLDER}")
+        try:
+            download.download_dataset(args.data.parent, args.download_url)
+        except download.DownloadError as error:
+            fail(str(error))
     root = dataset.make_demo_images(args.cache_dir / "demo-data") if args.demo else args.data
     cache_size = args.cache_size or math.ceil(args.image_size * 8 / 7)
     try:
