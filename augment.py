@@ -69,6 +69,11 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
     theta = torch.stack([torch.stack([width * sign, zero, centre_x], 1),
                          torch.stack([zero, height, centre_y], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], size, size], align_corners=False)
+    # keep samples between the box's first and last pixel centres, as crop-then-resize does: (B, 2) bounds
+    height_px, width_px = x.shape[-2:]
+    low = torch.stack([centre_x - width + 1 / width_px, centre_y - height + 1 / height_px], 1)
+    high = torch.stack([centre_x + width - 1 / width_px, centre_y + height - 1 / height_px], 1)
+    grid = torch.clamp(grid, min=low[:, None, None].to(x.dtype), max=high[:, None, None].to(x.dtype))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -118,21 +123,12 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of rgb_to_hsv."""
-    hue, saturation, value = x.unbind(1)
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = sector.long() % 6
-    p = value * (1 - saturation)
-    q = value * (1 - saturation * fraction)
-    t = value * (1 - saturation * (1 - fraction))
-    candidates = torch.stack([  # (B, 3, 6, H, W): the six hue sectors, each with its (r, g, b)
-        torch.stack([value, q, p, p, t, value], 1),
-        torch.stack([t, value, value, q, p, p], 1),
-        torch.stack([p, p, t, value, value, q], 1),
-    ], dim=1)
-    index = sector[:, None, None].expand(-1, 3, 1, -1, -1)
-    return candidates.gather(2, index).squeeze(2)
+    """Inverse of rgb_to_hsv, elementwise: channel n of (r, g, b) = (5, 3, 1) is
+    v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6 * hue) mod 6."""
+    hue, saturation, value = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + 6.0 * hue) % 6.0  # (B, 3, H, W)
+    return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

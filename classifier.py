@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     out = runs.prepare_out(args.out or Path(f"runs/classifier-{backbone_name}-{mode}"))
     torch.manual_seed(args.seed)
     device = runs.pick_device(args.device)
+    precision = runs.resolve_precision(args.precision, device)
 
     checkpoint = None
     if not args.random:  # checked before any decoding starts
@@ -116,14 +117,14 @@ def main(argv=None) -> None:
     steps_per_epoch = max(1, len(splits.labelled) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
 
-    runs.save_args(out, args, device=str(device), precision=runs.precision(device), backbone=backbone_name, mode=mode)
+    runs.save_args(out, args, device=str(device), precision_used=precision, backbone=backbone_name, mode=mode)
     labelled = splits.labelled.tolist()
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled, "files": [data.files[i] for i in labelled],
         "labels": data.labels[splits.labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
     metrics = runs.Metrics(out / "metrics.jsonl")
     print(f"{mode} {backbone_name} ResNet18 + linear head, {len(labelled)} labelled images, "
-          f"{len(test_indices):,} test images, on {device} ({runs.precision(device)})")
+          f"{len(test_indices):,} test images, on {device} ({precision})")
 
     generator = torch.Generator(device).manual_seed(args.seed)
     test_features = None
@@ -136,7 +137,7 @@ def main(argv=None) -> None:
         for indices in dataset.epoch_batches(splits.labelled, min(args.batch_size, len(labelled)), generator):
             x = augment.crop_flip_view(dataset.gather(images, indices, device), args.image_size, generator)
             labels = data.labels[indices.cpu()].to(device)
-            with runs.autocast(device):
+            with runs.autocast(device, precision):
                 logits = model(x.contiguous(memory_format=runs.memory_format(device))).float()
                 loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -147,7 +148,7 @@ def main(argv=None) -> None:
             correct += (logits.argmax(1) == labels).sum()
             seen += len(indices)
         if args.finetune or test_features is None:  # a frozen backbone's features never change
-            test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, device)
+            test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, device, precision)
         model.head.eval()
         with torch.no_grad():
             test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()

@@ -13,7 +13,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import shutil
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -280,6 +282,33 @@ def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Gener
     order = indices.to(generator.device)[torch.randperm(len(indices), generator=generator, device=generator.device)]
     for start in range(0, len(order) - batch_size + 1, batch_size):
         yield order[start:start + batch_size]
+
+
+def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
+                   device: torch.device, prefetch: int = 3):
+    """uint8 batches (B, 3, S, S) on `device` of `indices` in the generator's random order. A cache on the
+    device is gathered there; a host cache feeding a GPU is gathered into pinned memory by a background
+    thread, `prefetch` batches ahead, and copied asynchronously, so the GPU does not wait for the host."""
+    order = epoch_batches(indices, batch_size, generator)
+    if images.device == device or device.type != "cuda":
+        for batch_indices in order:
+            yield gather(images, batch_indices, device)
+        return
+    ready: queue.Queue = queue.Queue(maxsize=prefetch)
+
+    def produce() -> None:
+        try:
+            for batch_indices in order:
+                ready.put(images[batch_indices].pin_memory())
+            ready.put(None)
+        except BaseException as error:  # handed to the consumer, which raises it
+            ready.put(error)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (batch := ready.get()) is not None:
+        if isinstance(batch, BaseException):
+            raise batch
+        yield batch.to(device, non_blocking=True)
 
 
 def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:

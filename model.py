@@ -119,6 +119,9 @@ def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra: Any) -> No
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0o600 would hide the checkpoint from the group
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -133,12 +136,15 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: refused, the file holds Python objects that torch.load(weights_only=True) "
-                              f"will not run (not a checkpoint of this repository, or unsafe): {error}") from None
+        if "global" not in str(error).lower():  # not a pickle at all, or a damaged one
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable as one)") from None
+        raise CheckpointError(f"{path}: refused, it holds Python objects that would run code when loaded "
+                              f"(torch.load(weights_only=True) stopped them): not a checkpoint of this repository, "
+                              f"and possibly unsafe") from None
     except Exception as error:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
+        keys = sorted(state, key=str)[:6] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: a PyTorch file but not a {CHECKPOINT_FORMAT} checkpoint (holds {keys})")
     if state.get("kind") != kind:
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, expected a {kind!r} one")

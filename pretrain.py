@@ -7,7 +7,6 @@ import math
 import torch
 
 import augment
-import dataset
 import runs
 from model import D, SimSiam, z_std
 
@@ -17,7 +16,8 @@ def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: flo
     predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
     encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
     groups = [{"params": encoder, "fixed_lr": False}, {"params": predictor, "fixed_lr": True}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update on the GPU
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
 
 
 def learning_rate(initial: float, step: int, total_steps: int) -> float:
@@ -30,14 +30,21 @@ def set_learning_rate(optimizer: torch.optim.SGD, initial: float, lr: float) -> 
         group["lr"] = initial if group["fixed_lr"] else lr
 
 
-def train_step(model: SimSiam, optimizer: torch.optim.Optimizer, batch: torch.Tensor, image_size: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SimSiam step on a uint8 batch (B, 3, S, S): two augmented views, symmetric loss (paper eq. 2),
-    SGD update. Returns (loss, z-std) as detached 0-dim tensors on the device: no host synchronisation."""
-    device = batch.device
-    x1 = augment.simsiam_view(batch, image_size, generator).contiguous(memory_format=runs.memory_format(device))
-    x2 = augment.simsiam_view(batch, image_size, generator).contiguous(memory_format=runs.memory_format(device))
-    with runs.autocast(device):
+def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
+          view=augment.simsiam_view) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S);
+    `view` is augment.simsiam_view or its torch.compile'd version."""
+    layout = runs.memory_format(batch.device)
+    x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    return x1, x2
+
+
+def optimize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
+             precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the symmetric loss (paper eq. 2). Returns (loss, z-std) as detached 0-dim tensors
+    on the device: nothing here waits for the GPU."""
+    with runs.autocast(x1.device, precision):
         p1, p2, z1, z2 = model(x1, x2)
         loss = D(p1, z2) / 2 + D(p2, z1) / 2
     optimizer.zero_grad(set_to_none=True)
@@ -46,13 +53,35 @@ def train_step(model: SimSiam, optimizer: torch.optim.Optimizer, batch: torch.Te
     return loss.detach(), (z_std(z1) + z_std(z2)) / 2
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, image_size: int,
+               generator: torch.Generator, precision: str, view=augment.simsiam_view) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole step train.py runs: augmentation on the batch's device, then the SGD step."""
+    return optimize(model, optimizer, *views(batch, image_size, generator, view), precision)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of an epoch's batch order and augmentations: a resumed epoch draws exactly what it would have."""
     return seed * 1_000_003 + epoch
 
 
-def batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-            device: torch.device):
-    """uint8 batches (B, 3, S, S) on `device` of `indices` in the generator's random order."""
-    for batch_indices in dataset.epoch_batches(indices, batch_size, generator):
-        yield dataset.gather(images, batch_indices, device)
+class Readout:
+    """A device scalar for the progress bar, read without waiting for the GPU: it is copied asynchronously
+    into pinned host memory and shown once that copy has landed, a few steps later."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffer = torch.zeros((), pin_memory=self.cuda)
+        self.copied = torch.cuda.Event() if self.cuda else None
+        self.pending = False
+        self.value = float("nan")
+
+    def push(self, scalar: torch.Tensor) -> float:
+        if not self.cuda:
+            self.value = scalar.item()
+        elif not self.pending or self.copied.query():
+            if self.pending:
+                self.value = self.buffer.item()
+            self.buffer.copy_(scalar, non_blocking=True)
+            self.copied.record()
+            self.pending = True
+        return self.value

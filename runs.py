@@ -80,6 +80,8 @@ def add_run_arguments(group) -> None:
                        help="seed of initialisation, batch order and augmentation (not of the splits)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: cuda when PyTorch sees a GPU, else cpu")
+    group.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
 
 
 def with_defaults(args: argparse.Namespace, defaults: dict, demo: dict) -> argparse.Namespace:
@@ -175,14 +177,17 @@ def truncate_metrics(path: Path, after_epoch: int) -> None:
         os.replace(temporary, path)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the ResNet's convolutions run on tensor cores); plain fp32 on CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 autocast on CUDA (the ResNet's convolutions run on tensor cores), fp32 on CPU."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
 
 
-def precision(device: torch.device) -> str:
-    return "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's bf16 convolutions want NHWC; the default layout on CPU."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format

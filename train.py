@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import augment
 import dataset
 import evaluate
 import pretrain
@@ -45,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--out", type=Path, default=Path("runs/simsiam"), help="run folder (default %(default)s)")
     runs.add_run_arguments(group)
     group.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model and the augmentation (a warm-up of tens of seconds)")
     group.add_argument("--save-every", type=runs.positive(int), default=10, help="epochs between checkpoints")
     group.add_argument("--knn-k", type=runs.positive(int), default=20, help="neighbours of the kNN monitor")
     group.add_argument("--collapse-fraction", type=float, default=0.25,
@@ -53,10 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def knn_monitor(model: SimSiam, images, data: dataset.ImageSet, splits: dataset.Splits, image_size: int,
-                device: torch.device, k: int) -> float:
+                device: torch.device, precision: str, k: int) -> float:
     """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
-    bank = evaluate.embed(model.backbone, images, splits.labelled, image_size, device)
-    queries = evaluate.embed(model.backbone, images, splits.test, image_size, device)
+    bank = evaluate.embed(model.backbone, images, splits.labelled, image_size, device, precision)
+    queries = evaluate.embed(model.backbone, images, splits.test, image_size, device, precision)
     return evaluate.knn_accuracy(bank, data.labels[splits.labelled], queries, data.labels[splits.test],
                                  len(data.classes), k).item()
 
@@ -66,6 +69,7 @@ def main(argv=None) -> None:
     out = runs.prepare_out(args.out)
     torch.manual_seed(args.seed)
     device = runs.pick_device(args.device)
+    precision = runs.resolve_precision(args.precision, device)
 
     data, splits = runs.open_data(args)
     if args.batch_size > len(splits.pretrain):
@@ -91,33 +95,38 @@ def main(argv=None) -> None:
         start_epoch = state["epoch"]
         runs.truncate_metrics(out / "metrics.jsonl", after_epoch=start_epoch)
         print(f"resumed from {out / 'last.pt'} after epoch {start_epoch}")
-    runs.save_args(out, args, device=str(device), precision=runs.precision(device), initial_lr=initial_lr,
+    runs.save_args(out, args, device=str(device), precision_used=precision, initial_lr=initial_lr,
                    steps_per_epoch=steps_per_epoch, cache_on=images.device.type)
     metrics = runs.Metrics(out / "metrics.jsonl")
     print(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
-          f"({runs.precision(device)}), cache in {'GPU' if images.device.type == 'cuda' else 'host'} memory; "
+          f"({precision}), cache in {'GPU' if images.device.type == 'cuda' else 'host'} memory; "
           f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
 
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
-    generator = torch.Generator(device)
+    order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
+    augment_generator = torch.Generator(device)
+    readout = pretrain.Readout(device)
+    step_model = torch.compile(model) if args.compile else model  # shares its weights with `model`
+    view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
     summary = "nothing to do: the run had already finished"
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
+        order_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
+        augment_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
         loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
         first_bad_step = torch.full((), -1, device=device)
         started = time.perf_counter()
-        bar = tqdm(pretrain.batches(images, splits.pretrain, args.batch_size, generator, device),
+        bar = tqdm(dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator, device),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for step, batch in enumerate(bar):
             lr = pretrain.learning_rate(initial_lr, epoch * steps_per_epoch + step, total_steps)
             pretrain.set_learning_rate(optimizer, initial_lr, lr)
-            loss, std = pretrain.train_step(model, optimizer, batch, args.image_size, generator)
+            loss, std = pretrain.train_step(step_model, optimizer, batch, args.image_size, augment_generator,
+                                            precision, view)
             loss_sum += loss
             std_sum += std
             first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
-            if step % 20 == 0:  # the progress bar costs a host synchronisation, so only every 20 steps
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
         bad_step = int(first_bad_step)
         if bad_step >= 0:
             runs.fail(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}: stopped; the last good "
@@ -126,7 +135,7 @@ def main(argv=None) -> None:
         seconds = time.perf_counter() - started
         images_per_s = steps_per_epoch * args.batch_size / seconds
 
-        knn = knn_monitor(model, images, data, splits, args.image_size, device, args.knn_k)
+        knn = knn_monitor(model, images, data, splits, args.image_size, device, precision, args.knn_k)
         collapsing = epoch_std < args.collapse_fraction * healthy_std
         metrics.log(epoch=epoch + 1, loss=epoch_loss, z_std=epoch_std, lr=lr, images_per_s=images_per_s,
                     epoch_s=seconds, knn_accuracy=knn, collapse_warning=collapsing)

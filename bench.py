@@ -1,0 +1,207 @@
+"""Throughput of SimSiam pretraining on one device, three ways, in one run:
+
+    (a) ceiling:  SimSiam steps on augmented batches already on the device (model, loss, optimizer only);
+    (b) pipeline: what train.py runs, through the same functions: cache -> batch -> augmentation -> step;
+    (c) baseline: the usual kind, PIL decode + torchvision transforms in DataLoader workers (one per core),
+                  both views, same resolution and batch, then the same step.
+
+    python bench.py --data /tmp/PetImages --device cuda --json results/bench-h200.json   # 150 px, batch 256, bf16
+    python bench.py --demo --device cpu --image-size 48 --batch-size 16 --steps 3 --warmup 1 --json results/bench-cpu.json
+
+Prints a table (images/s, seconds per 25,000-image epoch, peak memory, ratios b/a and b/c) and writes the same
+figures as JSON. The cache is built into a fresh temporary folder, so cache_build_s is a cold build; warm_start_s
+is a second run's start: opening that cache, placing it, and the first step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+import augment
+import dataset
+import pretrain
+import runs
+from model import SimSiam
+
+EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_data_arguments(parser)
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--image-size", type=runs.positive(int), default=150, help="crop side in px")
+    group.add_argument("--batch-size", type=runs.positive(int), default=256, help="images per step (two views each)")
+    group.add_argument("--steps", type=runs.positive(int), default=50, help="timed steps per measurement")
+    group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model and the augmentation")
+    group.add_argument("--baseline-workers", type=runs.positive(int), default=os.cpu_count(),
+                       help="DataLoader workers of the baseline (default: one per core)")
+    group.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    runs.add_run_arguments(group)
+    return parser.parse_args(argv)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_s(step, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
+    """Run `warmup` untimed steps, then time `steps` steps between two device synchronisations."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory since the last reset, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def endless(make_iterator):
+    """Chain fresh iterators (epochs) forever."""
+    while True:
+        yield from make_iterator()
+
+
+class PilPairs(torch.utils.data.Dataset):
+    """The usual pipeline: decode the file with PIL, then two torchvision-transformed views."""
+
+    def __init__(self, root: Path, files: list[str], size: int):
+        self.paths = [root / name for name in files]
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=augment.CROP_SCALE, antialias=True),
+            v2.RandomApply([v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)],
+                           p=augment.JITTER_PROBABILITY),
+            v2.RandomGrayscale(augment.GRAYSCALE_PROBABILITY),
+            v2.RandomApply([v2.GaussianBlur(augment.BLUR_KERNEL, augment.BLUR_SIGMA)], p=augment.BLUR_PROBABILITY),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(augment.MEAN, augment.STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            image = image.convert("RGB")
+        return self.transform(image), self.transform(image)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = runs.pick_device(args.device)
+    precision = runs.resolve_precision(args.precision, device)
+    torch.manual_seed(args.seed)
+    layout = runs.memory_format(device)
+    temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache, "epochs": 1})
+    try:
+        started = time.perf_counter()
+        data, splits = runs.open_data(data_args)
+        cache_build_s = time.perf_counter() - started
+
+        model = SimSiam().to(device, memory_format=layout)
+        optimizer = pretrain.make_optimizer(model, 0.05, 0.9, 5e-4)
+        step_model = torch.compile(model) if args.compile else model
+        view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
+
+        started = time.perf_counter()
+        reopened = dataset.load_images(data.root, data.images.shape[-1], temporary_cache, args.limit, args.split_seed,
+                                       args.workers)
+        images = dataset.place_images(reopened.images, device)
+        order_generator, augment_generator = torch.Generator(images.device), torch.Generator(device).manual_seed(0)
+        batches = endless(lambda: dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator,
+                                                         device))
+
+        def pipeline_step():
+            pretrain.train_step(step_model, optimizer, next(batches), args.image_size, augment_generator, precision,
+                                view=view)
+
+        pipeline_step()
+        synchronize(device)
+        warm_start_s = time.perf_counter() - started
+        cache_on = ("GPU" if images.device.type == "cuda" else
+                    "host, pinned batches prefetched" if device.type == "cuda" else "host")
+
+        batch = next(batches)
+        x1, x2 = pretrain.views(batch, args.image_size, augment_generator)
+        reset_peak_memory(device)
+        ceiling = images_per_s(lambda: pretrain.optimize(step_model, optimizer, x1, x2, precision),
+                               args.steps, args.warmup, args.batch_size, device)
+        ceiling_memory = peak_memory_gb(device)
+
+        reset_peak_memory(device)
+        augmentation = images_per_s(lambda: pretrain.views(batch, args.image_size, augment_generator, view=view),
+                                    args.steps, args.warmup, args.batch_size, device)
+        pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
+        pipeline_memory = peak_memory_gb(device) + (images.numel() / 1e9 if images.device.type == "cuda" else 0)
+
+        loader = torch.utils.data.DataLoader(
+            PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,
+            shuffle=True, drop_last=True, num_workers=args.baseline_workers, pin_memory=device.type == "cuda",
+            persistent_workers=True, prefetch_factor=4)
+        pairs = endless(lambda: iter(loader))
+
+        def baseline_step():
+            v1, v2_ = next(pairs)
+            pretrain.optimize(step_model, optimizer, v1.to(device, non_blocking=True).contiguous(memory_format=layout),
+                              v2_.to(device, non_blocking=True).contiguous(memory_format=layout), precision)
+
+        baseline = images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
+    finally:
+        shutil.rmtree(temporary_cache, ignore_errors=True)
+
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__, "image_size": args.image_size, "batch_size": args.batch_size,
+        "precision": precision, "compile": args.compile, "cache_resolution": data.images.shape[-1],
+        "num_images": len(data.files), "cache_on": cache_on, "steps": args.steps,
+        "ceiling_images_per_s": ceiling, "pipeline_images_per_s": pipeline, "baseline_images_per_s": baseline,
+        "augmentation_images_per_s": augmentation,
+        "pipeline_over_ceiling": pipeline / ceiling, "pipeline_over_baseline": pipeline / baseline,
+        "peak_memory_gb": pipeline_memory, "ceiling_peak_memory_gb": ceiling_memory,
+        "cache_gb": data.images.numel() / 1e9, "cache_build_s": cache_build_s, "warm_start_s": warm_start_s,
+        "baseline_workers": args.baseline_workers,
+    }
+    rows = [("(a) ceiling: model step only", ceiling), ("(b) pipeline: cache, augmentation, step", pipeline),
+            ("(c) baseline: PIL + torchvision workers", baseline), ("    augmentation alone, two views", augmentation)]
+    print(f"\n{result['device']}, torch {torch.__version__}, {args.image_size} px, batch {args.batch_size}, "
+          f"{precision}{', compiled' if args.compile else ''}; cache of {len(data.files):,} images at "
+          f"{data.images.shape[-1]} px in {cache_on}")
+    print(f"{'':42} {'images/s':>10} {'s / 25k epoch':>14}")
+    for name, rate in rows:
+        print(f"{name:42} {rate:10,.0f} {EPOCH_IMAGES / rate:14.2f}")
+    memory_kind = "GPU memory, cache included" if device.type == "cuda" else "process resident memory"
+    print(f"b/a = {pipeline / ceiling:.2f}, b/c = {pipeline / baseline:.1f}; peak {memory_kind} "
+          f"{pipeline_memory:.2f} GB; cache build {cache_build_s:.1f} s, warm start {warm_start_s:.1f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Tests for augment.py: each batched operation against torchvision's single-image version on fixed
+parameters, the shape, range, seeding and per-image independence of the views, and the statistics of the
+random choices. Small float images in [0, 1], CPU (plus one CUDA test, skipped without a GPU)."""
+from __future__ import annotations
+
+import colorsys
+import itertools
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+import augment
+
+H, W = 32, 40  # not square, so that a swapped x / y shows
+
+
+def generator(seed: int, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """(4, 3, H, W) float images, uniform in [0, 1]."""
+    return torch.rand(4, 3, H, W, generator=generator(0))
+
+
+@pytest.fixture
+def quantised() -> torch.Tensor:
+    """(4, 3, H, W) float images with values in {0, 1/3, 2/3, 1}: many gray pixels and ties between channels,
+    the special cases of the HSV conversion."""
+    return torch.randint(0, 4, (4, 3, H, W), generator=generator(1)).float() / 3
+
+
+def uint8_batch(n: int, size: int, seed: int = 2) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), generator=generator(seed), dtype=torch.uint8)
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(augment.MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(augment.STD, device=x.device).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+# ---------------------------------------------------------------- resized_crop against torchvision
+
+def pixel_box(top: int, left: int, height: int, width: int) -> list[float]:
+    """A (top, left, height, width) pixel box of an H x W image as (centre x, centre y, width, height) in [-1, 1]."""
+    return [(2 * left + width) / W - 1, (2 * top + height) / H - 1, width / W, height / H]
+
+
+def crop_both_ways(x: torch.Tensor, pixel_boxes: list[tuple[int, int, int, int]], flip: bool, size: int):
+    """(augment.resized_crop, torchvision's resized_crop(antialias=False) [+ hflip] image by image)."""
+    boxes = torch.tensor([pixel_box(*box) for box in pixel_boxes])
+    ours = augment.resized_crop(x, boxes, torch.full((len(x),), flip), size)
+    theirs = []
+    for image, box in zip(x, pixel_boxes):
+        reference = TF.resized_crop(image, *box, [size, size], antialias=False)
+        theirs.append(TF.hflip(reference) if flip else reference)
+    return ours, torch.stack(theirs)
+
+
+DOWNSAMPLING_BOXES = [(0, 0, H, W), (2, 3, 24, 20), (5, 10, 20, 30), (10, 1, 16, 16)]  # to 12 x 12
+UPSAMPLING_BOXES = [(4, 5, 20, 20), (0, 0, 24, 30), (12, 20, 20, 20), (2, 1, 30, 39)]  # to 40 x 40, scale <= 2
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_matches_torchvision_when_downsampling(images, flip):
+    """On pixel-aligned boxes larger than the output, resized_crop (+ flip) equals torchvision's
+    resized_crop(antialias=False) (+ hflip)."""
+    ours, theirs = crop_both_ways(images, DOWNSAMPLING_BOXES, flip, size=12)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_of_whole_image_matches_torchvision_when_upsampling(images, flip):
+    """The whole-image box upsampled (+ flip) equals torchvision's resized_crop(antialias=False) (+ hflip)."""
+    ours, theirs = crop_both_ways(images, [(0, 0, H, W)] * len(images), flip, size=48)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_matches_torchvision_inside_upsampled_crops(images, flip):
+    """Upsampling pixel-aligned crops (scale <= 2), resized_crop (+ flip) equals torchvision's everywhere but
+    on the outermost row and column of output pixels."""
+    ours, theirs = crop_both_ways(images, UPSAMPLING_BOXES, flip, size=40)
+    torch.testing.assert_close(ours[..., 1:-1, 1:-1], theirs[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_matches_torchvision_when_upsampling(images, flip):
+    """On pixel-aligned boxes smaller than the output, resized_crop (+ flip) equals torchvision's
+    resized_crop(antialias=False) (+ hflip), border pixels included."""
+    ours, theirs = crop_both_ways(images, UPSAMPLING_BOXES, flip, size=40)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- colour operations against torchvision
+
+COLOUR_CASES = {  # name: (ours, torchvision's, one parameter per image, tolerance)
+    "brightness": (augment.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.25, 1.4], 1e-6),
+    "contrast": (augment.adjust_contrast, TF.adjust_contrast, [0.0, 0.6, 1.0, 1.4], 1e-6),
+    "saturation": (augment.adjust_saturation, TF.adjust_saturation, [0.0, 0.6, 1.0, 1.4], 1e-6),
+    "hue": (augment.adjust_hue, TF.adjust_hue, [-0.5, -0.1, 0.05, 0.1], 1e-5),
+}
+
+
+@pytest.mark.parametrize("values", ["images", "quantised"])
+@pytest.mark.parametrize("name", COLOUR_CASES)
+def test_colour_adjustment_matches_torchvision(name, values, request):
+    """adjust_brightness / contrast / saturation / hue with a different factor per image equal torchvision's
+    function applied image by image."""
+    x = request.getfixturevalue(values)
+    ours_fn, theirs_fn, factors, tolerance = COLOUR_CASES[name]
+    ours = ours_fn(x, torch.tensor(factors))
+    theirs = torch.stack([theirs_fn(image, factor) for image, factor in zip(x, factors)])
+    torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=0)
+
+
+def test_grayscale_matches_torchvision(images):
+    """grayscale equals torchvision's rgb_to_grayscale(num_output_channels=1)."""
+    torch.testing.assert_close(augment.grayscale(images), TF.rgb_to_grayscale(images, num_output_channels=1),
+                               atol=1e-6, rtol=0)
+
+
+def test_grayscale_blend_matches_torchvision_per_image(images):
+    """blend(x, grayscale(x), keep), as colour_augment applies grayscale, gives torchvision's 3-channel
+    rgb_to_grayscale where keep is 0 and the image itself where keep is 1."""
+    keep = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    ours = augment.blend(images, augment.grayscale(images), keep)
+    theirs = torch.stack([TF.rgb_to_grayscale(image, num_output_channels=3) if k == 0 else image
+                          for image, k in zip(images, keep)])
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_gaussian_blur_matches_torchvision(images):
+    """gaussian_blur with a different sigma per image equals torchvision's gaussian_blur(kernel 13, sigma)
+    image by image."""
+    sigmas = [0.1, 0.5, 1.0, 2.0]
+    ours = augment.gaussian_blur(images, torch.tensor(sigmas))
+    theirs = torch.stack([TF.gaussian_blur(image, kernel_size=[augment.BLUR_KERNEL] * 2, sigma=[s, s])
+                          for image, s in zip(images, sigmas)])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_normalize_matches_torchvision(images):
+    """normalize equals torchvision's normalize with augment.MEAN and augment.STD."""
+    torch.testing.assert_close(augment.normalize(images),
+                               TF.normalize(images, mean=list(augment.MEAN), std=list(augment.STD)),
+                               atol=1e-6, rtol=0)
+
+
+IDENTITY_CASES = {  # the parameters colour_augment gives an image that a random choice leaves alone
+    "brightness": (augment.adjust_brightness, 1.0),
+    "contrast": (augment.adjust_contrast, 1.0),
+    "saturation": (augment.adjust_saturation, 1.0),
+    "hue": (augment.adjust_hue, 0.0),
+    "blur": (augment.gaussian_blur, 1e-3),
+}
+
+
+@pytest.mark.parametrize("name", IDENTITY_CASES)
+def test_identity_parameters_leave_images_unchanged(images, name):
+    """Factor 1, hue shift 0 and blur sigma 1e-3 leave an image unchanged."""
+    function, parameter = IDENTITY_CASES[name]
+    torch.testing.assert_close(function(images, torch.full((len(images),), parameter)), images,
+                               atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- HSV
+
+@pytest.mark.parametrize("values", ["images", "quantised"])
+def test_hsv_round_trip(values, request):
+    """hsv_to_rgb(rgb_to_hsv(x)) == x."""
+    x = request.getfixturevalue(values)
+    torch.testing.assert_close(augment.hsv_to_rgb(augment.rgb_to_hsv(x)), x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("values", ["images", "quantised"])
+def test_rgb_to_hsv_matches_colorsys(values, request):
+    """rgb_to_hsv equals Python's colorsys.rgb_to_hsv pixel by pixel (hue compared on the circle)."""
+    x = request.getfixturevalue(values)[:, :, :4, :4]  # 64 pixels
+    ours = augment.rgb_to_hsv(x).permute(0, 2, 3, 1).reshape(-1, 3).double()
+    theirs = torch.tensor([colorsys.rgb_to_hsv(*pixel) for pixel in x.permute(0, 2, 3, 1).reshape(-1, 3).tolist()],
+                          dtype=torch.float64)
+    hue_error = (ours[:, 0] - theirs[:, 0]).abs()
+    assert torch.minimum(hue_error, 1 - hue_error).max() < 1e-6
+    torch.testing.assert_close(ours[:, 1:], theirs[:, 1:], atol=1e-6, rtol=0)
+    assert ((ours[:, 0] >= 0) & (ours[:, 0] < 1)).all()
+
+
+# ---------------------------------------------------------------- random parameters and views
+
+def test_crop_boxes_are_drawn_per_image_within_bounds():
+    """random_crop_boxes(n) gives n distinct boxes, each inside the image, with width and height <= 1,
+    area within CROP_SCALE and aspect ratio within CROP_RATIO."""
+    n = 1000
+    boxes = augment.random_crop_boxes(n, generator(3))
+    centre_x, centre_y, width, height = boxes.unbind(1)
+    assert boxes.shape == (n, 4)
+    assert len(torch.unique(boxes, dim=0)) == n
+    assert ((width > 0) & (width <= 1) & (height > 0) & (height <= 1)).all()
+    eps = 1e-6
+    assert (centre_x.abs() + width <= 1 + eps).all() and (centre_y.abs() + height <= 1 + eps).all()
+    area, aspect = width * height, width / height
+    assert ((area >= augment.CROP_SCALE[0] - eps) & (area <= augment.CROP_SCALE[1] + eps)).all()
+    assert ((aspect >= augment.CROP_RATIO[0] - eps) & (aspect <= augment.CROP_RATIO[1] + eps)).all()
+
+
+def test_simsiam_view_shape_dtype_and_range():
+    """simsiam_view of a uint8 (B, 3, S, S) batch is a finite float32 (B, 3, size, size) batch whose
+    un-normalised values lie in [0, 1]."""
+    view = augment.simsiam_view(uint8_batch(6, 40), 24, generator(4))
+    assert view.shape == (6, 3, 24, 24) and view.dtype == torch.float32
+    assert torch.isfinite(view).all()
+    pixels = unnormalize(view)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_simsiam_view_augments_each_image_independently():
+    """A batch of identical images gives pairwise different views."""
+    view = augment.simsiam_view(uint8_batch(1, 32).expand(8, -1, -1, -1), 32, generator(5))
+    for i, j in itertools.combinations(range(len(view)), 2):
+        assert (view[i] - view[j]).abs().max() > 1e-3, (i, j)
+
+
+def test_simsiam_view_is_reproducible_from_its_seed():
+    """Two simsiam_view calls with generators seeded the same give identical views."""
+    batch = uint8_batch(4, 32)
+    assert torch.equal(augment.simsiam_view(batch, 32, generator(6)), augment.simsiam_view(batch, 32, generator(6)))
+
+
+def test_simsiam_view_differs_between_seeds():
+    """Two simsiam_view calls with differently seeded generators give different views."""
+    batch = uint8_batch(4, 32)
+    assert not torch.allclose(augment.simsiam_view(batch, 32, generator(6)),
+                              augment.simsiam_view(batch, 32, generator(7)))
+
+
+def test_crop_flip_view_shape_and_range():
+    """crop_flip_view of a uint8 batch is a float32 (B, 3, size, size) batch whose un-normalised values lie in
+    [0, 1]."""
+    view = augment.crop_flip_view(uint8_batch(3, 40), 24, generator(8))
+    assert view.shape == (3, 3, 24, 24) and view.dtype == torch.float32
+    pixels = unnormalize(view)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_center_view_is_torchvision_antialiased_resize_then_normalize():
+    """center_view is the (B, 3, size, size) antialiased bilinear resize of the whole image, normalised."""
+    batch = uint8_batch(3, 40)
+    view = augment.center_view(batch, 24)
+    assert view.shape == (3, 3, 24, 24) and view.dtype == torch.float32
+    expected = TF.normalize(TF.resize(batch.float() / 255, [24, 24], antialias=True),
+                            mean=list(augment.MEAN), std=list(augment.STD))
+    torch.testing.assert_close(view, expected, atol=1e-5, rtol=0)
+
+
+def test_center_view_is_deterministic():
+    """Two center_view calls on the same batch give identical outputs."""
+    batch = uint8_batch(3, 40)
+    assert torch.equal(augment.center_view(batch, 24), augment.center_view(batch, 24))
+
+
+# ---------------------------------------------------------------- statistics of the random choices
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_chance_is_true_with_probability_p(p):
+    """The mean of chance(p, 20000) is p (within 0.02, about 7 standard deviations)."""
+    assert abs(augment.chance(p, 20_000, generator(9)).float().mean().item() - p) < 0.02
+
+
+@pytest.fixture(scope="module")
+def recorded_colour_augment():
+    """colour_augment of 10000 colourful 8 x 8 images (the smallest side the 13-tap reflect pad allows), with
+    the parameter each adjustment received: (output, {function name: (B,) parameters})."""
+    parameters = {}
+
+    def recording(name, function):
+        def wrapper(x, parameter, *args, **kwargs):
+            parameters[name] = parameter.clone()
+            return function(x, parameter, *args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ["adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "gaussian_blur"]:
+            patch.setattr(augment, name, recording(name, getattr(augment, name)))
+        output = augment.colour_augment(torch.rand(10_000, 3, 8, 8, generator=generator(10)), generator(11))
+    return output, parameters
+
+
+def jittered(parameters: dict) -> torch.Tensor:
+    return parameters["adjust_brightness"] != 1
+
+
+def test_colour_jitter_probability(recorded_colour_augment):
+    """The fraction of images colour-jittered is JITTER_PROBABILITY (within 0.02, about 5 standard deviations)."""
+    _, parameters = recorded_colour_augment
+    assert abs(jittered(parameters).float().mean().item() - augment.JITTER_PROBABILITY) < 0.02
+
+
+def test_colour_jitter_is_one_choice_per_image(recorded_colour_augment):
+    """An image is jittered in brightness, contrast, saturation and hue together, or in none of them
+    (identity parameters 1, 1, 1, 0)."""
+    _, parameters = recorded_colour_augment
+    chosen = jittered(parameters)
+    assert torch.equal(parameters["adjust_contrast"] != 1, chosen)
+    assert torch.equal(parameters["adjust_saturation"] != 1, chosen)
+    assert torch.equal(parameters["adjust_hue"] != 0, chosen)
+
+
+@pytest.mark.parametrize("name, low, high", [
+    ("adjust_brightness", 1 - augment.BRIGHTNESS, 1 + augment.BRIGHTNESS),
+    ("adjust_contrast", 1 - augment.CONTRAST, 1 + augment.CONTRAST),
+    ("adjust_saturation", 1 - augment.SATURATION, 1 + augment.SATURATION),
+    ("adjust_hue", -augment.HUE, augment.HUE),
+])
+def test_colour_jitter_factors_span_their_range(recorded_colour_augment, name, low, high):
+    """The jittered images' factors lie in [1 - 0.4, 1 + 0.4] (hue shift in [-0.1, 0.1]) and reach within
+    1% of both ends."""
+    _, parameters = recorded_colour_augment
+    values = parameters[name][jittered(parameters)]
+    margin = 0.01 * (high - low)
+    assert low <= values.min() < low + margin and high - margin < values.max() <= high
+
+
+def test_blur_probability_and_sigma_range(recorded_colour_augment):
+    """Half the images (BLUR_PROBABILITY, within 0.02) get a sigma spanning BLUR_SIGMA, the others the identity
+    sigma 1e-3."""
+    _, parameters = recorded_colour_augment
+    sigma = parameters["gaussian_blur"]
+    blurred = sigma >= augment.BLUR_SIGMA[0]
+    assert abs(blurred.float().mean().item() - augment.BLUR_PROBABILITY) < 0.02
+    assert (sigma[~blurred] <= 1e-3).all()
+    assert sigma[blurred].min() < 0.12 and 1.98 < sigma[blurred].max() <= augment.BLUR_SIGMA[1]
+
+
+def test_colour_augment_grayscale_fraction(recorded_colour_augment):
+    """On colourful images, the fraction of colour_augment outputs with all channels equal (grayscale) is
+    GRAYSCALE_PROBABILITY (within 0.02, about 5 standard deviations)."""
+    output, _ = recorded_colour_augment
+    gray = (output.amax(dim=1) - output.amin(dim=1)).flatten(1).amax(dim=1) < 1e-6
+    assert abs(gray.float().mean().item() - augment.GRAYSCALE_PROBABILITY) < 0.02
+
+
+# ---------------------------------------------------------------- devices
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_views_run_on_the_generator_device(device):
+    """With the batch and the generator on `device`, simsiam_view and center_view return finite float32
+    batches on that device, and simsiam_view is reproducible there from its seed."""
+    batch = uint8_batch(4, 32).to(device)
+    view = augment.simsiam_view(batch, 24, generator(12, device))
+    assert view.device.type == device and view.shape == (4, 3, 24, 24) and view.dtype == torch.float32
+    assert torch.isfinite(view).all()
+    assert torch.equal(view, augment.simsiam_view(batch, 24, generator(12, device)))
+    center = augment.center_view(batch, 24)
+    assert center.device.type == device and torch.isfinite(center).all()
