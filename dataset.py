@@ -277,19 +277,22 @@ def place_images(images: torch.Tensor, device: torch.device, reserve_bytes: int 
     return images
 
 
-def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Batches of `indices` in a random order from `generator` (on its device), dropping the incomplete last."""
+def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1):
+    """Batches of `indices` in a random order from `generator` (on its device), dropping the incomplete last.
+    With several processes, each yields its own 1/world_size slice of every global batch."""
     order = indices.to(generator.device)[torch.randperm(len(indices), generator=generator, device=generator.device)]
+    share = batch_size // world_size
     for start in range(0, len(order) - batch_size + 1, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start + rank * share:start + (rank + 1) * share]
 
 
 def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-                   device: torch.device, prefetch: int = 3):
+                   device: torch.device, rank: int = 0, world_size: int = 1, prefetch: int = 3):
     """uint8 batches (B, 3, S, S) on `device` of `indices` in the generator's random order. A cache on the
     device is gathered there; a host cache feeding a GPU is gathered into pinned memory by a background
     thread, `prefetch` batches ahead, and copied asynchronously, so the GPU does not wait for the host."""
-    order = epoch_batches(indices, batch_size, generator)
+    order = epoch_batches(indices, batch_size, generator, rank, world_size)
     if images.device == device or device.type != "cuda":
         for batch_indices in order:
             yield gather(images, batch_indices, device)

@@ -59,9 +59,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return optimize(model, optimizer, *views(batch, image_size, generator, view), precision)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of an epoch's batch order and augmentations: a resumed epoch draws exactly what it would have."""
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of an epoch's batch order (rank 0's, shared by all) and of each rank's augmentations: a resumed
+    epoch draws exactly what it would have, and ranks draw different, reproducible augmentations."""
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
 
 
 class Readout:

@@ -17,7 +17,8 @@ import download
 
 def fail(message: str) -> None:
     """Stop with one line on stderr and exit status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
+    rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -94,7 +95,7 @@ def with_defaults(args: argparse.Namespace, defaults: dict, demo: dict) -> argpa
     return resolved
 
 
-def open_data(args: argparse.Namespace) -> tuple[dataset.ImageSet, dataset.Splits]:
+def open_data(args: argparse.Namespace, verbose: bool = True) -> tuple[dataset.ImageSet, dataset.Splits]:
     """The decoded images and the splits the arguments ask for, or a one-line error."""
     if args.download and not args.demo:
         if args.data.name != download.TOP_FOLDER:
@@ -111,6 +112,8 @@ def open_data(args: argparse.Namespace) -> tuple[dataset.ImageSet, dataset.Split
                                      args.split_seed, args.label_seed, data.classes)
     except dataset.DataError as error:
         fail(str(error))
+    if not verbose:
+        return data, splits
     print(dataset.describe(data))
     print(f"splits: {len(splits.pretrain):,} pretraining (labels unused), {len(splits.labelled):,} labelled, "
           f"{len(splits.test):,} test (seed {args.split_seed})")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import augment
 import dataset
+import distributed
 import evaluate
 import pretrain
 import runs
@@ -64,19 +65,58 @@ def knn_monitor(model: SimSiam, images, data: dataset.ImageSet, splits: dataset.
                                  len(data.classes), k).item()
 
 
+def train_epoch(model, optimizer, images, splits: dataset.Splits, args, epoch: int, device: torch.device,
+                precision: str, context: distributed.Context, view) -> dict:
+    """One pass over this rank's part of the pretraining images; returns the epoch's figures, averaged
+    over ranks, and the first step with a non-finite loss (-1 if none)."""
+    steps_per_epoch = len(splits.pretrain) // args.batch_size
+    initial_lr = args.base_lr * args.batch_size / 256
+    order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
+    order_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))  # the same global order on every rank
+    augment_generator = torch.Generator(device).manual_seed(pretrain.epoch_seed(args.seed, epoch, context.rank))
+    readout = pretrain.Readout(device)
+    loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    first_bad_step = torch.full((), -1, device=device)
+    started = time.perf_counter()
+    batches = dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator, device,
+                                     context.rank, context.world_size)
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+               disable=not context.is_main)
+    for step, batch in enumerate(bar):
+        lr = pretrain.learning_rate(initial_lr, epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
+        pretrain.set_learning_rate(optimizer, initial_lr, lr)
+        loss, std = pretrain.train_step(model, optimizer, batch, args.image_size, augment_generator, precision, view)
+        loss_sum += loss
+        std_sum += std
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+        bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
+    loss_mean = distributed.mean(loss_sum / steps_per_epoch, context).item()
+    seconds = time.perf_counter() - started
+    return {"loss": loss_mean, "z_std": distributed.mean(std_sum / steps_per_epoch, context).item(), "lr": lr,
+            "images_per_s": steps_per_epoch * args.batch_size / seconds, "epoch_s": seconds,
+            "bad_step": int(first_bad_step)}
+
+
 def main(argv=None) -> None:
     args = runs.with_defaults(parse_args(argv), DEFAULTS, DEMO)
-    out = runs.prepare_out(args.out)
+    context, device_name = distributed.setup(args.device)
+    if context.is_main:
+        runs.prepare_out(args.out)
     torch.manual_seed(args.seed)
-    device = runs.pick_device(args.device)
+    device = runs.pick_device(device_name)
     precision = runs.resolve_precision(args.precision, device)
+    say = print if context.is_main else (lambda *_, **__: None)
 
-    data, splits = runs.open_data(args)
-    if args.batch_size > len(splits.pretrain):
-        runs.fail(f"--batch-size {args.batch_size} is larger than the {len(splits.pretrain)} pretraining images")
+    if context.local_rank != 0:
+        distributed.barrier(context)  # local rank 0 builds the cache (or the demo set) first
+    data, splits = runs.open_data(args, verbose=context.is_main)
+    if context.local_rank == 0:
+        distributed.barrier(context)
+    if args.batch_size % context.world_size or args.batch_size > len(splits.pretrain):
+        runs.fail(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and not exceed "
+                  f"the {len(splits.pretrain)} pretraining images")
     images = dataset.place_images(data.images, device)
     steps_per_epoch = len(splits.pretrain) // args.batch_size
-    total_steps = steps_per_epoch * args.epochs
     initial_lr = args.base_lr * args.batch_size / 256
     split = {"seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
              "test_fingerprint": dataset.fingerprint(data.files, splits.test), "classes": data.classes}
@@ -86,70 +126,61 @@ def main(argv=None) -> None:
     start_epoch = 0
     if args.resume:
         try:
-            state = load_checkpoint(out / "last.pt", kind="simsiam")
+            state = load_checkpoint(args.out / "last.pt", kind="simsiam")
         except CheckpointError as error:
             runs.fail(f"cannot resume: {error}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-        runs.truncate_metrics(out / "metrics.jsonl", after_epoch=start_epoch)
-        print(f"resumed from {out / 'last.pt'} after epoch {start_epoch}")
-    runs.save_args(out, args, device=str(device), precision_used=precision, initial_lr=initial_lr,
-                   steps_per_epoch=steps_per_epoch, cache_on=images.device.type)
-    metrics = runs.Metrics(out / "metrics.jsonl")
-    print(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
-          f"({precision}), cache in {'GPU' if images.device.type == 'cuda' else 'host'} memory; "
-          f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
+        if context.is_main:
+            runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start_epoch)
+        say(f"resumed from {args.out / 'last.pt'} after epoch {start_epoch}")
+    step_model = distributed.wrap(model, context, device)  # shares its weights with `model`
+    step_model = torch.compile(step_model) if args.compile else step_model
+    view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
+    if context.is_main:
+        runs.save_args(args.out, args, device=str(device), precision_used=precision, initial_lr=initial_lr,
+                       steps_per_epoch=steps_per_epoch, cache_on=images.device.type, world_size=context.world_size)
+    metrics = runs.Metrics(args.out / "metrics.jsonl")
+    say(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
+        f"({precision}) x {context.world_size} process(es), cache in "
+        f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of {steps_per_epoch} "
+        f"steps, batch {args.batch_size}, lr {initial_lr:g}")
 
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
-    order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
-    augment_generator = torch.Generator(device)
-    readout = pretrain.Readout(device)
-    step_model = torch.compile(model) if args.compile else model  # shares its weights with `model`
-    view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
     summary = "nothing to do: the run had already finished"
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        order_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
-        augment_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))
-        loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-        first_bad_step = torch.full((), -1, device=device)
-        started = time.perf_counter()
-        bar = tqdm(dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator, device),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-        for step, batch in enumerate(bar):
-            lr = pretrain.learning_rate(initial_lr, epoch * steps_per_epoch + step, total_steps)
-            pretrain.set_learning_rate(optimizer, initial_lr, lr)
-            loss, std = pretrain.train_step(step_model, optimizer, batch, args.image_size, augment_generator,
-                                            precision, view)
-            loss_sum += loss
-            std_sum += std
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
-            bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
-        bad_step = int(first_bad_step)
-        if bad_step >= 0:
+        figures = train_epoch(step_model, optimizer, images, splits, args, epoch, device, precision, context, view)
+        bad_step = figures.pop("bad_step")
+        if distributed.any_rank(bad_step >= 0, device, context):
             runs.fail(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}: stopped; the last good "
-                      f"checkpoint is kept in {out}. Lower --base-lr or check the data, then --resume")
-        epoch_loss, epoch_std = (loss_sum / steps_per_epoch).item(), (std_sum / steps_per_epoch).item()
-        seconds = time.perf_counter() - started
-        images_per_s = steps_per_epoch * args.batch_size / seconds
-
+                      f"checkpoint is kept in {args.out}. Lower --base-lr or check the data, then --resume")
+        if not context.is_main:
+            continue  # the kNN monitor, logs and checkpoints are rank 0's
         knn = knn_monitor(model, images, data, splits, args.image_size, device, precision, args.knn_k)
-        collapsing = epoch_std < args.collapse_fraction * healthy_std
-        metrics.log(epoch=epoch + 1, loss=epoch_loss, z_std=epoch_std, lr=lr, images_per_s=images_per_s,
-                    epoch_s=seconds, knn_accuracy=knn, collapse_warning=collapsing)
-        summary = f"loss {epoch_loss:.4f}, z-std {epoch_std:.4f} (healthy {healthy_std:.4f}), kNN accuracy {knn:.4f}"
-        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {images_per_s:,.0f} images/s")
+        collapsing = figures["z_std"] < args.collapse_fraction * healthy_std
+        metrics.log(epoch=epoch + 1, **figures, knn_accuracy=knn, collapse_warning=collapsing)
+        summary = (f"loss {figures['loss']:.4f}, z-std {figures['z_std']:.4f} (healthy {healthy_std:.4f}), "
+                   f"kNN accuracy {knn:.4f}")
+        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {figures['images_per_s']:,.0f} images/s")
         if collapsing:
-            print(f"warning: z-std {epoch_std:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
+            print(f"warning: z-std {figures['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
                   f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
             saved = {"epoch": epoch + 1, "args": runs.plain_args(args), "split": split}
-            save_checkpoint(out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
+            save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
                             rng=torch.get_rng_state(), **saved)
-            save_checkpoint(out / "siam.pt", "simsiam", model, **saved)
-    print(f"saved {out / 'siam.pt'}: {summary}")
+            save_checkpoint(args.out / "siam.pt", "simsiam", model, **saved)
+    if context.enabled:
+        in_sync = distributed.parameters_in_sync(model, context)
+        if context.is_main:
+            metrics.log(event="ranks", world_size=context.world_size, parameters_in_sync=in_sync)
+        if not in_sync:
+            runs.fail(f"the {context.world_size} processes ended with different weights: this is a bug")
+    say(f"saved {args.out / 'siam.pt'}: {summary}")
+    distributed.cleanup(context)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,10 @@ def test_resumed_run_equals_uninterrupted(class_tree, tmp_path, monkeypatch):
     resumed_dir.mkdir()
     original_seed = train.pretrain.epoch_seed
 
-    def stop_at_epoch_two(seed, epoch):
+    def stop_at_epoch_two(seed, epoch, rank=0):
         if epoch == 1:
             raise KeyboardInterrupt  # as if killed after epoch 1's checkpoint
-        return original_seed(seed, epoch)
+        return original_seed(seed, epoch, rank)
 
     args = ["--epochs", "3", "--save-every", "1", "--out", str(resumed_dir)]
     monkeypatch.setattr(train.pretrain, "epoch_seed", stop_at_epoch_two)
