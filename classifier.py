@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="with --finetune, the backbone's lr is this times --lr")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     group = parser.add_argument_group("run")
+    group.add_argument("--all-labels", action="store_true",
+                       help="train on every non-test image with its label (the supervised upper bound)")
+    group.add_argument("--eval-every", type=runs.positive(int), default=1, help="epochs between test evaluations")
     group.add_argument("--test-data", type=Path, default=None,
                        help="evaluate on every image of this labelled folder instead of the held-out split")
     group.add_argument("--out", type=Path, default=None,
@@ -73,6 +76,28 @@ def test_images(args, data: dataset.ImageSet, splits: dataset.Splits):
     print(f"test data: {dataset.describe(other)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     return other.images, torch.arange(len(other.files)), mapping[other.labels]
+
+
+def train_epoch(model: Classifier, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor,
+                labelled: torch.Tensor, batch_size: int, image_size: int, generator: torch.Generator,
+                precision: str) -> tuple[float, float]:
+    """One pass over the labelled images with crop-and-flip augmentation; (mean loss, accuracy)."""
+    device = labels.device
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for indices in dataset.epoch_batches(labelled, batch_size, generator):
+        x = augment.crop_flip_view(dataset.gather(images, indices, device), image_size, generator)
+        targets = labels[indices.to(device)]
+        with runs.autocast(device, precision):
+            logits = model(x.contiguous(memory_format=runs.memory_format(device))).float()
+            loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(indices)
+        correct += (logits.argmax(1) == targets).sum()
+        seen += len(indices)
+    return (loss_sum / seen).item(), (correct / seen).item()
 
 
 def main(argv=None) -> None:
@@ -114,55 +139,46 @@ def main(argv=None) -> None:
     if args.finetune:
         groups.append({"params": model.backbone.parameters(), "initial_lr": args.lr * args.backbone_lr_factor})
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(splits.labelled) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
+    labelled = splits.pretrain if args.all_labels else splits.labelled
+    batch_size = min(args.batch_size, len(labelled))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * (len(labelled) // batch_size))
 
     runs.save_args(out, args, device=str(device), precision_used=precision, backbone=backbone_name, mode=mode)
-    labelled = splits.labelled.tolist()
     (out / "labelled.json").write_text(json.dumps({
-        "indices": labelled, "files": [data.files[i] for i in labelled],
-        "labels": data.labels[splits.labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
+        "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
+        "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
     metrics = runs.Metrics(out / "metrics.jsonl")
-    print(f"{mode} {backbone_name} ResNet18 + linear head, {len(labelled)} labelled images, "
+    print(f"{mode} {backbone_name} ResNet18 + linear head, {len(labelled):,} labelled images, "
           f"{len(test_indices):,} test images, on {device} ({precision})")
 
     generator = torch.Generator(device).manual_seed(args.seed)
+    labels = data.labels.to(device)
     test_features = None
     bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
     for epoch in bar:
         model.train()
         if not args.finetune:
             model.backbone.eval()  # frozen: BatchNorm statistics must not move
-        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for indices in dataset.epoch_batches(splits.labelled, min(args.batch_size, len(labelled)), generator):
-            x = augment.crop_flip_view(dataset.gather(images, indices, device), args.image_size, generator)
-            labels = data.labels[indices.cpu()].to(device)
-            with runs.autocast(device, precision):
-                logits = model(x.contiguous(memory_format=runs.memory_format(device))).float()
-                loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(indices)
-            correct += (logits.argmax(1) == labels).sum()
-            seen += len(indices)
-        if args.finetune or test_features is None:  # a frozen backbone's features never change
-            test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, device, precision)
-        model.head.eval()
-        with torch.no_grad():
-            test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
-        train_loss = (loss_sum / seen).item()
-        metrics.log(epoch=epoch + 1, train_loss=train_loss, train_accuracy=(correct / seen).item(),
-                    test_accuracy=test_accuracy, lr=optimizer.param_groups[0]["lr"])
-        bar.set_postfix(train_loss=f"{train_loss:.3f}", test_accuracy=f"{test_accuracy:.3f}")
+        train_loss, train_accuracy = train_epoch(model, optimizer, scheduler, images, labels, labelled, batch_size,
+                                                 args.image_size, generator, precision)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            if args.finetune or test_features is None:  # a frozen backbone's features never change
+                test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, device,
+                                               precision)
+            model.head.eval()
+            with torch.no_grad():
+                record["test_accuracy"] = test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
+            bar.set_postfix(train_loss=f"{train_loss:.3f}", test_accuracy=f"{test_accuracy:.3f}")
+        metrics.log(**record)
 
     if frozen_before is not None:
         after = model.backbone.state_dict()
         if not all(torch.equal(value, after[key]) for key, value in frozen_before.items()):
             raise RuntimeError("the frozen backbone changed during training: this is a bug")
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=runs.plain_args(args),
-                    labelled_indices=labelled)
+                    labelled_indices=labelled.tolist())
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices))
     print(f"saved {out / 'classifier.pt'}")
     print(f"test accuracy: {test_accuracy:.4f}")

@@ -47,7 +47,9 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
 
 
 def series(run: dict, key: str) -> tuple[list[int], list[float]]:
-    return [r["epoch"] for r in run["epochs"]], [r[key] for r in run["epochs"]]
+    """(epochs, values) of the records that hold `key`."""
+    records = [r for r in run["epochs"] if key in r]
+    return [r["epoch"] for r in records], [r[key] for r in records]
 
 
 def plot_pretraining(pretraining: list[dict], path: Path) -> None:

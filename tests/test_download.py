@@ -281,3 +281,21 @@ def test_stale_extraction_folder_is_removed(tmp_path, server, members):
     stale.mkdir(parents=True)
     _assert_extracted(_fetch(tmp_path, server), members)
     assert not list(tmp_path.glob(".PetImages.extracting-*"))
+
+
+def test_train_download_flag_fetches_resumes_and_trains(tmp_path, server, capsys):
+    """train.py --download against a server that drops the connection midway: the archive is resumed,
+    unpacked into the parent of --data, and the run trains on it."""
+    import train
+
+    files = {f"PetImages/{name}/{i}.jpg": _jpeg((37 * i % 256, 90 if name == "Cat" else 180, 11 * i % 256))
+             for name in ("Cat", "Dog") for i in range(12)}
+    server.payload = _zip_bytes(files | {"PetImages/Dog/Thumbs.db": b"\0" * 64})
+    server.drops_left = 1
+    data = tmp_path / "data" / "PetImages"
+    train.main(["--download", "--download-url", server.url, "--data", str(data), "--cache-dir", str(tmp_path / "c"),
+                "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--image-size", "32",
+                "--labels", "4", "--test-fraction", "0.2", "--device", "cpu"])
+    assert server.ranges[0] is None and server.ranges[1].startswith("bytes=")
+    assert len(list(data.rglob("*.jpg"))) == 24 and (tmp_path / "run" / "siam.pt").is_file()
+    assert "24 images" in capsys.readouterr().out
