@@ -16,19 +16,19 @@ import os
 import queue
 import shutil
 import threading
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+import decode
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 DOWNLOAD_HINT = ("run with --download to fetch Microsoft's Cats and Dogs archive (kagglecatsanddogs_5340.zip, "
                  "https://www.microsoft.com/en-us/download/details.aspx?id=54765) and unpack it so that "
                  "DIR/Cat/*.jpg and DIR/Dog/*.jpg exist, or run with --demo for a synthetic set")
@@ -77,41 +77,6 @@ def seeded_subset(files: list[str], labels: list[int], limit: int | None, seed: 
 # ---------------------------------------------------------------- decoding
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        image = Image.fromarray((values.clip(0, top) * (255.0 / top)).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: upright (EXIF), RGB, shorter side resized to `size`, centre-cropped square."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is enough
-            image = to_rgb(ImageOps.exif_transpose(image))
-            return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
-
-
-def failure_kind(path: Path, error: Exception) -> str:
-    """A short name for why a file could not be decoded, for the skip report."""
-    if path.stat().st_size == 0:
-        return "empty file"
-    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "too many pixels (decompression bomb)"
-    if isinstance(error, Image.UnidentifiedImageError):
-        return "not an image"
-    if "truncated" in str(error).lower():
-        return "truncated image"
-    return f"unreadable ({type(error).__name__})"
-
-
 _worker_array: np.memmap | None = None  # each decoding process opens the cache file once
 
 
@@ -123,10 +88,10 @@ def _open_worker(array_path: str, shape: tuple) -> None:
 def _decode_into(task: tuple[int, str]) -> tuple[int, str | None]:
     index, path = task
     try:
-        _worker_array[index] = decode_image(Path(path), _worker_array.shape[-1]).transpose(2, 0, 1)
+        _worker_array[index] = decode.decode_image(Path(path), _worker_array.shape[-1]).transpose(2, 0, 1)
         return index, None
     except Exception as error:  # any undecodable file is skipped and reported, never fatal
-        return index, failure_kind(Path(path), error)
+        return index, decode.failure_kind(Path(path), error)
 
 
 # ---------------------------------------------------------------- the cache
@@ -150,7 +115,7 @@ def default_cache_dir() -> Path:
 
 def cache_key(root: Path, files: list[str], size: int) -> str:
     """Changes when the file list, any file's size or time, the resolution or the decoding changes."""
-    digest = hashlib.sha1(f"{CACHE_VERSION} {size}".encode())
+    digest = hashlib.sha1(f"{decode.VERSION} {size}".encode())
     for name in files:
         stat = (root / name).stat()
         digest.update(f"\n{name} {stat.st_size} {stat.st_mtime_ns}".encode())
@@ -182,7 +147,7 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
     array.flush()
     del array
     os.truncate(array_path, len(kept) * 3 * size * size)
-    meta = {"version": CACHE_VERSION, "root": str(root), "size": size, "files": [files[i] for i in kept],
+    meta = {"version": decode.VERSION, "root": str(root), "size": size, "files": [files[i] for i in kept],
             "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
     (staging / "meta.json").write_text(json.dumps(meta))
     (staging / "skipped.txt").write_text("".join(f"{files[i]}\t{kind}\n" for i, kind in sorted(failures.items())))

@@ -30,7 +30,7 @@ from model import PROJECTION_DIM, CheckpointError, SimSiam, load_checkpoint, sav
 # (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
 # CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
 DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150}
-DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo: about 45 s on 2 CPU cores
+DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo: about a minute on 2 CPU cores
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import dataset
+import decode
 from conftest import write_image
 
 
@@ -43,7 +44,7 @@ def test_cache_holds_decoded_images(class_tree, cache_dir):
     data = dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert data.images.shape == (60, 3, 24, 24) and data.images.dtype == torch.uint8
     for row in (0, 31, 59):
-        expected = dataset.decode_image(class_tree / data.files[row], 24).transpose(2, 0, 1)
+        expected = decode.decode_image(class_tree / data.files[row], 24).transpose(2, 0, 1)
         assert np.array_equal(data.images[row].numpy(), expected)
 
 
@@ -52,7 +53,7 @@ def test_decode_crops_the_centre_square(tmp_path):
     pixels = np.zeros((20, 60, 3), dtype=np.uint8)
     pixels[:, :20] = 255  # a white left third, which the centre crop removes
     Image.fromarray(pixels).save(tmp_path / "wide.png")
-    decoded = dataset.decode_image(tmp_path / "wide.png", 10)
+    decoded = decode.decode_image(tmp_path / "wide.png", 10)
     assert decoded.shape == (10, 10, 3) and decoded.max() < 40  # squashed, a third would be 255
 
 
@@ -83,7 +84,7 @@ def test_undecodable_files_are_skipped_and_listed(class_tree, cache_dir):
     assert data.skipped["Dog/empty.jpg"] == "empty file" and data.skipped["Fox/text.jpg"] == "not an image"
     assert len(data.files) == 60 and "Dog/empty.jpg" in (data.cache_path / "skipped.txt").read_text()
     row = data.files.index("Fox/0.jpg")
-    expected = dataset.decode_image(class_tree / "Fox/0.jpg", 24).transpose(2, 0, 1)
+    expected = decode.decode_image(class_tree / "Fox/0.jpg", 24).transpose(2, 0, 1)
     assert np.array_equal(data.images[row].numpy(), expected) and data.labels[row] == 2
 
 

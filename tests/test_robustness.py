@@ -17,6 +17,7 @@ from PIL import Image
 
 import classifier
 import dataset
+import decode
 import pretrain
 import runs
 import train
@@ -88,16 +89,16 @@ def test_every_mode_becomes_rgb(tmp_path):
     transparent = Image.new("RGBA", (20, 20), (255, 0, 0, 0))
     transparent.save(tmp_path / "clear.png")
     for path in [*samples.values(), tmp_path / "white16.png", tmp_path / "clear.png"]:
-        decoded = dataset.decode_image(path, 16)
+        decoded = decode.decode_image(path, 16)
         assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8
-    assert dataset.decode_image(tmp_path / "white16.png", 16).min() == 255  # 16-bit white stays white
-    assert dataset.decode_image(tmp_path / "clear.png", 16).min() == 255  # transparent becomes white
+    assert decode.decode_image(tmp_path / "white16.png", 16).min() == 255  # 16-bit white stays white
+    assert decode.decode_image(tmp_path / "clear.png", 16).min() == 255  # transparent becomes white
 
 
 def test_exif_orientation_is_applied(tmp_path):
     """An EXIF-rotated JPEG is cached upright: red on top, blue at the bottom."""
     upright_with_exif_rotation(tmp_path / "rotated.jpg")
-    decoded = dataset.decode_image(tmp_path / "rotated.jpg", 20).astype(int)
+    decoded = decode.decode_image(tmp_path / "rotated.jpg", 20).astype(int)
     assert decoded[:8, :, 0].mean() > 200 and decoded[:8, :, 2].mean() < 50
     assert decoded[-8:, :, 2].mean() > 200 and decoded[-8:, :, 0].mean() < 50
 
