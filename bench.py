@@ -158,7 +158,7 @@ def main(argv=None) -> None:
         augmentation = images_per_s(lambda: pretrain.views(batch, args.image_size, augment_generator, view=view),
                                     args.steps, args.warmup, args.batch_size, device)
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
-        pipeline_memory = peak_memory_gb(device) + (images.numel() / 1e9 if images.device.type == "cuda" else 0)
+        pipeline_memory = peak_memory_gb(device)  # on the GPU this includes the resident cache
 
         loader = torch.utils.data.DataLoader(
             PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,

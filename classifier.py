@@ -127,6 +127,9 @@ def main(argv=None) -> None:
             model.backbone.load_state_dict(backbone_state(checkpoint))
         except RuntimeError as error:
             runs.fail(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}")
+        if checkpoint["args"]["image_size"] != args.image_size:
+            print(f"note: the backbone was pretrained at {checkpoint['args']['image_size']} px and is evaluated at "
+                  f"{args.image_size} px (--image-size)")
         held_out = dataset.fingerprint(data.files, splits.test)
         if args.test_data is None and checkpoint["split"]["test_fingerprint"] != held_out:
             runs.fail(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), so "

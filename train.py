@@ -30,6 +30,7 @@ from model import PROJECTION_DIM, CheckpointError, SimSiam, load_checkpoint, sav
 # (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
 # CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
 DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150}
+RECIPE = ("epochs", "batch_size", "image_size", "base_lr", "weight_decay", "momentum", "seed")  # checked on --resume
 DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo: about a minute on 2 CPU cores
 
 
@@ -133,6 +134,9 @@ def main(argv=None) -> None:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
+        changed = {key: (state["args"][key], getattr(args, key)) for key in RECIPE if state["args"][key] != getattr(args, key)}
+        if changed:
+            say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:
             runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start_epoch)
         say(f"resumed from {args.out / 'last.pt'} after epoch {start_epoch}")

@@ -129,3 +129,12 @@ def test_chain_on_real_photos(tmp_path):
                      "--epochs", "2", "--batch-size", "20", "--image-size", "32", "--device", "cpu", *args])
     final = runs.read_jsonl(tmp_path / "probe" / "metrics.jsonl")[-1]
     assert final["num_test"] == 30 and 0 <= final["test_accuracy"] <= 1
+
+
+def test_resume_warns_about_changed_settings(class_tree, tmp_path, capsys):
+    """Resuming with another recipe (here more epochs) continues, saying what changed."""
+    run_train(tmp_path, class_tree, "--epochs", "1")
+    run_train(tmp_path, class_tree, "--epochs", "2", "--resume")
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "warning: resuming with settings" in out and "'epochs': (1, 2)" in out
+    assert [r["epoch"] for r in runs.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")] == [1, 2]
