@@ -172,7 +172,8 @@ def main(argv=None) -> None:
                                                precision)
             model.head.eval()
             with torch.no_grad():
-                record["test_accuracy"] = test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
+                test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
+            record["test_accuracy"] = test_accuracy
             bar.set_postfix(train_loss=f"{train_loss:.3f}", test_accuracy=f"{test_accuracy:.3f}")
         metrics.log(**record)
 

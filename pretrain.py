@@ -54,7 +54,8 @@ def optimize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, image_size: int,
-               generator: torch.Generator, precision: str, view=augment.simsiam_view) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator, precision: str,
+               view=augment.simsiam_view) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole step train.py runs: augmentation on the batch's device, then the SGD step."""
     return optimize(model, optimizer, *views(batch, image_size, generator, view), precision)
 

@@ -15,6 +15,7 @@ import torch
 import dataset
 import download
 
+
 def fail(message: str) -> None:
     """Stop with one line on stderr and exit status 2, no traceback."""
     rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
@@ -61,7 +62,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=int, default=0, help="seed of the held-out test split and of --limit")
     group.add_argument("--test-fraction", type=fraction, default=0.1,
                        help="stratified test split, never seen by pretraining or the labels")
-    group.add_argument("--labels", type=positive(int), default=250, help="size of the labelled subset, balanced per class")
+    group.add_argument("--labels", type=positive(int), default=250,
+                       help="size of the labelled subset, balanced per class")
     group.add_argument("--label-seed", type=int, default=0, help="seed of the labelled subset draw")
 
 

@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="torch.compile the model and the augmentation (a warm-up of tens of seconds)")
     group.add_argument("--save-every", type=runs.positive(int), default=10, help="epochs between checkpoints")
     group.add_argument("--knn-k", type=runs.positive(int), default=20, help="neighbours of the kNN monitor")
-    group.add_argument("--collapse-fraction", type=float, default=0.25,
+    group.add_argument("--collapse-fraction", type=runs.positive(float), default=0.25,
                        help="warn when z-std falls below this fraction of 1/sqrt(d), the healthy value")
     return parser.parse_args(argv)
 
@@ -134,7 +134,8 @@ def main(argv=None) -> None:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-        changed = {key: (state["args"][key], getattr(args, key)) for key in RECIPE if state["args"][key] != getattr(args, key)}
+        changed = {key: (state["args"][key], getattr(args, key)) for key in RECIPE
+                   if state["args"][key] != getattr(args, key)}
         if changed:
             say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:

@@ -90,8 +90,9 @@ def main(argv=None) -> None:
     jobs = []  # (row, seed, out, command)
     for name, flags in ROWS:
         for seed in args.label_seeds:
-            kind = f"{'random' if '--random' in flags else 'simsiam'}-{'finetune' if '--finetune' in flags else 'frozen'}"
-            out = runs_dir / f"classifier-{kind}-labels{seed}"
+            backbone_name = "random" if "--random" in flags else "simsiam"
+            mode = "finetune" if "--finetune" in flags else "frozen"
+            out = runs_dir / f"classifier-{backbone_name}-{mode}-labels{seed}"
             backbone = [] if "--random" in flags else ["--checkpoint", str(simsiam / "siam.pt")]
             jobs.append((name, seed, out, ["classifier.py", *data, *cache, *backbone, *flags, "--label-seed", str(seed),
                                            "--out", str(out), *classifier_extra]))
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
          "--out", str(runs_dir / "plots")], runs_dir / "plot.log")
 
     rows = []
-    for name, flags in ROWS:
+    for name, _ in ROWS:
         mine = [(job, s) for job, s in zip(jobs, seconds) if job[0] == name]
         accuracies = [final_accuracy(job[2]) for job, _ in mine]
         rows.append({"row": name, "accuracies": accuracies, "mean": statistics.mean(accuracies),
@@ -141,7 +142,8 @@ def main(argv=None) -> None:
                 shutil.copy(path, target)
     print("\n".join(table))
     print(f"pretraining: {summary['pretrain_s']:.0f} s, {summary['pretrain_epochs']} epochs, "
-          f"z-std {summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), kNN {summary['final_knn_accuracy']:.3f}")
+          f"z-std {summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), "
+          f"kNN {summary['final_knn_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

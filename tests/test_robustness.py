@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -141,7 +140,8 @@ def test_empty_data_folder_names_download_and_demo(tmp_path, capsys):
     """An empty data folder: one line naming --download and --demo, exit 2."""
     (tmp_path / "PetImages").mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--data", str(tmp_path / "PetImages"), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
+        train.main(["--data", str(tmp_path / "PetImages"), "--cache-dir", str(tmp_path / "c"),
+                    "--out", str(tmp_path / "o")])
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--download" in error and "--demo" in error and len(error.splitlines()) == 1
 
