@@ -26,9 +26,10 @@ CHECKPOINT_FORMAT = "simsiam-cats-dogs"
 CHECKPOINT_VERSION = 1
 
 
-def resnet18_backbone() -> nn.Module:
-    """Randomly initialised torchvision ResNet18 without its classifier: (B, 3, H, W) -> (B, 512)."""
-    backbone = resnet18(weights=None)
+def resnet18_backbone(zero_init_residual: bool = False) -> nn.Module:
+    """Randomly initialised torchvision ResNet18 without its classifier: (B, 3, H, W) -> (B, 512).
+    zero_init_residual starts every residual block as the identity (its last BN scale at 0)."""
+    backbone = resnet18(weights=None, zero_init_residual=zero_init_residual)
     backbone.fc = nn.Identity()
     return backbone
 
@@ -55,7 +56,7 @@ class SimSiam(nn.Module):
 
     def __init__(self, dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDEN_DIM):
         super().__init__()
-        self.backbone = resnet18_backbone()
+        self.backbone = resnet18_backbone(zero_init_residual=True)  # as the official SimSiam code's encoder
         self.projector = projection_mlp(FEATURE_DIM, dim)
         self.predictor = prediction_mlp(dim, hidden_dim)
 

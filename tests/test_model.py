@@ -292,3 +292,12 @@ def test_checkpoint_has_ordinary_file_permissions(tmp_path):
     save_checkpoint(tmp_path / "c.pt", "simsiam", nn.Linear(2, 2))
     (tmp_path / "ordinary").write_bytes(b"")
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == (tmp_path / "ordinary").stat().st_mode & 0o777
+
+
+def test_simsiam_encoder_starts_with_identity_residual_blocks():
+    """SimSiam's backbone zero-initialises the last BN scale of every residual block (official code);
+    the classifier's random baseline keeps torchvision's default initialisation."""
+    simsiam_blocks = [m.bn2 for m in SimSiam().backbone.modules() if hasattr(m, "bn2")]
+    random_blocks = [m.bn2 for m in Classifier(2).backbone.modules() if hasattr(m, "bn2")]
+    assert len(simsiam_blocks) == 8 and all(torch.count_nonzero(bn.weight) == 0 for bn in simsiam_blocks)
+    assert all(torch.all(bn.weight == 1) for bn in random_blocks)
