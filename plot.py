@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import runs  # noqa: E402
 from model import PROJECTION_DIM  # noqa: E402
 
-COLOURS = {"random": "tab:gray", "simsiam": "tab:blue"}
+COLOURS = {"random": ["tab:gray", "black", "silver"],  # per backbone, one colour per run in turn
+           "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
 LINESTYLES = {"frozen": "-", "finetune": "--"}
 
 
@@ -76,10 +77,13 @@ def plot_pretraining(pretraining: list[dict], path: Path) -> None:
 
 def plot_classifiers(classifiers: list[dict], path: Path) -> None:
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    used = {backbone: 0 for backbone in COLOURS}
     for run in sorted(classifiers, key=lambda r: r["name"]):
         backbone, mode = run["args"]["backbone"], run["args"]["mode"]
-        style = {"color": COLOURS.get(backbone), "linestyle": LINESTYLES.get(mode, "-"),
+        colours = COLOURS[backbone]
+        style = {"color": colours[used[backbone] % len(colours)], "linestyle": LINESTYLES.get(mode, "-"),
                  "label": f"{backbone} backbone, {mode} ({run['name']})"}
+        used[backbone] += 1
         loss_axis.plot(*series(run, "train_loss"), **style)
         accuracy_axis.plot(*series(run, "test_accuracy"), **style)
     loss_axis.set(title="classifier training loss (labelled subset)", xlabel="epoch", ylabel="cross-entropy")
