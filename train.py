@@ -66,12 +66,10 @@ def knn_monitor(model: SimSiam, images, data: dataset.ImageSet, splits: dataset.
                                  len(data.classes), k).item()
 
 
-def train_epoch(model, optimizer, images, splits: dataset.Splits, args, epoch: int, device: torch.device,
-                precision: str, context: distributed.Context, view) -> dict:
+def train_epoch(model, optimizer, images, splits: dataset.Splits, args, epoch: int, steps_per_epoch: int,
+                initial_lr: float, device: torch.device, precision: str, context: distributed.Context, view) -> dict:
     """One pass over this rank's part of the pretraining images; returns the epoch's figures, averaged
     over ranks, and the first step with a non-finite loss (-1 if none)."""
-    steps_per_epoch = len(splits.pretrain) // args.batch_size
-    initial_lr = args.base_lr * args.batch_size / 256
     order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
     order_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))  # the same global order on every rank
     augment_generator = torch.Generator(device).manual_seed(pretrain.epoch_seed(args.seed, epoch, context.rank))
@@ -157,7 +155,8 @@ def main(argv=None) -> None:
     summary = "nothing to do: the run had already finished"
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        figures = train_epoch(step_model, optimizer, images, splits, args, epoch, device, precision, context, view)
+        figures = train_epoch(step_model, optimizer, images, splits, args, epoch, steps_per_epoch, initial_lr, device,
+                              precision, context, view)
         bad_step = figures.pop("bad_step")
         if distributed.any_rank(bad_step >= 0, device, context):
             runs.fail(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}: stopped; the last good "
