@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     layout = runs.memory_format(device)
     temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache, "epochs": 1})
+    data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache})
     try:
         started = time.perf_counter()
         data, splits = runs.open_data(data_args)

@@ -159,7 +159,8 @@ def main(argv=None) -> None:
                               precision, context, view)
         bad_step = figures.pop("bad_step")
         if distributed.any_rank(bad_step >= 0, device, context):
-            runs.fail(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}: stopped; the last good "
+            where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
+            runs.fail(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
                       f"checkpoint is kept in {args.out}. Lower --base-lr or check the data, then --resume")
         if not context.is_main:
             continue  # the kNN monitor, logs and checkpoints are rank 0's
