@@ -28,27 +28,30 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import augment
+import cli
 import dataset
-import pretrain
-import runs
+import train
 from model import SimSiam
 
 EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
+TRAIN = train.build_parser()  # train.py's defaults: the benchmark times what a user's run does
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    runs.add_data_arguments(parser)
-    group = parser.add_argument_group("benchmark")
-    group.add_argument("--image-size", type=runs.positive(int), default=150, help="crop side in px")
-    group.add_argument("--batch-size", type=runs.positive(int), default=256, help="images per step (two views each)")
-    group.add_argument("--steps", type=runs.positive(int), default=50, help="timed steps per measurement")
+    cli.add_data_arguments(parser)
+    group = parser.add_argument_group("benchmark (sizes and optimiser as train.py's defaults)")
+    group.add_argument("--image-size", type=cli.positive(int), default=TRAIN.get_default("image_size"),
+                       help="crop side in px (default: %(default)s)")
+    group.add_argument("--batch-size", type=cli.positive(int), default=TRAIN.get_default("batch_size"),
+                       help="images per step, two views each (default: %(default)s)")
+    group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
     group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
     group.add_argument("--compile", action="store_true", help="torch.compile the model and the augmentation")
-    group.add_argument("--baseline-workers", type=runs.positive(int), default=os.cpu_count(),
+    group.add_argument("--baseline-workers", type=cli.positive(int), default=os.cpu_count(),
                        help="DataLoader workers of the baseline (default: one per core)")
     group.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    runs.add_run_arguments(group)
+    cli.add_run_arguments(group)
     return parser.parse_args(argv)
 
 
@@ -111,35 +114,36 @@ class PilPairs(torch.utils.data.Dataset):
         return self.transform(image), self.transform(image)
 
 
+@cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = runs.pick_device(args.device)
-    precision = runs.resolve_precision(args.precision, device)
+    runtime = cli.make_runtime(args.device, args.precision)
+    device, precision = runtime.device, runtime.precision
     torch.manual_seed(args.seed)
-    layout = runs.memory_format(device)
+    layout = cli.memory_format(device)
     temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache})
     try:
         started = time.perf_counter()
-        data, splits = runs.open_data(data_args)
+        data, splits = dataset.open_data(data_args)
         cache_build_s = time.perf_counter() - started
 
         model = SimSiam().to(device, memory_format=layout)
-        optimizer = pretrain.make_optimizer(model, 0.05, 0.9, 5e-4)
+        initial_lr = TRAIN.get_default("base_lr") * args.batch_size / 256
+        optimizer = train.make_optimizer(model, initial_lr, TRAIN.get_default("momentum"),
+                                         TRAIN.get_default("weight_decay"))
         step_model = torch.compile(model) if args.compile else model
-        view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
 
         started = time.perf_counter()
         reopened = dataset.load_images(data.root, data.images.shape[-1], temporary_cache, args.limit, args.split_seed,
                                        args.workers)
-        images = dataset.place_images(reopened.images, device)
+        images = dataset.cache_on_device(reopened.images, device)
         order_generator, augment_generator = torch.Generator(images.device), torch.Generator(device).manual_seed(0)
         batches = endless(lambda: dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator,
                                                          device))
 
         def pipeline_step():
-            pretrain.train_step(step_model, optimizer, next(batches), args.image_size, augment_generator, precision,
-                                view=view)
+            train.train_step(step_model, optimizer, next(batches), augment_generator, args, runtime)
 
         pipeline_step()
         synchronize(device)
@@ -148,14 +152,14 @@ def main(argv=None) -> None:
                     "host, pinned batches prefetched" if device.type == "cuda" else "host")
 
         batch = next(batches)
-        x1, x2 = pretrain.views(batch, args.image_size, augment_generator)
+        x1, x2 = train.views(batch, args.image_size, augment_generator)
         reset_peak_memory(device)
-        ceiling = images_per_s(lambda: pretrain.optimize(step_model, optimizer, x1, x2, precision),
+        ceiling = images_per_s(lambda: train.sgd_step(step_model, optimizer, x1, x2, runtime),
                                args.steps, args.warmup, args.batch_size, device)
         ceiling_memory = peak_memory_gb(device)
 
         reset_peak_memory(device)
-        augmentation = images_per_s(lambda: pretrain.views(batch, args.image_size, augment_generator, view=view),
+        augmentation = images_per_s(lambda: train.views(batch, args.image_size, augment_generator, args.compile),
                                     args.steps, args.warmup, args.batch_size, device)
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
         pipeline_memory = peak_memory_gb(device)  # on the GPU this includes the resident cache
@@ -167,9 +171,8 @@ def main(argv=None) -> None:
         pairs = endless(lambda: iter(loader))
 
         def baseline_step():
-            v1, v2_ = next(pairs)
-            pretrain.optimize(step_model, optimizer, v1.to(device, non_blocking=True).contiguous(memory_format=layout),
-                              v2_.to(device, non_blocking=True).contiguous(memory_format=layout), precision)
+            x1, x2 = (x.to(device, non_blocking=True).contiguous(memory_format=layout) for x in next(pairs))
+            train.sgd_step(step_model, optimizer, x1, x2, runtime)
 
         baseline = images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
     finally:

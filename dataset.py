@@ -1,4 +1,5 @@
-"""Images and labels: finding them, decoding them once into a uint8 cache, the splits, batches of indices.
+"""Images and labels: finding them, decoding them once into a uint8 cache, the splits, opening all of it as the
+scripts' data flags ask (`open_data`), batches of indices.
 
 Layouts read:
     ROOT/<class>/<image>        one sub-folder per class, as Microsoft's archive unpacks (PetImages/Cat, ...)
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -26,6 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import decode
+import download
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -230,10 +233,35 @@ def fingerprint(files: list[str], indices: torch.Tensor) -> str:
     return hashlib.sha1("\n".join(sorted(files[i] for i in indices.tolist())).encode()).hexdigest()[:16]
 
 
+def default_cache_size(image_size: int) -> int:
+    """8/7 of the training resolution, as 256/224 on ImageNet: room for the crops to move."""
+    return math.ceil(image_size * 8 / 7)
+
+
+def open_data(args, verbose: bool = True) -> tuple[ImageSet, Splits]:
+    """The decoded images and the splits that the data arguments (cli.add_data_arguments) ask for: the demo set
+    or --data, downloaded first with --download; prints the start-up lines when `verbose`."""
+    if args.download and not args.demo:
+        if args.data.name != download.TOP_FOLDER:
+            raise DataError(f"--download unpacks into a folder named {download.TOP_FOLDER}: "
+                            f"pass --data DIR/{download.TOP_FOLDER}")
+        download.download_dataset(args.data.parent, args.download_url)
+    root = make_demo_images(args.cache_dir / "demo-data") if args.demo else args.data
+    cache_size = args.cache_size or default_cache_size(args.image_size)
+    data = load_images(root, cache_size, args.cache_dir, args.limit, args.split_seed, args.workers)
+    splits = make_splits(data.labels, len(data.classes), args.test_fraction, args.labels, args.split_seed,
+                         args.label_seed, data.classes)
+    if verbose:
+        print(describe(data))
+        print(f"splits: {len(splits.pretrain):,} pretraining (labels unused), {len(splits.labelled):,} labelled, "
+              f"{len(splits.test):,} test (seed {args.split_seed})")
+    return data, splits
+
+
 # ---------------------------------------------------------------- batches
 
 
-def place_images(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
+def cache_on_device(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
     """The cache on the GPU when it fits beside `reserve_bytes` for training, else where it is (host memory)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

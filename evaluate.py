@@ -6,23 +6,23 @@ import torch.nn.functional as F
 from torch import nn
 
 import augment
+import cli
 import dataset
-import runs
 
 KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al. 2018, as in common kNN monitors)
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, device: torch.device,
-          precision: str, batch_size: int = 512) -> torch.Tensor:
+def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime: cli.Runtime,
+          batch_size: int = 512) -> torch.Tensor:
     """(len(indices), 512) float32 features of the evaluation view, backbone in eval mode."""
     was_training = backbone.training
     backbone.eval()
     features = []
     for start in range(0, len(indices), batch_size):
-        x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], device), size)
-        with runs.autocast(device, precision):
-            features.append(backbone(x.contiguous(memory_format=runs.memory_format(device))).float())
+        x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
+        with runtime.autocast():
+            features.append(backbone(x.contiguous(memory_format=cli.memory_format(runtime.device))).float())
     backbone.train(was_training)
     return torch.cat(features)
 

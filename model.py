@@ -129,8 +129,9 @@ def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra: Any) -> No
         raise
 
 
-def load_checkpoint(path: Path, kind: str) -> dict:
-    """Read a checkpoint of `kind` without unpickling code; raise CheckpointError saying what is wrong."""
+def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint of `kind` holding the entries `needs` (besides "model") without unpickling code;
+    raise CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -149,8 +150,16 @@ def load_checkpoint(path: Path, kind: str) -> dict:
         raise CheckpointError(f"{path}: a PyTorch file but not a {CHECKPOINT_FORMAT} checkpoint (holds {keys})")
     if state.get("kind") != kind:
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, expected a {kind!r} one")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {state.get('version')!r}, this code reads "
+                              f"version {CHECKPOINT_VERSION}")
     if state.get("arch") != ARCH:
         raise CheckpointError(f"{path}: architecture {state.get('arch')!r}, expected {ARCH!r}")
+    missing = [key for key in ("model", *needs) if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: a {kind} checkpoint without {', '.join(repr(key) for key in missing)}"
+                              + (" (siam.pt holds the weights only: --resume reads last.pt)"
+                                 if "optimizer" in missing else ""))
     return state
 
 

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-import runs  # noqa: E402
+import cli  # noqa: E402
 from model import PROJECTION_DIM  # noqa: E402
 
 COLOURS = {"random": ["tab:gray", "black", "silver"],  # per backbone, one colour per run in turn
@@ -42,7 +42,7 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
         if not (folder / "metrics.jsonl").is_file() or not (folder / "args.json").is_file():
             continue
         run = {"name": folder.name, "args": json.loads((folder / "args.json").read_text()),
-               "epochs": [r for r in runs.read_jsonl(folder / "metrics.jsonl") if "epoch" in r]}
+               "epochs": [r for r in cli.read_jsonl(folder / "metrics.jsonl") if "epoch" in r]}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
 
@@ -96,12 +96,14 @@ def plot_classifiers(classifiers: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+@cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
     folders = args.runs or sorted(p.parent for p in Path("runs").glob("*/metrics.jsonl"))
     pretraining, classifiers = load_runs(folders)
     if not pretraining and not classifiers:
-        runs.fail(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and classifier.py first")
+        raise cli.RunError(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and "
+                           f"classifier.py first")
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     if pretraining:

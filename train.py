@@ -1,133 +1,244 @@
 """SimSiam pretraining of a randomly initialised ResNet18 on a folder of photos, labels unused.
 
-    python train.py --demo                                   # synthetic data, about a minute on a CPU
+    python train.py --demo                                   # synthetic data, small settings, CPU
     python train.py --data data/PetImages                    # Microsoft's Cats and Dogs, 150 px, batch 256
     python train.py --data data/PetImages --resume           # continue an interrupted run from OUT/last.pt
     python train.py --data ../shared/data/cats-vs-dogs/PetImages --image-size 64 --epochs 1 --limit 1000 --device cpu
 
-Writes OUT/siam.pt (the SimSiam weights, for classifier.py), OUT/last.pt (everything --resume needs),
-OUT/metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy) and OUT/args.json.
+Everything one step does is in this file (the optimiser, the lr schedule, the two views, the SGD step on the
+symmetric loss), with model.py (the network and D) and augment.py (the augmentations) beside it; bench.py
+times these same functions. Writes OUT/siam.pt (the SimSiam weights, for classifier.py), OUT/last.pt
+(everything --resume needs), OUT/metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy) and
+OUT/args.json.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import augment
+import cli
 import dataset
 import distributed
 import evaluate
-import pretrain
-import runs
-from model import PROJECTION_DIM, CheckpointError, SimSiam, load_checkpoint, save_checkpoint
+from model import PROJECTION_DIM, D, SimSiam, load_checkpoint, save_checkpoint, z_std
 
-# 150 px and batch 256 as the original repository; the optimisation follows the paper's small-data
-# (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
-# CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
-DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150}
 RECIPE = ("epochs", "batch_size", "image_size", "base_lr", "weight_decay", "momentum", "seed")  # checked on --resume
-DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo: about a minute on 2 CPU cores
+DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo preset, for a CPU
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    runs.add_data_arguments(parser)
+    cli.add_data_arguments(parser)
     group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A)")
-    runs.add_size_arguments(group, DEFAULTS, DEMO)
-    group.add_argument("--base-lr", type=runs.positive(float), default=0.03,
+    # 150 px and batch 256 as the original repository; the optimisation follows the paper's small-data (CIFAR-10)
+    # recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to CIFAR's 50,000
+    # than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
+    group.add_argument("--epochs", type=cli.positive(int), default=200,
+                       help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
+    group.add_argument("--batch-size", type=cli.positive(int), default=256,
+                       help=f"images per step, over all processes (default: %(default)s; --demo: {DEMO['batch_size']})")
+    group.add_argument("--image-size", type=cli.positive(int), default=150,
+                       help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
+    group.add_argument("--base-lr", type=cli.positive(float), default=0.03,
                        help="base lr; effective lr = base_lr * batch_size / 256, cosine-decayed to 0, "
-                            "predictor fixed (0.03: the paper's CIFAR recipe)")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (CIFAR recipe: 5e-4)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+                            "predictor fixed (default: %(default)s, the paper's CIFAR recipe)")
+    group.add_argument("--weight-decay", type=float, default=5e-4,
+                       help="SGD weight decay (default: %(default)s, CIFAR recipe)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     group = parser.add_argument_group("run")
-    group.add_argument("--out", type=Path, default=Path("runs/simsiam"), help="run folder (default %(default)s)")
-    runs.add_run_arguments(group)
+    group.add_argument("--out", type=Path, default=Path("runs/simsiam"), help="run folder (default: %(default)s)")
+    cli.add_run_arguments(group)
     group.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model and the augmentation (a warm-up of tens of seconds)")
-    group.add_argument("--save-every", type=runs.positive(int), default=10, help="epochs between checkpoints")
-    group.add_argument("--knn-k", type=runs.positive(int), default=20, help="neighbours of the kNN monitor")
-    group.add_argument("--collapse-fraction", type=runs.positive(float), default=0.25,
-                       help="warn when z-std falls below this fraction of 1/sqrt(d), the healthy value")
-    return parser.parse_args(argv)
+    group.add_argument("--save-every", type=cli.positive(int), default=10,
+                       help="epochs between checkpoints (default: %(default)s)")
+    group.add_argument("--knn-k", type=cli.positive(int), default=20,
+                       help="neighbours of the kNN monitor (default: %(default)s)")
+    group.add_argument("--collapse-fraction", type=cli.positive(float), default=0.25,
+                       help="warn when z-std falls below this fraction of 1/sqrt(d), the healthy value "
+                            "(default: %(default)s)")
+    return parser
 
 
-def knn_monitor(model: SimSiam, images, data: dataset.ImageSet, splits: dataset.Splits, image_size: int,
-                device: torch.device, precision: str, k: int) -> float:
-    """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
-    bank = evaluate.embed(model.backbone, images, splits.labelled, image_size, device, precision)
-    queries = evaluate.embed(model.backbone, images, splits.test, image_size, device, precision)
-    return evaluate.knn_accuracy(bank, data.labels[splits.labelled], queries, data.labels[splits.test],
-                                 len(data.classes), k).item()
+def parse_args(argv=None) -> argparse.Namespace:
+    return cli.parse(build_parser(), argv, DEMO)
 
 
-def train_epoch(model, optimizer, images, splits: dataset.Splits, args, epoch: int, steps_per_epoch: int,
-                initial_lr: float, device: torch.device, precision: str, context: distributed.Context, view) -> dict:
-    """One pass over this rank's part of the pretraining images; returns the epoch's figures, averaged
-    over ranks, and the first step with a non-finite loss (-1 if none)."""
+# ---------------------------------------------------------------- the SimSiam step
+
+
+def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over two groups: encoder (cosine-decayed lr) and predictor (fixed lr, `fix_pred_lr`, paper §4.3)."""
+    predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
+    encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
+    groups = [{"params": encoder, "fixed_lr": False}, {"params": predictor, "fixed_lr": True}]
+    fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update on the GPU
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The encoder's lr: cosine decay from `initial_lr` to 0 over the run, evaluated per step (paper §4);
+    the predictor stays at `initial_lr`."""
+    initial_lr: float
+    steps_per_epoch: int
+    epochs: int
+
+    def lr(self, step: int) -> float:
+        return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / (self.steps_per_epoch * self.epochs)))
+
+    def apply(self, optimizer: torch.optim.SGD, step: int) -> float:
+        """Set every group's lr for global step `step`; returns the encoder's."""
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = self.initial_lr if group["fixed_lr"] else lr
+        return lr
+
+
+@functools.cache
+def compiled_view():
+    return torch.compile(augment.simsiam_view)
+
+
+def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
+          compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S)."""
+    view = compiled_view() if compiled else augment.simsiam_view
+    layout = cli.memory_format(batch.device)
+    x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    return x1, x2
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
+             runtime: cli.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the symmetric loss (paper eq. 2). Returns (loss, z-std) as detached 0-dim tensors
+    on the device: nothing here waits for the GPU."""
+    with runtime.autocast():
+        p1, p2, z1, z2 = model(x1, x2)
+        loss = D(p1, z2) / 2 + D(p2, z1) / 2
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (z_std(z1) + z_std(z2)) / 2
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+               generator: torch.Generator, args: argparse.Namespace,
+               runtime: cli.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole step: augmentation on the batch's device, then the SGD step."""
+    return sgd_step(model, optimizer, *views(batch, args.image_size, generator, args.compile), runtime)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of an epoch's batch order (rank 0's, shared by all) and of each rank's augmentations: a resumed
+    epoch draws exactly what it would have, and ranks draw different, reproducible augmentations."""
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+class Readout:
+    """A device scalar for the progress bar, read without waiting for the GPU: it is copied asynchronously
+    into pinned host memory and shown once that copy has landed, a few steps later."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffer = torch.zeros((), pin_memory=self.cuda)
+        self.copied = torch.cuda.Event() if self.cuda else None
+        self.pending = False
+        self.value = float("nan")
+
+    def push(self, scalar: torch.Tensor) -> float:
+        if not self.cuda:
+            self.value = scalar.item()
+        elif not self.pending or self.copied.query():
+            if self.pending:
+                self.value = self.buffer.item()
+            self.buffer.copy_(scalar, non_blocking=True)
+            self.copied.record()
+            self.pending = True
+        return self.value
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Schedule, images: torch.Tensor,
+                indices: torch.Tensor, epoch: int, args: argparse.Namespace, runtime: cli.Runtime) -> dict:
+    """One pass over this rank's part of the pretraining images `indices`; returns the epoch's metrics,
+    averaged over ranks, and the first step with a non-finite loss (-1 if none)."""
+    device, context = runtime.device, runtime.context
     order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
-    order_generator.manual_seed(pretrain.epoch_seed(args.seed, epoch))  # the same global order on every rank
-    augment_generator = torch.Generator(device).manual_seed(pretrain.epoch_seed(args.seed, epoch, context.rank))
-    readout = pretrain.Readout(device)
+    order_generator.manual_seed(epoch_seed(args.seed, epoch))  # the same global order on every rank
+    augment_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, context.rank))
+    readout = Readout(device)
     loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
     first_bad_step = torch.full((), -1, device=device)
     started = time.perf_counter()
-    batches = dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator, device,
-                                     context.rank, context.world_size)
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+    batches = dataset.device_batches(images, indices, args.batch_size, order_generator, device, context.rank,
+                                     context.world_size)
+    bar = tqdm(batches, total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
                disable=not context.is_main)
     for step, batch in enumerate(bar):
-        lr = pretrain.learning_rate(initial_lr, epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
-        pretrain.set_learning_rate(optimizer, initial_lr, lr)
-        loss, std = pretrain.train_step(model, optimizer, batch, args.image_size, augment_generator, precision, view)
+        lr = schedule.apply(optimizer, epoch * schedule.steps_per_epoch + step)
+        loss, std = train_step(model, optimizer, batch, augment_generator, args, runtime)
         loss_sum += loss
         std_sum += std
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
         bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
-    loss_mean = distributed.mean(loss_sum / steps_per_epoch, context).item()
     seconds = time.perf_counter() - started
-    return {"loss": loss_mean, "z_std": distributed.mean(std_sum / steps_per_epoch, context).item(), "lr": lr,
-            "images_per_s": steps_per_epoch * args.batch_size / seconds, "epoch_s": seconds,
+    return {"loss": distributed.mean(loss_sum / schedule.steps_per_epoch, context).item(),
+            "z_std": distributed.mean(std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
+            "images_per_s": schedule.steps_per_epoch * args.batch_size / seconds, "epoch_s": seconds,
             "bad_step": int(first_bad_step)}
 
 
+def knn_monitor(model: SimSiam, images: torch.Tensor, data: dataset.ImageSet, splits: dataset.Splits,
+                args: argparse.Namespace, runtime: cli.Runtime) -> float:
+    """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
+    bank = evaluate.embed(model.backbone, images, splits.labelled, args.image_size, runtime)
+    queries = evaluate.embed(model.backbone, images, splits.test, args.image_size, runtime)
+    return evaluate.knn_accuracy(bank, data.labels[splits.labelled], queries, data.labels[splits.test],
+                                 len(data.classes), args.knn_k).item()
+
+
+# ---------------------------------------------------------------- the run
+
+
+@cli.reports_errors
 def main(argv=None) -> None:
-    args = runs.with_defaults(parse_args(argv), DEFAULTS, DEMO)
+    args = parse_args(argv)
     context, device_name = distributed.setup(args.device)
     if context.is_main:
-        runs.prepare_out(args.out)
+        cli.prepare_out(args.out)
     torch.manual_seed(args.seed)
-    device = runs.pick_device(device_name)
-    precision = runs.resolve_precision(args.precision, device)
+    runtime = cli.make_runtime(device_name, args.precision, context)
+    device = runtime.device
     say = print if context.is_main else (lambda *_, **__: None)
 
     if context.local_rank != 0:
         distributed.barrier(context)  # local rank 0 builds the cache (or the demo set) first
-    data, splits = runs.open_data(args, verbose=context.is_main)
+    data, splits = dataset.open_data(args, verbose=context.is_main)
     if context.local_rank == 0:
         distributed.barrier(context)
     if args.batch_size % context.world_size or args.batch_size > len(splits.pretrain):
-        runs.fail(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and not exceed "
-                  f"the {len(splits.pretrain)} pretraining images")
-    images = dataset.place_images(data.images, device)
-    steps_per_epoch = len(splits.pretrain) // args.batch_size
-    initial_lr = args.base_lr * args.batch_size / 256
-    split = {"seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
-             "test_fingerprint": dataset.fingerprint(data.files, splits.test), "classes": data.classes}
+        raise cli.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
+                           f"not exceed the {len(splits.pretrain)} pretraining images")
+    images = dataset.cache_on_device(data.images, device)
+    schedule = Schedule(args.base_lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
+    split_identity = {"seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
+                      "test_fingerprint": dataset.fingerprint(data.files, splits.test), "classes": data.classes}
 
-    model = SimSiam().to(device, memory_format=runs.memory_format(device))
-    optimizer = pretrain.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
+    model = SimSiam().to(device, memory_format=cli.memory_format(device))
+    optimizer = make_optimizer(model, schedule.initial_lr, args.momentum, args.weight_decay)
     start_epoch = 0
     if args.resume:
-        try:
-            state = load_checkpoint(args.out / "last.pt", kind="simsiam")
-        except CheckpointError as error:
-            runs.fail(f"cannot resume: {error}")
+        state = load_checkpoint(args.out / "last.pt", kind="simsiam", needs=("optimizer", "rng", "epoch", "args"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -137,44 +248,44 @@ def main(argv=None) -> None:
         if changed:
             say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:
-            runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start_epoch)
+            cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start_epoch)
         say(f"resumed from {args.out / 'last.pt'} after epoch {start_epoch}")
     step_model = distributed.wrap(model, context, device)  # shares its weights with `model`
     step_model = torch.compile(step_model) if args.compile else step_model
-    view = torch.compile(augment.simsiam_view) if args.compile else augment.simsiam_view
     if context.is_main:
-        runs.save_args(args.out, args, device=str(device), precision_used=precision, initial_lr=initial_lr,
-                       steps_per_epoch=steps_per_epoch, cache_on=images.device.type, world_size=context.world_size)
-    metrics = runs.Metrics(args.out / "metrics.jsonl")
+        cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+                      initial_lr=schedule.initial_lr, steps_per_epoch=schedule.steps_per_epoch,
+                      cache_on=images.device.type, world_size=context.world_size)
+    metrics = cli.Metrics(args.out / "metrics.jsonl")
     say(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
-        f"({precision}) x {context.world_size} process(es), cache in "
-        f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of {steps_per_epoch} "
-        f"steps, batch {args.batch_size}, lr {initial_lr:g}")
+        f"({runtime.precision}) x {context.world_size} process(es), cache in "
+        f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
+        f"{schedule.steps_per_epoch} steps, batch {args.batch_size}, lr {schedule.initial_lr:g}")
 
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        figures = train_epoch(step_model, optimizer, images, splits, args, epoch, steps_per_epoch, initial_lr, device,
-                              precision, context, view)
-        bad_step = figures.pop("bad_step")
+        record = train_epoch(step_model, optimizer, schedule, images, splits.pretrain, epoch, args, runtime)
+        bad_step = record.pop("bad_step")
         if distributed.any_rank(bad_step >= 0, device, context):
             where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-            runs.fail(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
-                      f"checkpoint is kept in {args.out}. Lower --base-lr or check the data, then --resume")
+            raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good checkpoint "
+                               f"is kept in {args.out}. Lower --base-lr or check the data, then --resume")
         if not context.is_main:
             continue  # the kNN monitor, logs and checkpoints are rank 0's
-        knn = knn_monitor(model, images, data, splits, args.image_size, device, precision, args.knn_k)
-        collapsing = figures["z_std"] < args.collapse_fraction * healthy_std
-        metrics.log(epoch=epoch + 1, **figures, knn_accuracy=knn, collapse_warning=collapsing)
-        summary = (f"loss {figures['loss']:.4f}, z-std {figures['z_std']:.4f} (healthy {healthy_std:.4f}), "
+        knn = knn_monitor(model, images, data, splits, args, runtime)
+        collapsing = record["z_std"] < args.collapse_fraction * healthy_std
+        metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
+        summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f}), "
                    f"kNN accuracy {knn:.4f}")
-        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {figures['images_per_s']:,.0f} images/s")
+        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s")
         if collapsing:
-            print(f"warning: z-std {figures['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
+            print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
                   f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            saved = {"epoch": epoch + 1, "args": runs.plain_args(args), "split": split}
+            saved = {"epoch": epoch + 1, "args": cli.plain_args(args), "split": split_identity,
+                     "code": cli.code_version()}
             save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
                             rng=torch.get_rng_state(), **saved)
             save_checkpoint(args.out / "siam.pt", "simsiam", model, **saved)
@@ -183,7 +294,7 @@ def main(argv=None) -> None:
         if context.is_main:
             metrics.log(event="ranks", world_size=context.world_size, parameters_in_sync=in_sync)
         if not in_sync:
-            runs.fail(f"the {context.world_size} processes ended with different weights: this is a bug")
+            raise cli.RunError(f"the {context.world_size} processes ended with different weights: this is a bug")
     say(f"saved {args.out / 'siam.pt'}: {summary}")
     distributed.cleanup(context)
 

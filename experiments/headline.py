@@ -26,11 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-ROWS = [  # (name, classifier.py flags)
-    ("random init, linear probe", ["--random"]),
-    ("SimSiam, linear probe", []),
-    ("random init, fine-tuned", ["--random", "--finetune"]),
-    ("SimSiam, fine-tuned", ["--finetune"]),
+sys.path.insert(0, str(REPOSITORY))  # the repository's shared modules
+import cli  # noqa: E402
+import torch  # noqa: E402
+
+ROWS = [  # (name, random backbone, fine-tuned)
+    ("random init, linear probe", True, False),
+    ("SimSiam, linear probe", False, False),
+    ("random init, fine-tuned", True, True),
+    ("SimSiam, fine-tuned", False, True),
 ]
 TINY = {"train": ["--demo", "--epochs", "2", "--batch-size", "32", "--image-size", "32", "--device", "cpu"],
         "classifier": ["--demo", "--epochs", "2", "--batch-size", "50", "--image-size", "32", "--device", "cpu"],
@@ -61,13 +65,10 @@ def run(command: list[str], log: Path) -> float:
 
 
 def final_accuracy(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return next(r["test_accuracy"] for r in reversed(records) if r.get("event") == "final")
+    return cli.final_record(run_dir / "metrics.jsonl")["test_accuracy"]
 
 
 def hardware() -> str:
-    import torch  # only for the description of the machine
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{gpu}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
 
@@ -88,13 +89,12 @@ def main(argv=None) -> None:
     print(f"pretrained in {pretrain_s:.0f} s: {simsiam / 'siam.pt'}")
 
     jobs = []  # (row, seed, out, command)
-    for name, flags in ROWS:
+    for name, random, finetune in ROWS:
         for seed in args.label_seeds:
-            backbone_name = "random" if "--random" in flags else "simsiam"
-            mode = "finetune" if "--finetune" in flags else "frozen"
-            out = runs_dir / f"classifier-{backbone_name}-{mode}-labels{seed}"
-            backbone = [] if "--random" in flags else ["--checkpoint", str(simsiam / "siam.pt")]
-            jobs.append((name, seed, out, ["classifier.py", *data, *cache, *backbone, *flags, "--label-seed", str(seed),
+            out = runs_dir / f"{cli.classifier_run_name(random, finetune)}-labels{seed}"
+            backbone = ["--random"] if random else ["--checkpoint", str(simsiam / "siam.pt")]
+            mode = ["--finetune"] if finetune else []
+            jobs.append((name, seed, out, ["classifier.py", *data, *cache, *backbone, *mode, "--label-seed", str(seed),
                                            "--out", str(out), *classifier_extra]))
     supervised_out = runs_dir / "supervised-all-labels"
     supervised_extra = TINY["supervised"] if args.tiny else ["--epochs", str(args.supervised_epochs),
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
          "--out", str(runs_dir / "plots")], runs_dir / "plot.log")
 
     rows = []
-    for name, _ in ROWS:
+    for name, *_ in ROWS:
         mine = [(job, s) for job, s in zip(jobs, seconds) if job[0] == name]
         accuracies = [final_accuracy(job[2]) for job, _ in mine]
         rows.append({"row": name, "accuracies": accuracies, "mean": statistics.mean(accuracies),
@@ -118,8 +118,7 @@ def main(argv=None) -> None:
     rows.append({"row": "supervised, all non-test labels", "accuracies": [final_accuracy(supervised_out)],
                  "mean": final_accuracy(supervised_out), "std": 0.0, "seconds_each": [round(supervised_s, 1)],
                  "command": "python " + " ".join(supervised_command).replace(str(runs_dir), args.runs.as_posix())})
-    pretraining = [json.loads(line) for line in (simsiam / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in pretraining if "epoch" in r]
+    epochs = [r for r in cli.read_jsonl(simsiam / "metrics.jsonl") if "epoch" in r]
     summary = {"hardware": hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
                "pretrain_command": "python " + " ".join(train_command).replace(str(runs_dir), args.runs.as_posix()),
                "pretrain_s": round(pretrain_s, 1), "pretrain_epochs": len(epochs),

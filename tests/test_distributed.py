@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+import cli
 import dataset
-import pretrain
-import runs
+import train
 from model import D, SimSiam, load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -39,16 +39,16 @@ def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> 
     torch.manual_seed(SETTINGS["seed"])
     model = SimSiam()
     initial_lr = SETTINGS["base_lr"] * SETTINGS["batch_size"] / 256
-    optimizer = pretrain.make_optimizer(model, initial_lr, 0.9, 5e-4)
-    order = torch.Generator().manual_seed(pretrain.epoch_seed(0, 0))
-    generators = [torch.Generator().manual_seed(pretrain.epoch_seed(0, 0, rank)) for rank in range(processes)]
-    steps = len(splits.pretrain) // SETTINGS["batch_size"]
+    optimizer = train.make_optimizer(model, initial_lr, 0.9, 5e-4)
+    order = torch.Generator().manual_seed(train.epoch_seed(0, 0))
+    generators = [torch.Generator().manual_seed(train.epoch_seed(0, 0, rank)) for rank in range(processes)]
+    schedule = train.Schedule(initial_lr, len(splits.pretrain) // SETTINGS["batch_size"], epochs=1)
     share = SETTINGS["batch_size"] // processes
     for step, indices in enumerate(dataset.epoch_batches(splits.pretrain, SETTINGS["batch_size"], order)):
-        pretrain.set_learning_rate(optimizer, initial_lr, pretrain.learning_rate(initial_lr, step, steps))
+        schedule.apply(optimizer, step)
         optimizer.zero_grad()
         for rank, generator in enumerate(generators):
-            x1, x2 = pretrain.views(data.images[indices[rank * share:(rank + 1) * share]], 32, generator)
+            x1, x2 = train.views(data.images[indices[rank * share:(rank + 1) * share]], 32, generator)
             p1, p2, z1, z2 = model(x1, x2)
             ((D(p1, z2) / 2 + D(p2, z1) / 2) / processes).backward()
         optimizer.step()
@@ -67,7 +67,7 @@ def test_two_processes_match_gradient_accumulation(class_tree, tmp_path):
     of a single process computing each global batch as two accumulated half-batches."""
     out = launch(class_tree, tmp_path, 2)
     assert len(list(tmp_path.rglob("siam.pt"))) == 1 and len(list(tmp_path.rglob("metrics.jsonl"))) == 1
-    records = runs.read_jsonl(out / "metrics.jsonl")
+    records = cli.read_jsonl(out / "metrics.jsonl")
     assert [r.get("epoch") for r in records if "epoch" in r] == [1]
     assert records[-1] == {**records[-1], "event": "ranks", "world_size": 2, "parameters_in_sync": True}
     trained = load_checkpoint(out / "siam.pt", "simsiam")["model"]
@@ -90,5 +90,5 @@ def test_epoch_batches_split_every_global_batch_among_ranks():
 
 def test_ranks_draw_different_reproducible_augmentations():
     """Rank seeds differ from each other and repeat for the same (seed, epoch, rank)."""
-    seeds = {pretrain.epoch_seed(0, epoch, rank) for epoch in range(5) for rank in range(8)}
-    assert len(seeds) == 40 and pretrain.epoch_seed(0, 2, 1) == pretrain.epoch_seed(0, 2, 1)
+    seeds = {train.epoch_seed(0, epoch, rank) for epoch in range(5) for rank in range(8)}
+    assert len(seeds) == 40 and train.epoch_seed(0, 2, 1) == train.epoch_seed(0, 2, 1)

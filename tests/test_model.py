@@ -213,6 +213,24 @@ def test_wrong_arch_is_refused(tmp_path):
         load_checkpoint(tmp_path / "c.pt", kind="simsiam")
 
 
+def test_other_format_version_is_refused(tmp_path):
+    """A checkpoint written in another format version raises CheckpointError naming both versions."""
+    save_checkpoint(tmp_path / "c.pt", "simsiam", nn.Linear(2, 2))
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    torch.save({**state, "version": model.CHECKPOINT_VERSION + 1}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=f"version {model.CHECKPOINT_VERSION + 1}.*version "
+                                              f"{model.CHECKPOINT_VERSION}"):
+        load_checkpoint(tmp_path / "c.pt", kind="simsiam")
+
+
+@pytest.mark.parametrize("needs", [("split",), ("optimizer", "rng")])
+def test_missing_entry_is_named(tmp_path, needs):
+    """A checkpoint without an entry the caller needs raises CheckpointError naming the entry, not KeyError."""
+    save_checkpoint(tmp_path / "c.pt", "simsiam", nn.Linear(2, 2), epoch=1)
+    with pytest.raises(CheckpointError, match=repr(needs[0])):
+        load_checkpoint(tmp_path / "c.pt", kind="simsiam", needs=needs)
+
+
 @pytest.mark.parametrize("content", [
     {"a": 1},
     torch.zeros(3),

@@ -1,0 +1,227 @@
+"""What the scripts share at the command line: argument groups and presets, the one-line error report, the
+device and precision, and the run folder (resolved arguments, an append-only metrics.jsonl, the code version)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import dataset
+import distributed
+import download
+from model import CheckpointError
+
+REPOSITORY = Path(__file__).resolve().parent
+
+
+class RunError(Exception):
+    """A run that cannot go on as asked (a setting that does not fit the data, a checkpoint that may leak the
+    test split); the message says what to change."""
+
+
+ERRORS = (RunError, dataset.DataError, download.DownloadError, CheckpointError)  # reported as one line, exit 2
+
+
+def report(message: str) -> None:
+    """One line on stderr, naming the process when torchrun started several."""
+    rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}", file=sys.stderr)
+
+
+def reports_errors(main):
+    """Decorate a script's main: the library's errors become one line on stderr and exit status 2, Ctrl-C one
+    line and exit status 130; a bug still shows its traceback."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except ERRORS as error:
+            report(str(error))
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+    return run
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def positive(kind):
+    """argparse type: a number > 0, with the valid range in the error."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags every script shares; equal values give every script the same splits."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", type=Path, default=Path("data/PetImages"),
+                       help="image folder: one sub-folder per class (PetImages/Cat, PetImages/Dog) "
+                            "or Kaggle's flat train/cat.0.jpg layout (default: %(default)s)")
+    group.add_argument("--download", action="store_true",
+                       help="first fetch and unpack Microsoft's archive (787 MB) into the parent of --data, "
+                            "resuming a partial download")
+    group.add_argument("--download-url", default=download.DEFAULT_URL, help="where --download fetches from")
+    group.add_argument("--demo", action="store_true",
+                       help="use a generated two-class set instead of --data, with the small settings shown as "
+                            "'--demo' in this help")
+    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(),
+                       help="where decoded images are cached (default: %(default)s)")
+    group.add_argument("--cache-size", type=positive(int), default=None,
+                       help="cache resolution in px (default: 8/7 of --image-size, as 256/224 on ImageNet)")
+    group.add_argument("--limit", type=positive(int), default=None, help="use a seeded subset of N images")
+    group.add_argument("--workers", type=positive(int), default=None, help="decoding processes (default: all cores)")
+    group = parser.add_argument_group("splits (keep equal across scripts)")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the held-out test split and of --limit")
+    group.add_argument("--test-fraction", type=fraction, default=0.1,
+                       help="stratified test split, never seen by pretraining or the labels (default: %(default)s)")
+    group.add_argument("--labels", type=positive(int), default=250,
+                       help="size of the labelled subset, balanced per class (default: %(default)s)")
+    group.add_argument("--label-seed", type=int, default=0, help="seed of the labelled subset draw")
+
+
+def add_run_arguments(group) -> None:
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of initialisation, batch order and augmentation (not of the splits)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: cuda when PyTorch sees a GPU, else cpu")
+    group.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+
+
+def parse(parser: argparse.ArgumentParser, argv, demo: dict) -> argparse.Namespace:
+    """Parse argv; under --demo, the `demo` preset replaces the defaults first (explicit flags still win)."""
+    if parser.parse_known_args(argv)[0].demo:
+        parser.set_defaults(**demo)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors are computed: the device, the precision and the torchrun context."""
+    device: torch.device
+    precision: str  # "bf16" (autocast) or "fp32"
+    context: distributed.Context = distributed.Context()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def make_runtime(device_name: str, precision: str, context: distributed.Context = distributed.Context()) -> Runtime:
+    """auto device: cuda when PyTorch sees a GPU; auto precision: bf16 autocast on CUDA (the ResNet's
+    convolutions run on tensor cores), fp32 on CPU."""
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    device = torch.device(device_name if device_name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return Runtime(device, precision, context)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's bf16 convolutions want NHWC; the default layout on CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def prepare_out(out: Path) -> Path:
+    """Create the run folder and check it can be written, before any work starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write to the output folder {out} ({error.strerror}): choose another with --out")
+    return out
+
+
+@functools.cache
+def code_version() -> dict:
+    """The git commit of this repository and whether the working tree had changes, when git can tell."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], cwd=REPOSITORY, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    """The arguments as builtins (paths as strings), for JSON and for weights_only checkpoints."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
+    """OUT/args.json: the resolved arguments, derived values and the code version of this run."""
+    record = {**plain_args(args), **derived, "code": code_version()}
+    (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+class Metrics:
+    """OUT/metrics.jsonl: one flat JSON object per event, appended and flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, **record) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics file; a line cut short by a killed process is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def final_record(path: Path) -> dict:
+    """The classifier's closing record (event "final") of a metrics file."""
+    return next(record for record in reversed(read_jsonl(path)) if record.get("event") == "final")
+
+
+def truncate_metrics(path: Path, after_epoch: int) -> None:
+    """Drop the records of epochs after `after_epoch` (a resumed run writes them again), atomically."""
+    if path.is_file():
+        kept = [record for record in read_jsonl(path) if record.get("epoch", 0) <= after_epoch]
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(temporary, path)
+
+
+def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) -> str:
+    """The classifier's default run folder name: classifier-{random|simsiam}-{frozen|finetune}[-all-labels]."""
+    name = f"classifier-{'random' if random else 'simsiam'}-{'finetune' if finetune else 'frozen'}"
+    return name + ("-all-labels" if all_labels else "")
