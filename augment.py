@@ -8,10 +8,15 @@ blur sigma near 0) instead of being masked out, so every image takes the same ar
 MoCo v2 recipe (SimSiam paper, §4 and appendix A), for 224 px ImageNet crops:
     RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(p 0.2),
     GaussianBlur(sigma in [0.1, 2.0]) with p 0.5, RandomHorizontalFlip, Normalize(ImageNet mean, std).
-Deviations, for speed, none of which changes the distribution of one operation:
-    - the flip is folded into the crop (one resampling); colour ops and the symmetric blur commute with it;
-    - colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles it);
-    - a crop whose width or height would exceed the image is clamped to it, where torchvision retries 10 times.
+The crop boxes have the distribution of torchvision's RandomResizedCrop.get_params on the cached image's pixel
+grid: its 10 tries are drawn at once for every image, and the first that fits is kept.
+Deviations, for speed:
+    - the flip is folded into the crop (one resampling); colour ops and the symmetric blur commute with it,
+      so this changes nothing;
+    - colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles it):
+      each factor has torchvision's distribution, their composition does not;
+    - the crop is resized bilinearly without antialiasing (torchvision's antialias=False); the default cache is
+      8/7 of the output side, so a crop is shrunk by at most that factor.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to
 
 CROP_SCALE = (0.2, 1.0)  # fraction of the image area, MoCo v2 (v1 used 0.08, which SimSiam drops)
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height
+CROP_TRIES = 10  # candidate boxes per image before the centre-crop fallback, as torchvision
 JITTER_PROBABILITY = 0.8
 BRIGHTNESS = CONTRAST = SATURATION = 0.4  # factors drawn from [1 - 0.4, 1 + 0.4]
 HUE = 0.1  # hue shift drawn from [-0.1, 0.1] of a full turn
@@ -35,9 +41,9 @@ BLUR_SIGMA = (0.1, 2.0)  # pixels
 BLUR_KERNEL = 13  # 2 * ceil(3 * max sigma) + 1: the kernel covers +-3 sigma
 
 
-def uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
-    """(n,) values drawn uniformly from [low, high) on the generator's device."""
-    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
+def uniform(low: float, high: float, shape: int | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Values of `shape` ((n,) for an int) drawn uniformly from [low, high) on the generator's device."""
+    return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
 
 
 def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -48,16 +54,30 @@ def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:
 # ---------------------------------------------------------------- geometry
 
 
-def random_crop_boxes(n: int, generator: torch.Generator, scale=CROP_SCALE, ratio=CROP_RATIO) -> torch.Tensor:
-    """(n, 4) crop boxes (centre x, centre y, width, height) in grid_sample's [-1, 1] coordinates,
-    width and height as fractions of the image side, area in `scale`, aspect ratio log-uniform in `ratio`."""
-    area = uniform(*scale, n, generator)
-    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), n, generator))
-    width = torch.sqrt(area * aspect).clamp(max=1.0)
-    height = torch.sqrt(area / aspect).clamp(max=1.0)
-    centre_x = uniform(-1.0, 1.0, n, generator) * (1 - width)
-    centre_y = uniform(-1.0, 1.0, n, generator) * (1 - height)
-    return torch.stack([centre_x, centre_y, width, height], dim=1)
+def random_crop_boxes(n: int, side: int, generator: torch.Generator,
+                      scale=CROP_SCALE, ratio=CROP_RATIO) -> torch.Tensor:
+    """(n, 4) crop boxes (centre x, centre y, width, height) of a side x side image in grid_sample's [-1, 1]
+    coordinates, width and height as fractions of the side, aligned to its pixels.
+
+    Torchvision's RandomResizedCrop.get_params, batched: each image draws CROP_TRIES candidates (area fraction
+    uniform in `scale`, aspect ratio log-uniform in `ratio`, sides rounded to pixels) and keeps the first
+    that fits in the image, at a top-left corner uniform over the pixels; an image where none fits gets the
+    centre crop with the aspect ratio clamped to `ratio` (the whole image when 1 is in `ratio`)."""
+    area = uniform(*scale, (n, CROP_TRIES), generator)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, CROP_TRIES), generator))
+    width = torch.round(side * torch.sqrt(area * aspect))  # (n, CROP_TRIES) pixels
+    height = torch.round(side * torch.sqrt(area / aspect))
+    fits = (width > 0) & (width <= side) & (height > 0) & (height <= side)
+    found = fits.any(dim=1)  # (n,) False where none of the candidates fits
+    first = fits.int().argmax(dim=1, keepdim=True)  # (n, 1) the first candidate that fits
+    fallback_width = round(side * ratio[1]) if ratio[1] < 1 else side  # torchvision's centre crop of a square
+    fallback_height = round(side / ratio[0]) if ratio[0] > 1 else side
+    width = torch.where(found, width.gather(1, first).squeeze(1), fallback_width)  # (n,) pixels
+    height = torch.where(found, height.gather(1, first).squeeze(1), fallback_height)
+    left = torch.where(found, torch.floor(uniform(0, 1, n, generator) * (side - width + 1)), (side - width) // 2)
+    top = torch.where(found, torch.floor(uniform(0, 1, n, generator) * (side - height + 1)), (side - height) // 2)
+    return torch.stack([(2 * left + width) / side - 1, (2 * top + height) / side - 1, width / side, height / side],
+                       dim=1)
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
@@ -182,15 +202,17 @@ def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
-    n = images.shape[0]
-    x = resized_crop(to_float(images), random_crop_boxes(n, generator), chance(0.5, n, generator), size)
+    n, side = images.shape[0], images.shape[-1]
+    boxes = random_crop_boxes(n, side, generator)
+    x = resized_crop(to_float(images), boxes, chance(0.5, n, generator), size)
     return normalize(colour_augment(x, generator))
 
 
 def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """The classifier's training view: random resized crop and flip only, normalised."""
-    n = images.shape[0]
-    return normalize(resized_crop(to_float(images), random_crop_boxes(n, generator), chance(0.5, n, generator), size))
+    n, side = images.shape[0], images.shape[-1]
+    boxes = random_crop_boxes(n, side, generator)
+    return normalize(resized_crop(to_float(images), boxes, chance(0.5, n, generator), size))
 
 
 def center_view(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import colorsys
 import itertools
+import math
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
 
 import augment
 
@@ -44,9 +46,12 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- resized_crop against torchvision
 
-def pixel_box(top: int, left: int, height: int, width: int) -> list[float]:
-    """A (top, left, height, width) pixel box of an H x W image as (centre x, centre y, width, height) in [-1, 1]."""
-    return [(2 * left + width) / W - 1, (2 * top + height) / H - 1, width / W, height / H]
+def pixel_box(top: int, left: int, height: int, width: int, image_height: int = H, image_width: int = W
+              ) -> list[float]:
+    """A (top, left, height, width) pixel box of an image_height x image_width image as (centre x, centre y,
+    width, height) in [-1, 1]."""
+    return [(2 * left + width) / image_width - 1, (2 * top + height) / image_height - 1,
+            width / image_width, height / image_height]
 
 
 def crop_both_ways(x: torch.Tensor, pixel_boxes: list[tuple[int, int, int, int]], flip: bool, size: int):
@@ -192,10 +197,10 @@ def test_rgb_to_hsv_matches_colorsys(values, request):
 # ---------------------------------------------------------------- random parameters and views
 
 def test_crop_boxes_are_drawn_per_image_within_bounds():
-    """random_crop_boxes(n) gives n distinct boxes, each inside the image, with width and height <= 1,
-    area within CROP_SCALE and aspect ratio within CROP_RATIO."""
-    n = 1000
-    boxes = augment.random_crop_boxes(n, generator(3))
+    """random_crop_boxes(n, side) gives n distinct boxes, each inside the image, with width and height in (0, 1],
+    area within CROP_SCALE and aspect ratio within CROP_RATIO up to the rounding of the sides to pixels."""
+    n, side = 1000, 1024  # a fine pixel grid, on which 1000 boxes are distinct
+    boxes = augment.random_crop_boxes(n, side, generator(3))
     centre_x, centre_y, width, height = boxes.unbind(1)
     assert boxes.shape == (n, 4)
     assert len(torch.unique(boxes, dim=0)) == n
@@ -203,8 +208,101 @@ def test_crop_boxes_are_drawn_per_image_within_bounds():
     eps = 1e-6
     assert (centre_x.abs() + width <= 1 + eps).all() and (centre_y.abs() + height <= 1 + eps).all()
     area, aspect = width * height, width / height
-    assert ((area >= augment.CROP_SCALE[0] - eps) & (area <= augment.CROP_SCALE[1] + eps)).all()
-    assert ((aspect >= augment.CROP_RATIO[0] - eps) & (aspect <= augment.CROP_RATIO[1] + eps)).all()
+    rounding = 2 / side  # half a pixel on each side changes area and aspect by less than this
+    assert ((area >= augment.CROP_SCALE[0] - rounding) & (area <= augment.CROP_SCALE[1])).all()
+    assert ((aspect >= augment.CROP_RATIO[0] - rounding) & (aspect <= augment.CROP_RATIO[1] + rounding)).all()
+
+
+def test_crop_boxes_are_pixel_aligned():
+    """Every box's left, top, width and height are whole pixels of the side x side image, so resized_crop
+    on it equals torchvision's resized_crop."""
+    side = 74
+    centre_x, centre_y, width, height = augment.random_crop_boxes(1000, side, generator(13)).double().unbind(1)
+    pixels = torch.stack([(centre_x - width + 1) * side / 2, (centre_y - height + 1) * side / 2,
+                          width * side, height * side])  # (4, n) left, top, width, height
+    assert (pixels - pixels.round()).abs().max() < 1e-4
+
+
+def test_crop_boxes_are_reproducible_from_the_generator():
+    """Generators seeded the same give identical boxes; differently seeded ones give different boxes."""
+    boxes = augment.random_crop_boxes(100, 74, generator(14))
+    assert torch.equal(boxes, augment.random_crop_boxes(100, 74, generator(14)))
+    assert not torch.equal(boxes, augment.random_crop_boxes(100, 74, generator(15)))
+
+
+# ---------------------------------------------------------------- crop boxes against torchvision's RandomResizedCrop
+
+SIDE = 74  # the cache side for 64 px views: ceil(64 * 8 / 7)
+DRAWS = 5000
+
+
+def torchvision_crop_boxes(n: int, side: int, seed: int, scale=augment.CROP_SCALE, ratio=augment.CROP_RATIO
+                           ) -> torch.Tensor:
+    """(n, 4) boxes drawn by torchvision's RandomResizedCrop.get_params on a side x side image, in our format."""
+    image = torch.zeros(1, side, side)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        params = [RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)]
+    return torch.tensor([pixel_box(*box, image_height=side, image_width=side) for box in params])
+
+
+def clamped_crop_sides(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(width, height), each (n,), of the sampler random_crop_boxes replaced: one (area, aspect) draw per image,
+    a side larger than the image clamped to it."""
+    area = augment.uniform(*augment.CROP_SCALE, n, generator)
+    aspect = torch.exp(augment.uniform(*[math.log(r) for r in augment.CROP_RATIO], n, generator))
+    return torch.sqrt(area * aspect).clamp(max=1.0), torch.sqrt(area / aspect).clamp(max=1.0)
+
+
+def crop_statistics(width: torch.Tensor, height: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """{name: (estimate, standard error)} of the area and aspect ratio of (n,) boxes' width and height."""
+    width, height = width.double(), height.double()
+    area, log_aspect = width * height, (width / height).log().abs()
+    samples = {"mean area": area, "area > 0.75": (area > 0.75).double(),
+               "full width": (width > 1 - 1e-6).double(), "mean |log aspect|": log_aspect}
+    return {name: (x.mean().item(), x.std().item() / math.sqrt(len(x))) for name, x in samples.items()}
+
+
+def differing_statistics(ours: dict, theirs: dict, standard_errors: float = 4.0) -> list[str]:
+    """The names of the statistics whose estimates differ by more than `standard_errors` of their difference."""
+    return [name for name, (estimate, error) in ours.items()
+            if abs(estimate - theirs[name][0]) > standard_errors * math.hypot(error, theirs[name][1])]
+
+
+@pytest.fixture(scope="module")
+def torchvision_statistics() -> dict[str, tuple[float, float]]:
+    boxes = torchvision_crop_boxes(DRAWS, SIDE, seed=16)
+    return crop_statistics(boxes[:, 2], boxes[:, 3])
+
+
+def test_crop_box_statistics_match_torchvision(torchvision_statistics):
+    """Over 5000 draws on a 74 px image, the mean area, the fraction of areas above 0.75, the fraction of
+    full-width boxes and the mean |log aspect ratio| of random_crop_boxes equal those of torchvision's
+    RandomResizedCrop.get_params within 4 standard errors (torchvision: mean area about 0.54, 19% above 0.75,
+    2% full width)."""
+    boxes = augment.random_crop_boxes(DRAWS, SIDE, generator(17))
+    assert differing_statistics(crop_statistics(boxes[:, 2], boxes[:, 3]), torchvision_statistics) == []
+
+
+def test_crop_box_statistics_reject_the_clamped_sampler(torchvision_statistics):
+    """The comparison above has the power to fail: the sampler that clamped oversized sides (mean area about
+    0.59, 31% above 0.75, 8% full width) differs from torchvision in mean area, area above 0.75 and full width."""
+    statistics = crop_statistics(*clamped_crop_sides(DRAWS, generator(17)))
+    assert {"mean area", "area > 0.75", "full width"} <= set(differing_statistics(statistics, torchvision_statistics))
+
+
+@pytest.mark.parametrize("scale, ratio", [
+    ((1.5, 2.0), augment.CROP_RATIO),  # too large an area: the whole image
+    ((1.0, 1.0), (2.0, 3.0)),  # too wide at full area: full width, height side / 2
+    ((1.0, 1.0), (1 / 3, 1 / 2)),  # too tall at full area: full height, width side / 2
+])
+def test_crop_box_fallback_is_torchvision_centre_crop(scale, ratio):
+    """When none of the candidates fits, random_crop_boxes gives torchvision's centre crop, with the aspect ratio
+    clamped to `ratio`, on an odd side where the centring rounds."""
+    side = 75
+    ours = augment.random_crop_boxes(3, side, generator(18), scale=scale, ratio=ratio)
+    theirs = torchvision_crop_boxes(3, side, seed=18, scale=scale, ratio=ratio)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
 def test_simsiam_view_shape_dtype_and_range():
@@ -346,6 +444,17 @@ def test_colour_augment_grayscale_fraction(recorded_colour_augment):
 # ---------------------------------------------------------------- devices
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_boxes_are_drawn_on_the_generator_device(device):
+    """With the generator on `device`, random_crop_boxes returns boxes on that device, inside the image and
+    reproducible there from the seed."""
+    boxes = augment.random_crop_boxes(1000, 74, generator(19, device))
+    centre_x, centre_y, width, height = boxes.unbind(1)
+    assert boxes.device.type == device and boxes.shape == (1000, 4)
+    assert (centre_x.abs() + width <= 1 + 1e-6).all() and (centre_y.abs() + height <= 1 + 1e-6).all()
+    assert torch.equal(boxes, augment.random_crop_boxes(1000, 74, generator(19, device)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
