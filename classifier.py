@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ import augment
 import cli
 import dataset
 import evaluate
-from model import CheckpointError, Classifier, backbone_state, load_checkpoint, save_checkpoint
+from model import CheckpointError, Classifier, backbone_state, finite_state, load_checkpoint, save_checkpoint
 
 DEMO = {"epochs": 30, "image_size": 48}  # --demo preset, for a CPU
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("training (SGD, cosine schedule)")
     group.add_argument("--epochs", type=cli.positive(int), default=100,
                        help=f"passes over the labelled images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("--batch-size", type=cli.positive(int), default=50,
+    group.add_argument("--batch-size", type=cli.batch_size, default=50,
                        help="labelled images per step (default: %(default)s)")
     group.add_argument("--image-size", type=cli.positive(int), default=150,
                        help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
@@ -53,15 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lr of the head, cosine-decayed to 0 (0.1 diverged on a random backbone, 64 px)")
     group.add_argument("--backbone-lr-factor", type=cli.positive(float), default=1.0,
                        help="with --finetune, the backbone's lr is this times --lr")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    group.add_argument("--weight-decay", type=cli.in_range(float, 0), default=5e-4,
+                       help="SGD weight decay (default: %(default)s)")
     group = parser.add_argument_group("run")
     group.add_argument("--all-labels", action="store_true",
                        help="train on every non-test image with its label (the supervised upper bound)")
     group.add_argument("--eval-every", type=cli.positive(int), default=1, help="epochs between test evaluations")
     group.add_argument("--test-data", type=Path, default=None,
                        help="evaluate on every image of this labelled folder instead of the held-out split")
-    group.add_argument("--out", type=Path, default=None,
-                       help="run folder (default: runs/classifier-{random|simsiam}-{frozen|finetune}[-all-labels])")
+    cli.add_output_arguments(group, None, resumable=False,
+                             shown_default="runs/classifier-{random|simsiam}-{frozen|finetune}[-all-labels]")
     cli.add_run_arguments(group)
     return parser
 
@@ -113,7 +115,8 @@ def main(argv=None) -> None:
     backbone_name = "random" if args.random else "simsiam"
     mode = "finetune" if args.finetune else "frozen"
     out = cli.prepare_out(args.out or Path("runs") / cli.classifier_run_name(args.random, args.finetune,
-                                                                            args.all_labels))
+                                                                            args.all_labels), args.overwrite)
+    cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = cli.make_runtime(args.device, args.precision)
     device = runtime.device
@@ -175,6 +178,9 @@ def main(argv=None) -> None:
         batches = dataset.epoch_batches(labelled, batch_size, generator)
         train_loss, train_accuracy = train_epoch(model, optimizer, scheduler, on_device, batches, generator, args,
                                                  runtime)
+        if not math.isfinite(train_loss):
+            raise cli.RunError(f"non-finite training loss at epoch {epoch + 1}: stopped, nothing saved. "
+                               f"Lower --lr (or --backbone-lr-factor)")
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
                   "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
@@ -191,6 +197,8 @@ def main(argv=None) -> None:
         after = model.backbone.state_dict()
         if not all(torch.equal(value, after[key]) for key, value in frozen_before.items()):
             raise RuntimeError("the frozen backbone changed during training: this is a bug")
+    if not finite_state(model):
+        raise cli.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=cli.plain_args(args),
                     labelled_indices=labelled.tolist(), code=cli.code_version())
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +29,14 @@ class RunError(Exception):
     test split); the message says what to change."""
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after saving what it had; exits with 128 + the signal's number."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
+
+
 ERRORS = (RunError, dataset.DataError, download.DownloadError, CheckpointError)  # reported as one line, exit 2
 
 
@@ -46,6 +56,9 @@ def reports_errors(main):
         except ERRORS as error:
             report(str(error))
             raise SystemExit(2) from None
+        except Interrupted as stop:
+            print(stop, file=sys.stderr)
+            raise SystemExit(stop.exit_status) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
@@ -55,21 +68,32 @@ def reports_errors(main):
 # ---------------------------------------------------------------- arguments
 
 
-def positive(kind):
-    """argparse type: a number > 0, with the valid range in the error."""
+def in_range(kind, low: float, high: float = math.inf, include_low: bool = True):
+    """argparse type: a finite number of `kind` in [low, high) (or (low, high) without include_low), with the
+    valid range in the error."""
     def parse(text: str):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        above = value >= low if include_low else value > low
+        if not (math.isfinite(value) and above and value < high):
+            if high == math.inf:
+                bounds = f"{'>=' if include_low else '>'} {low}" + (" and finite" if kind is float else "")
+            else:
+                bounds = f"between {low} and {high}, excluding {'' if include_low else f'{low} and '}{high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
 
 
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
+def positive(kind):
+    """argparse type: a finite number > 0."""
+    return in_range(kind, 0, include_low=False)
+
+
+fraction = in_range(float, 0, 1, include_low=False)  # a share strictly between 0 and 1
+seed = in_range(int, 0, 2 ** 32)  # torch seeds are 64-bit; epoch seeds multiply this by about 2^30
+MIN_IMAGE_SIZE = 16  # px: the 13 px blur kernel must fit, and ResNet18 halves the side five times
+image_size = in_range(int, MIN_IMAGE_SIZE)
+batch_size = in_range(int, 2)  # BatchNorm in training needs two samples
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,16 +116,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=positive(int), default=None, help="use a seeded subset of N images")
     group.add_argument("--workers", type=positive(int), default=None, help="decoding processes (default: all cores)")
     group = parser.add_argument_group("splits (keep equal across scripts)")
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the held-out test split and of --limit")
+    group.add_argument("--split-seed", type=seed, default=0, help="seed of the held-out test split and of --limit")
     group.add_argument("--test-fraction", type=fraction, default=0.1,
                        help="stratified test split, never seen by pretraining or the labels (default: %(default)s)")
     group.add_argument("--labels", type=positive(int), default=250,
                        help="size of the labelled subset, balanced per class (default: %(default)s)")
-    group.add_argument("--label-seed", type=int, default=0, help="seed of the labelled subset draw")
+    group.add_argument("--label-seed", type=seed, default=0, help="seed of the labelled subset draw")
 
 
 def add_run_arguments(group) -> None:
-    group.add_argument("--seed", type=int, default=0,
+    group.add_argument("--seed", type=seed, default=0,
                        help="seed of initialisation, batch order and augmentation (not of the splits)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: cuda when PyTorch sees a GPU, else cpu")
@@ -148,17 +172,70 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 # ---------------------------------------------------------------- the run folder
 
+RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "classifier.pt", "labelled.json")  # what runs write
 
-def prepare_out(out: Path) -> Path:
-    """Create the run folder and check it can be written, before any work starts."""
+
+def writable_folder(folder: Path, flag: str) -> Path:
+    """Create `folder` and check it can be written, before any work starts."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise RunError(f"cannot write to the output folder {out} ({error.strerror}): choose another with --out")
-    return out
+        raise RunError(f"cannot write to {folder} ({error.strerror or error}): choose another with {flag}") from None
+    return folder
+
+
+def prepare_out(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """The run folder, checked before any work: a folder that holds another run is refused unless the run
+    continues it (`resume`) or replaces it (`overwrite`: its run files are deleted first, nothing else)."""
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if resume and not (out / "last.pt").is_file():
+        raise RunError(f"nothing to resume in {out}: it holds no last.pt (start the run without --resume)")
+    if held and not resume:
+        if not overwrite:
+            offer = "continue it with --resume, " if "last.pt" in held else ""
+            raise RunError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
+                           f"--overwrite to replace it")
+        for name in held:
+            (out / name).unlink()
+    return writable_folder(out, "--out")
+
+
+def add_output_arguments(group, default: Path | None, resumable: bool, shown_default: str = "%(default)s") -> None:
+    """--out and what to do when it already holds a run (--overwrite, and --resume where a run can continue)."""
+    unless = "--resume or --overwrite" if resumable else "--overwrite"
+    group.add_argument("--out", type=Path, default=default,
+                       help=f"run folder (default: {shown_default}); one holding another run is refused "
+                            f"unless {unless}")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out: its run files are deleted before any work starts")
+    if resumable:
+        choice.add_argument("--resume", action="store_true",
+                            help="continue the interrupted or finished run in --out from its last.pt")
+
+
+class StopSignals:
+    """Within `with`, SIGINT and SIGTERM only set `.signal_number`; the loop checks it after each step, saves,
+    and stops. Clusters preempt with SIGTERM; Ctrl-C sends SIGINT."""
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self.previous = {}
+
+    def __enter__(self) -> StopSignals:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self.request)
+        return self
+
+    def request(self, number: int, frame) -> None:
+        self.signal_number = number
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 @functools.cache
@@ -197,13 +274,16 @@ class Metrics:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a metrics file; a line cut short by a killed process is skipped."""
+    """The records (JSON objects) of a metrics file; a line cut short by a killed process, or anything else
+    that is not an object, is skipped."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

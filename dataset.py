@@ -233,6 +233,24 @@ def fingerprint(files: list[str], indices: torch.Tensor) -> str:
     return hashlib.sha1("\n".join(sorted(files[i] for i in indices.tolist())).encode()).hexdigest()[:16]
 
 
+SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed": "--split-seed",
+                  "test_fraction": "--test-fraction", "limit": "--limit", "classes": "the classes"}
+
+
+def split_identity(data: ImageSet, splits: Splits, args) -> dict:
+    """Everything that defines the held-out split, recorded in every SimSiam checkpoint: --resume refuses a
+    mismatch (the earlier epochs may have trained on the new test images), classifier.py checks the test set."""
+    return {"data": str(data.root), "files_fingerprint": fingerprint(data.files, torch.arange(len(data.files))),
+            "seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
+            "classes": data.classes, "test_fingerprint": fingerprint(data.files, splits.test)}
+
+
+def split_differences(recorded: dict, current: dict) -> list[str]:
+    """The settings (as flags) in which two split identities differ; [] when they hold out the same images."""
+    return [f"{flag} (was {recorded.get(key)!r}, now {current[key]!r})" if flag.startswith("--") else flag
+            for key, flag in SPLIT_SETTINGS.items() if recorded.get(key) != current[key]]
+
+
 def default_cache_size(image_size: int) -> int:
     """8/7 of the training resolution, as 256/224 on ImageNet: room for the crops to move."""
     return math.ceil(image_size * 8 / 7)
@@ -271,21 +289,22 @@ def cache_on_device(images: torch.Tensor, device: torch.device, reserve_bytes: i
 
 
 def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator, rank: int = 0,
-                  world_size: int = 1):
-    """Batches of `indices` in a random order from `generator` (on its device), dropping the incomplete last.
-    With several processes, each yields its own 1/world_size slice of every global batch."""
+                  world_size: int = 1, skip: int = 0):
+    """Batches of `indices` in a random order from `generator` (on its device), dropping the incomplete last,
+    after the first `skip` (those a run interrupted mid-epoch had done). With several processes, each yields
+    its own 1/world_size slice of every global batch."""
     order = indices.to(generator.device)[torch.randperm(len(indices), generator=generator, device=generator.device)]
     share = batch_size // world_size
-    for start in range(0, len(order) - batch_size + 1, batch_size):
+    for start in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
         yield order[start + rank * share:start + (rank + 1) * share]
 
 
 def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-                   device: torch.device, rank: int = 0, world_size: int = 1, prefetch: int = 3):
+                   device: torch.device, rank: int = 0, world_size: int = 1, skip: int = 0, prefetch: int = 3):
     """uint8 batches (B, 3, S, S) on `device` of `indices` in the generator's random order. A cache on the
     device is gathered there; a host cache feeding a GPU is gathered into pinned memory by a background
     thread, `prefetch` batches ahead, and copied asynchronously, so the GPU does not wait for the host."""
-    order = epoch_batches(indices, batch_size, generator, rank, world_size)
+    order = epoch_batches(indices, batch_size, generator, rank, world_size, skip)
     if images.device == device or device.type != "cuda":
         for batch_indices in order:
             yield gather(images, batch_indices, device)

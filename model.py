@@ -109,6 +109,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def finite_state(model: nn.Module) -> bool:
+    """Whether every floating-point tensor of the model's state (weights and BatchNorm statistics) is finite:
+    checked before every save, so that no checkpoint holds a NaN."""
+    return all(bool(value.isfinite().all()) for value in model.state_dict().values() if value.is_floating_point())
+
+
 def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra: Any) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, flushed, then os.replace."""
     path = Path(path)

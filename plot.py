@@ -41,8 +41,13 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     for folder in folders:
         if not (folder / "metrics.jsonl").is_file() or not (folder / "args.json").is_file():
             continue
-        run = {"name": folder.name, "args": json.loads((folder / "args.json").read_text()),
-               "epochs": [r for r in cli.read_jsonl(folder / "metrics.jsonl") if "epoch" in r]}
+        try:
+            run_args = json.loads((folder / "args.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            print(f"skipped {folder}: its args.json is unreadable (a run still starting, or killed while writing it)")
+            continue
+        run = {"name": folder.name, "args": run_args,
+               "epochs": [r for r in cli.read_jsonl(folder / "metrics.jsonl") if isinstance(r.get("epoch"), int)]}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
 
@@ -104,7 +109,7 @@ def main(argv=None) -> None:
     if not pretraining and not classifiers:
         raise cli.RunError(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and "
                            f"classifier.py first")
-    args.out.mkdir(parents=True, exist_ok=True)
+    cli.writable_folder(args.out, "--out")
     written = []
     if pretraining:
         plot_pretraining(pretraining, args.out / "simsiam.png")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import cli
 import dataset
 import distributed
 import evaluate
-from model import PROJECTION_DIM, D, SimSiam, load_checkpoint, save_checkpoint, z_std
+from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
 
 RECIPE = ("epochs", "batch_size", "image_size", "base_lr", "weight_decay", "momentum", "seed")  # checked on --resume
 DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo preset, for a CPU
@@ -43,20 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     # than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
     group.add_argument("--epochs", type=cli.positive(int), default=200,
                        help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("--batch-size", type=cli.positive(int), default=256,
+    group.add_argument("--batch-size", type=cli.batch_size, default=256,
                        help=f"images per step, over all processes (default: %(default)s; --demo: {DEMO['batch_size']})")
-    group.add_argument("--image-size", type=cli.positive(int), default=150,
+    group.add_argument("--image-size", type=cli.image_size, default=150,
                        help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
     group.add_argument("--base-lr", type=cli.positive(float), default=0.03,
                        help="base lr; effective lr = base_lr * batch_size / 256, cosine-decayed to 0, "
                             "predictor fixed (default: %(default)s, the paper's CIFAR recipe)")
-    group.add_argument("--weight-decay", type=float, default=5e-4,
+    group.add_argument("--weight-decay", type=cli.in_range(float, 0), default=5e-4,
                        help="SGD weight decay (default: %(default)s, CIFAR recipe)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=0.9,
+                       help="SGD momentum (default: %(default)s)")
     group = parser.add_argument_group("run")
-    group.add_argument("--out", type=Path, default=Path("runs/simsiam"), help="run folder (default: %(default)s)")
+    cli.add_output_arguments(group, Path("runs/simsiam"), resumable=True)
     cli.add_run_arguments(group)
-    group.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model and the augmentation (a warm-up of tens of seconds)")
     group.add_argument("--save-every", type=cli.positive(int), default=10,
@@ -168,34 +169,81 @@ class Readout:
         return self.value
 
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: steps done, the augmentation stream and the running sums of its metrics. A run
+    interrupted mid-epoch saves it in last.pt, so that --resume continues with exactly the same draws."""
+    epoch: int
+    step: int
+    augment_generator: torch.Generator
+    loss_sum: torch.Tensor  # 0-dim, on the device
+    std_sum: torch.Tensor
+    first_bad_step: torch.Tensor  # -1 while every loss is finite
+
+    @classmethod
+    def start(cls, epoch: int, args: argparse.Namespace, runtime: cli.Runtime) -> EpochProgress:
+        generator = torch.Generator(runtime.device).manual_seed(epoch_seed(args.seed, epoch, runtime.context.rank))
+        zero = torch.zeros((), device=runtime.device)
+        return cls(epoch, 0, generator, zero.clone(), zero.clone(), torch.full((), -1, device=runtime.device))
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "augment_generator": self.augment_generator.get_state(),
+                "loss_sum": self.loss_sum.item(), "std_sum": self.std_sum.item()}
+
+    @classmethod
+    def restore(cls, state: dict, args: argparse.Namespace, runtime: cli.Runtime) -> EpochProgress:
+        progress = cls.start(state["epoch"], args, runtime)
+        progress.augment_generator.set_state(state["augment_generator"])
+        progress.step = state["step"]
+        progress.loss_sum.fill_(state["loss_sum"])
+        progress.std_sum.fill_(state["std_sum"])
+        return progress
+
+
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Schedule, images: torch.Tensor,
-                indices: torch.Tensor, epoch: int, args: argparse.Namespace, runtime: cli.Runtime) -> dict:
-    """One pass over this rank's part of the pretraining images `indices`; returns the epoch's metrics,
-    averaged over ranks, and the first step with a non-finite loss (-1 if none)."""
-    device, context = runtime.device, runtime.context
+                indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: cli.Runtime,
+                stop: cli.StopSignals) -> dict | None:
+    """This rank's part of one pass over the pretraining images `indices`, from `progress.step` on. Returns
+    the epoch's metrics (averaged over ranks) and the first step with a non-finite loss (-1 if none), or
+    None when a stop signal came first (`progress` then says where it stopped)."""
+    context = runtime.context
     order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
-    order_generator.manual_seed(epoch_seed(args.seed, epoch))  # the same global order on every rank
-    augment_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, context.rank))
-    readout = Readout(device)
-    loss_sum, std_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-    first_bad_step = torch.full((), -1, device=device)
-    started = time.perf_counter()
-    batches = dataset.device_batches(images, indices, args.batch_size, order_generator, device, context.rank,
-                                     context.world_size)
-    bar = tqdm(batches, total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-               disable=not context.is_main)
-    for step, batch in enumerate(bar):
-        lr = schedule.apply(optimizer, epoch * schedule.steps_per_epoch + step)
-        loss, std = train_step(model, optimizer, batch, augment_generator, args, runtime)
-        loss_sum += loss
-        std_sum += std
-        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+    order_generator.manual_seed(epoch_seed(args.seed, progress.epoch))  # the same global order on every rank
+    readout = Readout(runtime.device)
+    first_step, started = progress.step, time.perf_counter()
+    batches = dataset.device_batches(images, indices, args.batch_size, order_generator, runtime.device, context.rank,
+                                     context.world_size, skip=first_step)
+    bar = tqdm(batches, initial=first_step, total=schedule.steps_per_epoch, leave=False, disable=not context.is_main,
+               desc=f"epoch {progress.epoch + 1}/{args.epochs}")
+    for step, batch in enumerate(bar, start=first_step):
+        lr = schedule.apply(optimizer, progress.epoch * schedule.steps_per_epoch + step)
+        loss, std = train_step(model, optimizer, batch, progress.augment_generator, args, runtime)
+        progress.loss_sum += loss
+        progress.std_sum += std
+        progress.first_bad_step = torch.where((progress.first_bad_step < 0) & ~torch.isfinite(loss), step,
+                                              progress.first_bad_step)
+        progress.step = step + 1
         bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
+        if stop_requested(stop, step, runtime):
+            return None
     seconds = time.perf_counter() - started
-    return {"loss": distributed.mean(loss_sum / schedule.steps_per_epoch, context).item(),
-            "z_std": distributed.mean(std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
-            "images_per_s": schedule.steps_per_epoch * args.batch_size / seconds, "epoch_s": seconds,
-            "bad_step": int(first_bad_step)}
+    return {"loss": distributed.mean(progress.loss_sum / schedule.steps_per_epoch, context).item(),
+            "z_std": distributed.mean(progress.std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
+            "images_per_s": (schedule.steps_per_epoch - first_step) * args.batch_size / seconds, "epoch_s": seconds,
+            "bad_step": int(progress.first_bad_step)}
+
+
+STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (each costs a host synchronisation)
+
+
+def stop_requested(stop: cli.StopSignals, step: int, runtime: cli.Runtime) -> bool:
+    """Whether to stop after this step: at once in one process; under torchrun, every STOP_CHECK_EVERY steps,
+    when any rank has a signal, so that all stop at the same step."""
+    if not runtime.context.enabled:
+        return stop.signal_number is not None
+    if (step + 1) % STOP_CHECK_EVERY:
+        return False
+    return distributed.any_rank(stop.signal_number is not None, runtime.device, runtime.context)
 
 
 def knn_monitor(model: SimSiam, images: torch.Tensor, data: dataset.ImageSet, splits: dataset.Splits,
@@ -215,7 +263,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     context, device_name = distributed.setup(args.device)
     if context.is_main:
-        cli.prepare_out(args.out)
+        cli.prepare_out(args.out, overwrite=args.overwrite, resume=args.resume)
+        cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = cli.make_runtime(device_name, args.precision, context)
     device = runtime.device
@@ -231,25 +280,32 @@ def main(argv=None) -> None:
                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
     schedule = Schedule(args.base_lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
-    split_identity = {"seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
-                      "test_fingerprint": dataset.fingerprint(data.files, splits.test), "classes": data.classes}
+    split = dataset.split_identity(data, splits, args)
 
     model = SimSiam().to(device, memory_format=cli.memory_format(device))
     optimizer = make_optimizer(model, schedule.initial_lr, args.momentum, args.weight_decay)
-    start_epoch = 0
+    progress = EpochProgress.start(0, args, runtime)
     if args.resume:
-        state = load_checkpoint(args.out / "last.pt", kind="simsiam", needs=("optimizer", "rng", "epoch", "args"))
+        last = args.out / "last.pt"
+        state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
+        differences = dataset.split_differences(state["split"], split)
+        if differences:
+            raise cli.RunError(f"cannot resume {last}: its held-out split was made differently "
+                               f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
+                               f"Resume with the same data options, or start a new run with another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        interrupted = state.get("progress")  # a run stopped mid-epoch by a signal
+        progress = (EpochProgress.restore(interrupted, args, runtime) if interrupted
+                    else EpochProgress.start(state["epoch"], args, runtime))
         changed = {key: (state["args"][key], getattr(args, key)) for key in RECIPE
                    if state["args"][key] != getattr(args, key)}
         if changed:
             say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:
-            cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start_epoch)
-        say(f"resumed from {args.out / 'last.pt'} after epoch {start_epoch}")
+            cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
+        say(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     step_model = distributed.wrap(model, context, device)  # shares its weights with `model`
     step_model = torch.compile(step_model) if args.compile else step_model
     if context.is_main:
@@ -262,33 +318,52 @@ def main(argv=None) -> None:
         f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
         f"{schedule.steps_per_epoch} steps, batch {args.batch_size}, lr {schedule.initial_lr:g}")
 
+    def save(completed_epochs: int, **extra) -> None:
+        """last.pt (and siam.pt at an epoch's end) of rank 0, never with a non-finite tensor."""
+        if not finite_state(model):
+            raise cli.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
+                               f"checkpoint is kept in {args.out}. Lower --base-lr or check --momentum, then --resume")
+        saved = {"epoch": completed_epochs, "args": cli.plain_args(args), "split": split, "code": cli.code_version()}
+        save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
+                        rng=torch.get_rng_state(), **saved, **extra)
+        if not extra:
+            save_checkpoint(args.out / "siam.pt", "simsiam", model, **saved)
+
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        record = train_epoch(step_model, optimizer, schedule, images, splits.pretrain, epoch, args, runtime)
-        bad_step = record.pop("bad_step")
-        if distributed.any_rank(bad_step >= 0, device, context):
-            where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-            raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good checkpoint "
-                               f"is kept in {args.out}. Lower --base-lr or check the data, then --resume")
-        if not context.is_main:
-            continue  # the kNN monitor, logs and checkpoints are rank 0's
-        knn = knn_monitor(model, images, data, splits, args, runtime)
-        collapsing = record["z_std"] < args.collapse_fraction * healthy_std
-        metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
-        summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f}), "
-                   f"kNN accuracy {knn:.4f}")
-        print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s")
-        if collapsing:
-            print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
-                  f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
-        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            saved = {"epoch": epoch + 1, "args": cli.plain_args(args), "split": split_identity,
-                     "code": cli.code_version()}
-            save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
-                            rng=torch.get_rng_state(), **saved)
-            save_checkpoint(args.out / "siam.pt", "simsiam", model, **saved)
+    with cli.StopSignals() as stop:
+        for epoch in range(progress.epoch, args.epochs):
+            if epoch != progress.epoch:
+                progress = EpochProgress.start(epoch, args, runtime)
+            model.train()
+            record = train_epoch(step_model, optimizer, schedule, images, splits.pretrain, progress, args, runtime,
+                                 stop)
+            bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
+            if distributed.any_rank(bad_step >= 0, device, context):
+                where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
+                raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
+                                   f"checkpoint is kept in {args.out}. Lower --base-lr or check the data, "
+                                   f"then --resume")
+            if record is None:  # a stop signal: save where this epoch stands
+                if context.is_main:
+                    save(epoch, progress=progress.state())
+                distributed.cleanup(context)
+                name = signal.Signals(stop.signal_number or signal.SIGTERM).name
+                raise cli.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "
+                                      f"{args.out / 'last.pt'}; resume with --resume", stop.signal_number or 15)
+            if not context.is_main:
+                continue  # the kNN monitor, logs and checkpoints are rank 0's
+            knn = knn_monitor(model, images, data, splits, args, runtime)
+            collapsing = record["z_std"] < args.collapse_fraction * healthy_std
+            metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
+            summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f}), "
+                       f"kNN accuracy {knn:.4f}")
+            print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s")
+            if collapsing:
+                print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
+                      f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
+            if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                save(epoch + 1)
     if context.enabled:
         in_sync = distributed.parameters_in_sync(model, context)
         if context.is_main:

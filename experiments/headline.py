@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     cache = ["--cache-dir", str(runs_dir / "cache")] if args.tiny else []
 
     simsiam = runs_dir / "simsiam"
-    train_command = ["train.py", *data, *cache, "--out", str(simsiam), *train_extra]
+    train_command = ["train.py", *data, *cache, "--out", str(simsiam), "--overwrite", *train_extra]
     pretrain_s = run(train_command, runs_dir / "train.log")
     print(f"pretrained in {pretrain_s:.0f} s: {simsiam / 'siam.pt'}")
 
@@ -95,12 +95,12 @@ def main(argv=None) -> None:
             backbone = ["--random"] if random else ["--checkpoint", str(simsiam / "siam.pt")]
             mode = ["--finetune"] if finetune else []
             jobs.append((name, seed, out, ["classifier.py", *data, *cache, *backbone, *mode, "--label-seed", str(seed),
-                                           "--out", str(out), *classifier_extra]))
+                                           "--out", str(out), "--overwrite", *classifier_extra]))
     supervised_out = runs_dir / "supervised-all-labels"
     supervised_extra = TINY["supervised"] if args.tiny else ["--epochs", str(args.supervised_epochs),
                                                              "--batch-size", "256", "--lr", "0.1", "--eval-every", "5"]
     supervised_command = ["classifier.py", *data, *cache, "--random", "--finetune", "--all-labels",
-                          "--out", str(supervised_out), *supervised_extra]
+                          "--out", str(supervised_out), "--overwrite", *supervised_extra]
     with ThreadPoolExecutor(args.parallel) as pool:
         seconds = list(pool.map(lambda job: run(job[3], job[2].with_suffix(".log")), jobs))
         supervised_s = pool.submit(run, supervised_command, supervised_out.with_suffix(".log")).result()

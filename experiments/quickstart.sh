@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
 if [ -d data/PetImages ]; then data=(--data data/PetImages); else
   echo "data/PetImages not found: running on the synthetic --demo set (see README, Data)"; data=(--demo); fi
-.venv/bin/python train.py "${data[@]}" "$@"
-.venv/bin/python classifier.py "${data[@]}" --random "$@"
-.venv/bin/python classifier.py "${data[@]}" "$@"
+# --overwrite: a second quick start replaces the first one's runs
+.venv/bin/python train.py "${data[@]}" --overwrite "$@"
+.venv/bin/python classifier.py "${data[@]}" --random --overwrite "$@"
+.venv/bin/python classifier.py "${data[@]}" --overwrite "$@"
 .venv/bin/python plot.py runs/simsiam runs/classifier-random-frozen runs/classifier-simsiam-frozen

@@ -156,7 +156,7 @@ def test_unwritable_output_folder_is_refused_before_work(tmp_path, capsys, monke
 
 @pytest.mark.parametrize("flag, value, expected", [("--epochs", "0", "must be > 0"),
                                                    ("--test-fraction", "1.5", "between 0 and 1"),
-                                                   ("--batch-size", "-4", "must be > 0")])
+                                                   ("--batch-size", "1", "must be >= 2")])
 def test_out_of_range_arguments(flag, value, expected, capsys):
     """Out-of-range arguments are refused by argparse with the valid range, exit 2."""
     with pytest.raises(SystemExit) as exit_info:
