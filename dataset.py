@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import queue
+import re
 import shutil
 import threading
 from collections import Counter
@@ -29,6 +30,8 @@ import decode
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+KAGGLE_NAME = re.compile(r"([^.]+)\.[0-9]+\.[^.]+")  # cat.0.jpg: class, number, suffix
+LAYOUTS = "ROOT/<class>/<image> (PetImages/Cat/0.jpg) or ROOT/<class>.<n>.<ext> (Kaggle's train/cat.0.jpg)"
 DOWNLOAD_HINT = ("run with --download to fetch Microsoft's Cats and Dogs archive (kagglecatsanddogs_5340.zip, "
                  "https://www.microsoft.com/en-us/download/details.aspx?id=54765) and unpack it so that "
                  "DIR/Cat/*.jpg and DIR/Dog/*.jpg exist, or run with --demo for a synthetic set")
@@ -46,22 +49,60 @@ def is_image_file(path: Path) -> bool:
             and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def find_images(root: Path) -> tuple[list[str], list[int], list[str]]:
-    """(files relative to root, labels, class names) in sorted order, for either layout."""
+def subfolders(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
+def likely_root(root: Path) -> Path | None:
+    """The folder near `root` that looks like ROOT/<class>/ (two or more sub-folders), for the error message:
+    root's only sub-folder (--data pointing at a folder that holds PetImages) or, when root has no sub-folders,
+    its parent (--data pointing at PetImages/Cat)."""
+    try:
+        inside = subfolders(root)
+        if len(inside) > 1:
+            return None
+        candidate = inside[0] if inside else root.parent
+        return candidate if len(subfolders(candidate)) >= 2 else None
+    except OSError:  # an unreadable neighbour: no suggestion
+        return None
+
+
+def flat_layout(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, (file, label) pairs) of Kaggle's layout, where every image is named <class>.<n>.<ext>.
+    Other names (IMG_0001.jpg, my.holiday.photo.jpg) are a DataError: a prefix is no class for them."""
+    names = [path.name for path in sorted(root.iterdir()) if is_image_file(path)]
+    odd = [name for name in names if not KAGGLE_NAME.fullmatch(name)]
+    if odd:
+        suggestion = likely_root(root)
+        advice = f"did you mean --data {suggestion}?" if suggestion else "put the images in one folder per class"
+        raise DataError(f"{root} has no class folders and {len(odd):,} of its {len(names):,} images are not named "
+                        f"<class>.<n>.<ext> (e.g. {odd[0]!r}); images are read as {LAYOUTS}: {advice}")
+    class_of = {name: KAGGLE_NAME.fullmatch(name)[1].lower() for name in names}
+    classes = sorted(set(class_of.values()))
+    return classes, [(name, classes.index(class_of[name])) for name in names]
+
+
+def find_images(root: Path, min_classes: int = 2) -> tuple[list[str], list[int], list[str]]:
+    """(files relative to root, labels, class names) in sorted order, for either layout. A folder that fits
+    neither, or holds fewer than `min_classes` classes, is a DataError saying what was found."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} not found: {DOWNLOAD_HINT.replace('DIR', str(root))}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = subfolders(root)
     if folders:  # one sub-folder per class
         classes = [folder.name for folder in folders]
         pairs = [(str(path.relative_to(root)), label) for label, folder in enumerate(folders)
                  for path in sorted(folder.rglob("*")) if is_image_file(path)]
     else:  # flat: the class is the file-name prefix before the first dot
-        paths = sorted(path for path in root.iterdir() if is_image_file(path) and "." in path.stem)
-        classes = sorted({path.name.split(".")[0].lower() for path in paths})
-        pairs = [(path.name, classes.index(path.name.split(".")[0].lower())) for path in paths]
+        classes, pairs = flat_layout(root)
     if not pairs:
         raise DataError(f"no images in {root}: {DOWNLOAD_HINT.replace('DIR', str(root))}")
+    if len(classes) < min_classes:
+        suggestion = likely_root(root)
+        advice = f"did you mean --data {suggestion}?" if suggestion else f"images are read as {LAYOUTS}"
+        found = "class folder" if folders else "class in the file names"
+        raise DataError(f"found {len(classes)} {found} in {root} ({', '.join(map(repr, classes))}), "
+                        f"{min_classes} or more are needed: {advice}")
     files, labels = map(list, zip(*pairs))
     return files, labels, classes
 
