@@ -37,9 +37,17 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 
 
 def failure_kind(path: Path, error: Exception) -> str:
-    """A short name for why a file could not be decoded, for the skip report."""
-    if path.stat().st_size == 0:
-        return "empty file"
+    """A short name for why a file could not be decoded, for the skip report. It must not raise: a file deleted
+    or made unreadable since the listing is named like any other bad file, not allowed to stop the build."""
+    if isinstance(error, FileNotFoundError):
+        return "vanished"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+    except FileNotFoundError:  # deleted between the failed decode and now
+        return "vanished"
+    except OSError as stat_error:
+        return f"unreadable ({type(stat_error).__name__})"
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return "too many pixels (decompression bomb)"
     if isinstance(error, Image.UnidentifiedImageError):
