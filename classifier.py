@@ -77,7 +77,8 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits):
     class names mapped onto the training classes."""
     if args.test_data is None:
         return data.images, splits.test, data.labels[splits.test]
-    other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers)
+    other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
+                                min_classes=1)  # a folder of one class is a fair test set
     unknown = sorted(set(other.classes) - set(data.classes))
     if unknown:
         raise cli.RunError(f"--test-data {args.test_data} has classes {unknown} that the training data lacks "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import cache
 import dataset
 import distributed
 import download
@@ -37,7 +38,8 @@ class Interrupted(Exception):
         self.exit_status = 128 + signal_number
 
 
-ERRORS = (RunError, dataset.DataError, download.DownloadError, CheckpointError)  # reported as one line, exit 2
+# reported as one line, exit 2
+ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError)
 
 
 def report(message: str) -> None:
@@ -109,7 +111,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--demo", action="store_true",
                        help="use a generated two-class set instead of --data, with the small settings shown as "
                             "'--demo' in this help")
-    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(),
+    group.add_argument("--cache-dir", type=Path, default=cache.default_cache_dir(),
                        help="where decoded images are cached (default: %(default)s)")
     group.add_argument("--cache-size", type=positive(int), default=None,
                        help="cache resolution in px (default: 8/7 of --image-size, as 256/224 on ImageNet)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cache
 import dataset
 import decode
 from conftest import write_image
@@ -139,7 +140,7 @@ def test_interrupted_build_leaves_nothing(class_tree, cache_dir, monkeypatch):
         yield next(iter(results))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dataset, "tqdm", interrupted)
+    monkeypatch.setattr(cache, "tqdm", interrupted)
     with pytest.raises(KeyboardInterrupt):
         dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert list(cache_dir.iterdir()) == []
@@ -150,7 +151,7 @@ def test_interrupted_build_leaves_nothing(class_tree, cache_dir, monkeypatch):
 
 @needs_fork
 def test_dead_decoding_process_is_a_data_error(class_tree, cache_dir, monkeypatch):
-    """A decoding process killed mid-build (as by the OOM killer) is a DataError saying so, not a hang, and
+    """A decoding process killed mid-build (as by the OOM killer) is a CacheError saying so, not a hang, and
     leaves no staging folder."""
     real_decode = decode.decode_image
 
@@ -160,7 +161,7 @@ def test_dead_decoding_process_is_a_data_error(class_tree, cache_dir, monkeypatc
         return real_decode(path, size)
 
     monkeypatch.setattr(decode, "decode_image", killed_on_seven)
-    with deadline(60), pytest.raises(dataset.DataError, match="a decoding process died .* --workers"):
+    with deadline(60), pytest.raises(cache.CacheError, match="a decoding process died .* --workers"):
         dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert list(cache_dir.iterdir()) == []
 
@@ -194,21 +195,21 @@ def test_decoding_processes_exit_with_the_main_one(class_tree, tmp_path):
 
 
 def test_cache_larger_than_the_free_space_is_refused_first(class_tree, cache_dir, monkeypatch):
-    """When the disk cannot hold N*3*S*S bytes, a DataError names both sizes and --cache-dir, before any work."""
+    """When the disk cannot hold N*3*S*S bytes, a CacheError names both sizes and --cache-dir, before any work."""
     monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(total=10**6, used=10**6, free=0))
-    with pytest.raises(dataset.DataError, match=r"needs 0\.1 MB in .*, which has 0\.0 MB free: pass --cache-dir"):
+    with pytest.raises(cache.CacheError, match=r"needs 0\.1 MB in .*, which has 0\.0 MB free: pass --cache-dir"):
         dataset.load_images(class_tree, 24, cache_dir, workers=2)  # 60 * 3 * 24 * 24 = 103,680 bytes
     assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="space is reserved with posix_fallocate")
 def test_full_disk_during_the_build_is_a_data_error(class_tree, cache_dir, monkeypatch):
-    """ENOSPC while writing the cache is a DataError naming it, and leaves no staging folder."""
+    """ENOSPC while writing the cache is a CacheError naming it, and leaves no staging folder."""
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(dataset.DataError, match=f"cannot build the image cache \\({os.strerror(errno.ENOSPC)}\\)"):
+    with pytest.raises(cache.CacheError, match=f"cannot build the image cache \\({os.strerror(errno.ENOSPC)}\\)"):
         dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert list(cache_dir.iterdir()) == []
 
@@ -235,7 +236,7 @@ def test_image_named_in_non_utf8_is_kept_and_cached(class_tree, cache_dir, monke
     """An image whose name is not valid UTF-8 is decoded and kept, and a second load reuses the cache."""
     write_non_utf8_name(class_tree / "Cat" / NOT_UTF8)
     first = dataset.load_images(class_tree, 24, cache_dir, workers=2)
-    monkeypatch.setattr(dataset, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
     second = dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert f"Cat/{NOT_UTF8}" in first.files and len(first.files) == 61 and second.files == first.files
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cache
 import dataset
 import decode
 from conftest import write_image
@@ -60,7 +61,7 @@ def test_decode_crops_the_centre_square(tmp_path):
 def test_cache_is_reused(class_tree, cache_dir, monkeypatch):
     """A second load with the same files and resolution decodes nothing."""
     dataset.load_images(class_tree, 24, cache_dir, workers=2)
-    monkeypatch.setattr(dataset, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
     assert len(dataset.load_images(class_tree, 24, cache_dir, workers=2).files) == 60
 
 
