@@ -59,34 +59,40 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def _decode_into(task: tuple[int, str]) -> tuple[int, str | None]:
+def _decode_into(task: tuple[int, str]) -> tuple[int, int, str | None]:
+    """(index, the photo's shorter side in px, None) once its row is written, or (index, 0, why it failed)."""
     index, path = task
     try:
         _worker_array[index] = decode.decode_image(Path(path), _worker_array.shape[-1]).transpose(2, 0, 1)
-        return index, None
+        return index, decode.shorter_side(Path(path)), None
     except Exception as error:  # any undecodable file is skipped and reported, never fatal
-        return index, decode.failure_kind(Path(path), error)
+        return index, 0, decode.failure_kind(Path(path), error)
 
 
-def decode_all(root: Path, files: list[str], array_path: Path, shape: tuple, workers: int) -> dict[int, str]:
+def decode_all(root: Path, files: list[str], array_path: Path, shape: tuple,
+               workers: int) -> tuple[dict[int, str], dict[int, int]]:
     """Decode each file into its row of the (N, 3, S, S) array at `array_path` on `workers` processes, with a
-    progress bar; returns the failures, index -> kind. A process that dies (killed for memory, SIGBUS) raises
-    BrokenProcessPool instead of losing its images and leaving the build waiting for ever."""
+    progress bar; returns the failures (index -> kind) and the decoded photos' shorter sides (index -> px).
+    A process that dies (killed for memory, SIGBUS) raises BrokenProcessPool instead of losing its images and
+    leaving the build waiting for ever."""
     tasks = [(index, str(root / name)) for index, name in enumerate(files)]
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_open_worker,
                                initargs=(str(array_path), shape, os.getpid()))
     chunksize = max(1, min(64, len(tasks) // (4 * workers)))  # 64 amortises the messages; less keeps all busy
     failures: dict[int, str] = {}
+    sides: dict[int, int] = {}
     try:
         results = pool.map(_decode_into, tasks, chunksize=chunksize)
-        for index, failure in tqdm(results, total=len(tasks), desc=f"decoding {root.name} at {shape[-1]} px",
-                                   unit="img", mininterval=0.5):
+        for index, side, failure in tqdm(results, total=len(tasks), desc=f"decoding {root.name} at {shape[-1]} px",
+                                         unit="img", mininterval=0.5):
             if failure:
                 failures[index] = failure
+            else:
+                sides[index] = side
     finally:
         pool.shutdown(cancel_futures=True)  # after an error or Ctrl-C, only the chunks already running finish
-    return failures
+    return failures, sides
 
 
 # ---------------------------------------------------------------- the cache on disk: staging, leftovers, checks
@@ -150,6 +156,8 @@ def cache_problem(folder: Path, files: list[str], size: int) -> str | None:
         meta = json.loads((folder / "meta.json").read_bytes())
         shape, expected_bytes, digest = tuple(meta["shape"]), meta["bytes"], meta["digest"]
         listed = sorted([*meta["files"], *meta["skipped"]])
+        if len(meta["sides"]) != len(meta["files"]):
+            raise ValueError("one shorter side per kept file")
     except FileNotFoundError:
         return "meta.json missing"
     except (OSError, ValueError, KeyError, TypeError):
@@ -237,18 +245,19 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
     where = f"the cache of {len(files):,} images at {size} px needs {gigabytes(needed)} in {folder.parent}"
     if needed > (free := free_bytes(folder.parent)):
         raise CacheError(f"{where}, which has {gigabytes(free)} free: pass --cache-dir on a disk with more space, "
-                        f"or a smaller --cache-size")
+                         f"or a smaller --cache-size")
     staging = staging_path(folder)
     try:
         staging.mkdir(parents=True, exist_ok=True)
         array_path = staging / "images.u8"
         reserve(array_path, needed)
-        failures = decode_all(root, files, array_path, shape, workers)
+        failures, sides = decode_all(root, files, array_path, shape, workers)
         kept = [index for index in range(len(files)) if index not in failures]
         kept_shape = compact(array_path, shape, kept)
         meta = {"version": decode.VERSION, "root": str(root), "size": size, "shape": kept_shape,
                 "bytes": math.prod(kept_shape), "digest": content_digest(array_path, kept_shape),
-                "files": [files[i] for i in kept], "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
+                "files": [files[i] for i in kept], "sides": [sides[i] for i in kept],
+                "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
         # json's ensure_ascii (the default) writes a name that is not UTF-8 as \udcXX escapes, read back unchanged
         (staging / "meta.json").write_text(json.dumps(meta))
         (staging / "skipped.txt").write_bytes(b"".join(os.fsencode(files[i]) + f"\t{kind}\n".encode()
@@ -257,13 +266,13 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
         os.replace(staging, folder)
     except BrokenProcessPool:
         raise CacheError(f"a decoding process died (killed for lack of memory, or SIGBUS from a full disk) with "
-                        f"{workers} processes decoding; {where}, which has {gigabytes(free_bytes(folder.parent))} "
-                        f"free: free memory or disk space, or pass fewer --workers, --cache-dir on a larger disk or "
-                        f"a smaller --cache-size") from None
+                         f"{workers} processes decoding; {where}, which has {gigabytes(free_bytes(folder.parent))} "
+                         f"free: free memory or disk space, or pass fewer --workers, --cache-dir on a larger disk or "
+                         f"a smaller --cache-size") from None
     except OSError as error:
         raise CacheError(f"cannot build the image cache ({error.strerror or error}); {where}, which has "
-                        f"{gigabytes(free_bytes(folder.parent))} free: pass --cache-dir elsewhere, or a smaller "
-                        f"--cache-size") from None
+                         f"{gigabytes(free_bytes(folder.parent))} free: pass --cache-dir elsewhere, or a smaller "
+                         f"--cache-size") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -126,6 +126,7 @@ class ImageSet:
     files: list[str]  # relative to root
     skipped: dict[str, str]  # file -> why it was skipped
     cache_path: Path
+    source_sides: torch.Tensor  # (N,) int64: each photo's shorter side in px before it was resized to S
 
 
 def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
@@ -146,18 +147,27 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=tuple(meta["shape"]))
     return ImageSet(root=root, images=torch.from_numpy(array), classes=classes, files=kept,
                     labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
-                    skipped=meta["skipped"], cache_path=folder)
+                    skipped=meta["skipped"], cache_path=folder,
+                    source_sides=torch.tensor(meta["sides"], dtype=torch.int64))
 
 
 def describe(data: ImageSet) -> str:
-    """The start-up line: how many images, per class, how many skipped and where they are listed."""
+    """The start-up lines: how many images, per class, how many skipped and where they are listed, where the
+    cache is, and how many photos the cache had to enlarge (a crop of them is then a stretched small patch)."""
     counts = torch.bincount(data.labels, minlength=len(data.classes)).tolist()
     per_class = ", ".join(f"{name} {count:,}" for name, count in zip(data.classes, counts))
-    line = f"{data.root}: {len(data.files):,} images ({per_class}) at {data.images.shape[-1]} px"
+    side = data.images.shape[-1]
+    line = f"{data.root}: {len(data.files):,} images ({per_class}) at {side} px in {data.cache_path}"
     if data.skipped:
         kinds = Counter(data.skipped.values()).most_common()
         line += (f", {len(data.skipped):,} skipped ({', '.join(f'{n:,} {kind}' for kind, n in kinds)}): "
                  f"see {data.cache_path / 'skipped.txt'}")
+    enlarged = data.source_sides[data.source_sides < side]
+    if len(enlarged):
+        median = int(enlarged.median())
+        line += (f"\nnote: {len(enlarged):,} of the {len(data.files):,} photos are smaller than the cache's {side} px "
+                 f"and were upsampled (median shorter side {median} px, x{side / median:.2f}); a --image-size at or "
+                 f"below about 7/8 of {median} px trains on the photos' own pixels")
     return line
 
 

@@ -36,6 +36,12 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
 
 
+def shorter_side(path: Path) -> int:
+    """The photo's shorter side in px, from its header: what decode_image resized to the cache resolution."""
+    with Image.open(path) as image:
+        return min(image.size)
+
+
 def failure_kind(path: Path, error: Exception) -> str:
     """A short name for why a file could not be decoded, for the skip report. It must not raise: a file deleted
     or made unreadable since the listing is named like any other bad file, not allowed to stop the build."""

@@ -154,3 +154,11 @@ def test_demo_images_have_two_classes(tmp_path):
     root = dataset.make_demo_images(tmp_path / "demo", per_class=6, size=32)
     files, labels, classes = dataset.find_images(root)
     assert classes == ["disc", "square"] and labels.count(0) == labels.count(1) == 6
+
+
+def test_start_up_line_counts_upsampled_photos(class_tree, cache_dir):
+    """Photos smaller than the cache resolution are counted in the start-up line with their median side and
+    factor; a cache below every photo's side prints no such note."""
+    enlarged = dataset.describe(dataset.load_images(class_tree, 45, cache_dir))  # the photos are 40 x 30 px
+    assert "60 of the 60 photos are smaller than the cache's 45 px" in enlarged and "30 px, x1.50" in enlarged
+    assert "upsampled" not in dataset.describe(dataset.load_images(class_tree, 24, cache_dir))
