@@ -9,9 +9,13 @@ SimSiam backbone, evaluated on the held-out test split that neither pretraining 
     python classifier.py --data data/PetImages --test-data other/PetImages   # evaluate on another folder
 
 Frozen (default): the backbone is in eval mode with requires_grad off and is checked unchanged afterwards;
-only the head trains. Random and pretrained backbones go through the same code; only the weights differ.
-Writes OUT/metrics.jsonl (per epoch: train loss and accuracy, test accuracy), OUT/labelled.json (the exact
-labelled images), OUT/classifier.pt and OUT/args.json; prints `test accuracy: 0.xxxx` last.
+only the head trains. Random and pretrained backbones go through the same code; only the weights differ. A frozen
+run also fits the closed-form probe (L2 logistic regression on the backbone's features, its penalty chosen by
+cross-validation on the labelled images), which has no learning rate or epochs to tune. The input resolution
+and the cache follow the checkpoint's unless --image-size or --cache-size say otherwise.
+Writes OUT/metrics.jsonl (per epoch: train loss and accuracy, the lr of every group, test accuracy; then a final
+record), OUT/labelled.json (the exact labelled images), OUT/classifier.pt and OUT/args.json; prints the
+closed-form probe's accuracy (frozen runs) and then `test accuracy: 0.xxxx` last.
 """
 from __future__ import annotations
 
@@ -31,7 +35,10 @@ import dataset
 import evaluate
 from model import CheckpointError, Classifier, backbone_state, finite_state, load_checkpoint, save_checkpoint
 
-DEMO = {"epochs": 30, "image_size": 48}  # --demo preset, for a CPU
+DEMO = {"epochs": 30}  # --demo preset, for a CPU
+# --image-size without a checkpoint to follow (--random): the original repository's 150 px, and train.py --demo's
+# 48 px under --demo
+RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 48
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,18 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
                         help="SimSiam checkpoint whose backbone to use (default %(default)s, train.py's output)")
     source.add_argument("--random", action="store_true", help="a randomly initialised backbone instead")
-    group.add_argument("--finetune", action="store_true", help="train the backbone too (default: frozen)")
-    group = parser.add_argument_group("training (SGD, cosine schedule)")
+    group.add_argument("--finetune", action="store_true",
+                       help="train the backbone too (default: frozen); the closed-form probe is then not fitted, "
+                            "since it would measure the backbone before fine-tuning, not the fine-tuned model")
+    group = parser.add_argument_group("training (SGD, momentum 0.9, cosine decay per step)")
     group.add_argument("--epochs", type=cli.positive(int), default=100,
                        help=f"passes over the labelled images (default: %(default)s; --demo: {DEMO['epochs']})")
     group.add_argument("--batch-size", type=cli.batch_size, default=50,
                        help="labelled images per step (default: %(default)s)")
-    group.add_argument("--image-size", type=cli.positive(int), default=150,
-                       help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
+    group.add_argument("--image-size", type=cli.image_size, default=None,
+                       help=f"side of the network's input in px (default: the checkpoint's, the scale its backbone "
+                            f"was pretrained at, with its --cache-size; {RANDOM_IMAGE_SIZE} with --random, "
+                            f"{DEMO_RANDOM_IMAGE_SIZE} with --random --demo)")
     group.add_argument("--lr", type=cli.positive(float), default=0.01,
-                       help="lr of the head, cosine-decayed to 0 (0.1 diverged on a random backbone, 64 px)")
+                       help="peak lr of the head, cosine-decayed to 0 (default: %(default)s; 0.1 is above the "
+                            "standardised head's stability limit and diverged on a random backbone, 64 px)")
     group.add_argument("--backbone-lr-factor", type=cli.positive(float), default=1.0,
-                       help="with --finetune, the backbone's lr is this times --lr")
+                       help="with --finetune, the backbone's peak lr is this times --lr, decayed alike "
+                            "(default: %(default)s)")
     group.add_argument("--weight-decay", type=cli.in_range(float, 0), default=5e-4,
                        help="SGD weight decay (default: %(default)s)")
     group = parser.add_argument_group("run")
@@ -72,6 +85,69 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cli.parse(build_parser(), argv, DEMO)
 
 
+def resolve_resolution(args: argparse.Namespace, checkpoint: dict | None) -> argparse.Namespace:
+    """A copy of `args` with image_size and cache_size resolved to numbers. An explicit flag wins; otherwise the
+    checkpoint's, so that the backbone sees the scale and the cached pixels it was pretrained on (its cache_size
+    None means dataset.default_cache_size of its image_size). Without a checkpoint (--random) RANDOM_IMAGE_SIZE,
+    or DEMO_RANDOM_IMAGE_SIZE under --demo. The cache follows the checkpoint's only while the image size does;
+    at another image size it is the usual 8/7 of it."""
+    pretrained = checkpoint["args"] if checkpoint is not None else None
+    if args.image_size is not None:
+        image_size = args.image_size
+    elif pretrained is not None:
+        image_size = pretrained["image_size"]
+    else:
+        image_size = DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE
+    cache_size = args.cache_size
+    if cache_size is None and pretrained is not None and image_size == pretrained["image_size"]:
+        cache_size = pretrained["cache_size"]
+    if cache_size is None:
+        cache_size = dataset.default_cache_size(image_size)
+    return argparse.Namespace(**{**vars(args), "image_size": image_size, "cache_size": cache_size})
+
+
+def cosine_decay(step: int, total_steps: int) -> float:
+    """The fraction of the peak lr at global step `step` of `total_steps`: 1 at step 0, falling along a half
+    cosine towards 0 at the end, per step (as train.py's Schedule; SGDR without restarts)."""
+    return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+
+def make_optimizer(model: Classifier, args: argparse.Namespace) -> torch.optim.SGD:
+    """SGD, momentum 0.9, over the head (peak lr --lr) and, with --finetune, the backbone (peak lr --lr x
+    --backbone-lr-factor); each group carries its name and its own `peak_lr`, which set_lr decays."""
+    groups = [{"name": "head", "params": model.head.parameters(), "peak_lr": args.lr}]
+    if args.finetune:
+        groups.append({"name": "backbone", "params": model.backbone.parameters(),
+                       "peak_lr": args.lr * args.backbone_lr_factor})
+    return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.SGD, step: int, total_steps: int) -> dict[str, float]:
+    """Set every group's lr for global step `step`: its own peak_lr x cosine_decay; {group name: lr}."""
+    decay = cosine_decay(step, total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * decay
+    return {group["name"]: group["lr"] for group in optimizer.param_groups}
+
+
+def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
+                      test_features: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+                      args: argparse.Namespace, runtime: cli.Runtime) -> dict:
+    """evaluate.logistic_probe on the frozen backbone's features of the evaluation view (centre, no augmentation)
+    of the (N,) `labelled` indices into `images`, tested on the (M, 512) `test_features`; the folds are drawn
+    from --seed. Its keys prefixed "closed_form_" (test_accuracy as closed_form_accuracy), for the final record;
+    empty when a class has a single labelled image, since the penalty's cross-validation needs two."""
+    counts = torch.bincount(labels[labelled].cpu())
+    if counts[counts > 0].min() < 2:
+        return {}
+    features = evaluate.embed(model.backbone, images, labelled, args.image_size, runtime)  # (N, 512)
+    result = evaluate.logistic_probe(features, labels[labelled], test_features, test_labels, num_classes,
+                                     seed=args.seed)
+    return {"closed_form_accuracy": result["test_accuracy"], "closed_form_penalty": result["penalty"],
+            "closed_form_cv_accuracy": result["cv_accuracy"], "closed_form_cv_loss": result["cv_loss"],
+            "closed_form_folds": result["folds"]}
+
+
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits):
     """(images, indices, labels) of the evaluation set: the held-out split, or all of --test-data with its
     class names mapped onto the training classes."""
@@ -88,13 +164,16 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits):
     return other.images, torch.arange(len(other.files)), mapping[other.labels]
 
 
-def train_epoch(model: Classifier, optimizer, scheduler, data: dataset.ImageSet, batches, generator: torch.Generator,
-                args: argparse.Namespace, runtime: cli.Runtime) -> tuple[float, float]:
+def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,
+                generator: torch.Generator, first_step: int, total_steps: int, args: argparse.Namespace,
+                runtime: cli.Runtime) -> tuple[float, float, dict[str, float]]:
     """One pass over `batches` of labelled indices into `data` (images and labels on the device), with
-    crop-and-flip augmentation drawn from `generator`; (mean loss, accuracy)."""
+    crop-and-flip augmentation drawn from `generator`, the lr set before each step (global steps from
+    `first_step`); (mean loss, accuracy, {group name: lr of the last step})."""
     device = runtime.device
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    for indices in batches:
+    for step, indices in enumerate(batches, start=first_step):
+        lrs = set_lr(optimizer, step, total_steps)
         x = augment.crop_flip_view(dataset.gather(data.images, indices, device), args.image_size, generator)
         targets = data.labels[indices.to(device)]
         with runtime.autocast():
@@ -103,11 +182,10 @@ def train_epoch(model: Classifier, optimizer, scheduler, data: dataset.ImageSet,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         loss_sum += loss.detach() * len(indices)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(indices)
-    return (loss_sum / seen).item(), (correct / seen).item()
+    return (loss_sum / seen).item(), (correct / seen).item(), lrs
 
 
 @cli.reports_errors
@@ -129,6 +207,11 @@ def main(argv=None) -> None:
         except CheckpointError as error:
             hint = "train one with train.py, or pass --random"
             raise cli.RunError(f"cannot use --checkpoint: {error} ({hint})") from None
+    args = resolve_resolution(args, checkpoint)  # a new namespace: --image-size and --cache-size as numbers
+    pretrained_size = None if checkpoint is None else checkpoint["args"]["image_size"]
+    if pretrained_size not in (None, args.image_size):
+        print(f"note: the backbone was pretrained at {pretrained_size} px and is evaluated at {args.image_size} px "
+              f"(--image-size)")
 
     data, splits = dataset.open_data(args)
     images = dataset.cache_on_device(data.images, device)
@@ -141,9 +224,6 @@ def main(argv=None) -> None:
             model.backbone.load_state_dict(backbone_state(checkpoint))
         except RuntimeError as error:
             raise cli.RunError(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}") from None
-        if checkpoint["args"]["image_size"] != args.image_size:
-            print(f"note: the backbone was pretrained at {checkpoint['args']['image_size']} px and is evaluated at "
-                  f"{args.image_size} px (--image-size)")
         held_out = dataset.fingerprint(data.files, splits.test)
         if args.test_data is None and checkpoint["split"]["test_fingerprint"] != held_out:
             raise cli.RunError(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), "
@@ -152,40 +232,48 @@ def main(argv=None) -> None:
     model = model.to(device, memory_format=cli.memory_format(device))
     model.backbone.requires_grad_(args.finetune)
     frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    groups = [{"params": model.head.parameters(), "initial_lr": args.lr}]
-    if args.finetune:
-        groups.append({"params": model.backbone.parameters(), "initial_lr": args.lr * args.backbone_lr_factor})
-    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     labelled = splits.pretrain if args.all_labels else splits.labelled
     batch_size = min(args.batch_size, len(labelled))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * (len(labelled) // batch_size))
+    steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
 
     cli.save_args(out, args, device=str(device), precision_used=runtime.precision, backbone=backbone_name, mode=mode)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
         "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
     metrics = cli.Metrics(out / "metrics.jsonl")
-    print(f"{mode} {backbone_name} ResNet18 + linear head, {len(labelled):,} labelled images, "
-          f"{len(test_indices):,} test images, on {device} ({runtime.precision})")
+    pretrained_at = "" if pretrained_size is None else f" (pretrained at {pretrained_size} px)"
+    print(f"{mode} {backbone_name} ResNet18{pretrained_at} + linear head at {args.image_size} px from a "
+          f"{args.cache_size} px cache, {len(labelled):,} labelled images, {len(test_indices):,} test images, "
+          f"on {device} ({runtime.precision})")
 
     generator = torch.Generator(device).manual_seed(args.seed)
     on_device = dataclasses.replace(data, images=images, labels=data.labels.to(device))
     test_features = None
+    closed_form = {}  # a frozen backbone's features never change: the closed-form probe is fitted once, first
+    if not args.finetune:
+        test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime)
+        closed_form = closed_form_probe(model, images, labelled, on_device.labels, test_features, test_labels,
+                                        len(data.classes), args, runtime)
+        if not closed_form:
+            print("note: no closed-form probe: choosing its penalty needs 2 labelled images per class (--labels)")
     bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
     for epoch in bar:
         model.train()
         if not args.finetune:
             model.backbone.eval()  # frozen: BatchNorm statistics must not move
         batches = dataset.epoch_batches(labelled, batch_size, generator)
-        train_loss, train_accuracy = train_epoch(model, optimizer, scheduler, on_device, batches, generator, args,
-                                                 runtime)
+        train_loss, train_accuracy, lrs = train_epoch(model, optimizer, on_device, batches, generator,
+                                                      epoch * steps_per_epoch, args.epochs * steps_per_epoch,
+                                                      args, runtime)
         if not math.isfinite(train_loss):
             raise cli.RunError(f"non-finite training loss at epoch {epoch + 1}: stopped, nothing saved. "
                                f"Lower --lr (or --backbone-lr-factor)")
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                  "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy, "lr": lrs["head"]}
+        if args.finetune:
+            record["backbone_lr"] = lrs["backbone"]
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            if args.finetune or test_features is None:  # a frozen backbone's features never change
+            if args.finetune:  # a frozen backbone's test features were embedded once, before the loop
                 test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime)
             model.head.eval()
             with torch.no_grad():
@@ -202,8 +290,11 @@ def main(argv=None) -> None:
         raise cli.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=cli.plain_args(args),
                     labelled_indices=labelled.tolist(), code=cli.code_version())
-    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices))
+    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), **closed_form)
     print(f"saved {out / 'classifier.pt'}")
+    if closed_form:
+        print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
+              f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
     print(f"test accuracy: {test_accuracy:.4f}")
 
 
