@@ -129,7 +129,7 @@ def main(argv=None) -> None:
         cache_build_s = time.perf_counter() - started
 
         model = SimSiam().to(device, memory_format=layout)
-        initial_lr = TRAIN.get_default("base_lr") * args.batch_size / 256
+        initial_lr = TRAIN.get_default("lr") * args.batch_size / 256
         optimizer = train.make_optimizer(model, initial_lr, TRAIN.get_default("momentum"),
                                          TRAIN.get_default("weight_decay"))
         step_model = torch.compile(model) if args.compile else model

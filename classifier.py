@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,19 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("training (SGD, momentum 0.9, cosine decay per step)")
     group.add_argument("--epochs", type=cli.positive(int), default=100,
                        help=f"passes over the labelled images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("--batch-size", type=cli.batch_size, default=50,
+    group.add_argument("-b", "--batch-size", type=cli.batch_size, default=50,
                        help="labelled images per step (default: %(default)s)")
     group.add_argument("--image-size", type=cli.image_size, default=None,
                        help=f"side of the network's input in px (default: the checkpoint's, the scale its backbone "
                             f"was pretrained at, with its --cache-size; {RANDOM_IMAGE_SIZE} with --random, "
                             f"{DEMO_RANDOM_IMAGE_SIZE} with --random --demo)")
-    group.add_argument("--lr", type=cli.positive(float), default=0.01,
-                       help="peak lr of the head, cosine-decayed to 0 (default: %(default)s; 0.1 is above the "
-                            "standardised head's stability limit and diverged on a random backbone, 64 px)")
+    group.add_argument("--lr", type=cli.positive(float), default=0.05,
+                       help="base lr of the head, as train.py's: peak lr = lr * batch_size / 256, cosine-decayed "
+                            "to 0 (default: %(default)s, a peak of 0.0098 at batch 50)")
     group.add_argument("--backbone-lr-factor", type=cli.positive(float), default=1.0,
                        help="with --finetune, the backbone's peak lr is this times --lr, decayed alike "
                             "(default: %(default)s)")
-    group.add_argument("--weight-decay", type=cli.in_range(float, 0), default=5e-4,
+    group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=cli.in_range(float, 0), default=5e-4,
                        help="SGD weight decay (default: %(default)s)")
     group = parser.add_argument_group("run")
     group.add_argument("--all-labels", action="store_true",
@@ -112,14 +113,15 @@ def cosine_decay(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / total_steps))
 
 
-def make_optimizer(model: Classifier, args: argparse.Namespace) -> torch.optim.SGD:
-    """SGD, momentum 0.9, over the head (peak lr --lr) and, with --finetune, the backbone (peak lr --lr x
-    --backbone-lr-factor); each group carries its name and its own `peak_lr`, which set_lr decays."""
-    groups = [{"name": "head", "params": model.head.parameters(), "peak_lr": args.lr}]
+def make_optimizer(model: Classifier, args: argparse.Namespace, batch_size: int) -> torch.optim.SGD:
+    """SGD, momentum 0.9, over the head (peak lr --lr x batch_size / 256) and, with --finetune, the backbone (the
+    head's peak x --backbone-lr-factor); each group carries its name and its own `peak_lr`, which set_lr decays."""
+    peak_lr = args.lr * batch_size / 256
+    groups = [{"name": "head", "params": model.head.parameters(), "peak_lr": peak_lr}]
     if args.finetune:
         groups.append({"name": "backbone", "params": model.backbone.parameters(),
-                       "peak_lr": args.lr * args.backbone_lr_factor})
-    return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+                       "peak_lr": peak_lr * args.backbone_lr_factor})
+    return torch.optim.SGD(groups, lr=peak_lr, momentum=0.9, weight_decay=args.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.SGD, step: int, total_steps: int) -> dict[str, float]:
@@ -148,11 +150,20 @@ def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.T
             "closed_form_folds": result["folds"]}
 
 
-def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits):
-    """(images, indices, labels) of the evaluation set: the held-out split, or all of --test-data with its
-    class names mapped onto the training classes."""
+class TestSet(NamedTuple):
+    images: torch.Tensor  # (N, 3, S, S) uint8 cache that `indices` index
+    indices: torch.Tensor  # (M,)
+    labels: torch.Tensor  # (M,) in the training data's class numbering
+    name: str  # for the console: "400 held-out test images"
+    fingerprint: str  # names the test set in args.json, so that plot.py never mixes two on one axis
+
+
+def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> TestSet:
+    """The evaluation set: the held-out split, or all of --test-data with its class names mapped onto the
+    training classes."""
     if args.test_data is None:
-        return data.images, splits.test, data.labels[splits.test]
+        return TestSet(data.images, splits.test, data.labels[splits.test], f"{len(splits.test):,} held-out test images",
+                       dataset.fingerprint(data.files, splits.test))
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
     unknown = sorted(set(other.classes) - set(data.classes))
@@ -161,7 +172,9 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits):
                            f"({data.classes})")
     print(f"test data: {dataset.describe(other)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
-    return other.images, torch.arange(len(other.files)), mapping[other.labels]
+    everything = torch.arange(len(other.files))
+    return TestSet(other.images, everything, mapping[other.labels], f"{len(everything):,} images of {args.test_data}",
+                   dataset.fingerprint([str(other.root / name) for name in other.files], everything))
 
 
 def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,
@@ -215,8 +228,9 @@ def main(argv=None) -> None:
 
     data, splits = dataset.open_data(args)
     images = dataset.cache_on_device(data.images, device)
-    test_source, test_indices, test_labels = evaluation_set(args, data, splits)
-    test_source = dataset.cache_on_device(test_source, device) if args.test_data else images
+    test_set = evaluation_set(args, data, splits)
+    test_source = dataset.cache_on_device(test_set.images, device) if args.test_data else images
+    test_indices, test_labels = test_set.indices, test_set.labels
 
     model = Classifier(len(data.classes))
     if checkpoint is not None:
@@ -224,27 +238,28 @@ def main(argv=None) -> None:
             model.backbone.load_state_dict(backbone_state(checkpoint))
         except RuntimeError as error:
             raise cli.RunError(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}") from None
-        held_out = dataset.fingerprint(data.files, splits.test)
-        if args.test_data is None and checkpoint["split"]["test_fingerprint"] != held_out:
+        if args.test_data is None and checkpoint["split"]["test_fingerprint"] != test_set.fingerprint:
             raise cli.RunError(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), "
                                f"so its pretraining may have seen these test images: use the same data, "
                                f"--split-seed, --test-fraction and --limit as train.py")
     model = model.to(device, memory_format=cli.memory_format(device))
     model.backbone.requires_grad_(args.finetune)
     frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    optimizer = make_optimizer(model, args)
     labelled = splits.pretrain if args.all_labels else splits.labelled
     batch_size = min(args.batch_size, len(labelled))
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
+    optimizer = make_optimizer(model, args, batch_size)
 
-    cli.save_args(out, args, device=str(device), precision_used=runtime.precision, backbone=backbone_name, mode=mode)
+    cli.save_args(out, args, device=str(device), precision_used=runtime.precision, backbone=backbone_name, mode=mode,
+                  batch_size_used=batch_size, peak_lr=optimizer.param_groups[0]["peak_lr"],
+                  test_set=test_set.name, test_fingerprint=test_set.fingerprint)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
         "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
     metrics = cli.Metrics(out / "metrics.jsonl")
     pretrained_at = "" if pretrained_size is None else f" (pretrained at {pretrained_size} px)"
     print(f"{mode} {backbone_name} ResNet18{pretrained_at} + linear head at {args.image_size} px from a "
-          f"{args.cache_size} px cache, {len(labelled):,} labelled images, {len(test_indices):,} test images, "
+          f"{args.cache_size} px cache, {len(labelled):,} labelled images, {test_set.name}, "
           f"on {device} ({runtime.precision})")
 
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -252,7 +267,8 @@ def main(argv=None) -> None:
     test_features = None
     closed_form = {}  # a frozen backbone's features never change: the closed-form probe is fitted once, first
     if not args.finetune:
-        test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime)
+        test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime,
+                                       desc="embedding the test set")
         closed_form = closed_form_probe(model, images, labelled, on_device.labels, test_features, test_labels,
                                         len(data.classes), args, runtime)
         if not closed_form:
@@ -274,7 +290,8 @@ def main(argv=None) -> None:
             record["backbone_lr"] = lrs["backbone"]
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             if args.finetune:  # a frozen backbone's test features were embedded once, before the loop
-                test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime)
+                test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime,
+                                               desc="embedding the test set")
             model.head.eval()
             with torch.no_grad():
                 test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
@@ -290,12 +307,14 @@ def main(argv=None) -> None:
         raise cli.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=cli.plain_args(args),
                     labelled_indices=labelled.tolist(), code=cli.code_version())
-    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), **closed_form)
+    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
+                **closed_form)
     print(f"saved {out / 'classifier.pt'}")
     if closed_form:
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
               f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
-    print(f"test accuracy: {test_accuracy:.4f}")
+    standard_error = (test_accuracy * (1 - test_accuracy) / len(test_indices)) ** 0.5
+    print(f"test accuracy: {test_accuracy:.4f} ± {standard_error:.4f} (standard error) on {test_set.name}")
 
 
 if __name__ == "__main__":

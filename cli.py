@@ -136,10 +136,14 @@ def add_run_arguments(group) -> None:
 
 
 def parse(parser: argparse.ArgumentParser, argv, demo: dict) -> argparse.Namespace:
-    """Parse argv; under --demo, the `demo` preset replaces the defaults first (explicit flags still win)."""
+    """Parse argv; under --demo, the `demo` preset replaces the defaults first (explicit flags still win).
+    --demo with a --data of its own is refused: the demo set would silently replace it."""
     if parser.parse_known_args(argv)[0].demo:
         parser.set_defaults(**demo)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.demo and args.data != parser.get_default("data"):
+        parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
+    return args
 
 
 # ---------------------------------------------------------------- device and precision
@@ -172,6 +176,13 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def duration(seconds: float) -> str:
+    """A duration for people: 45 s, 3.2 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 # ---------------------------------------------------------------- the run folder
 
 RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "classifier.pt", "labelled.json")  # what runs write
@@ -189,13 +200,15 @@ def writable_folder(folder: Path, flag: str) -> Path:
     return folder
 
 
-def prepare_out(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_out(out: Path, overwrite: bool = False, resume_from: Path | None = None) -> Path:
     """The run folder, checked before any work: a folder that holds another run is refused unless the run
-    continues it (`resume`) or replaces it (`overwrite`: its run files are deleted first, nothing else)."""
+    continues it (`resume_from` its last.pt) or replaces it (`overwrite`: its run files are deleted first,
+    nothing else)."""
     held = [name for name in RUN_FILES if (out / name).exists()]
-    if resume and not (out / "last.pt").is_file():
-        raise RunError(f"nothing to resume in {out}: it holds no last.pt (start the run without --resume)")
-    if held and not resume:
+    if resume_from is not None and not resume_from.is_file():
+        raise RunError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
+    continues_out = resume_from is not None and resume_from.resolve() == (out / "last.pt").resolve()
+    if held and not continues_out:
         if not overwrite:
             offer = "continue it with --resume, " if "last.pt" in held else ""
             raise RunError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
@@ -203,6 +216,16 @@ def prepare_out(out: Path, overwrite: bool = False, resume: bool = False) -> Pat
         for name in held:
             (out / name).unlink()
     return writable_folder(out, "--out")
+
+
+def resume_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint --resume continues from: OUT/last.pt for a bare --resume, PATH (or PATH/last.pt for a
+    folder) for --resume PATH, None without --resume."""
+    if args.resume is None:
+        return None
+    if args.resume is True:
+        return args.out / "last.pt"
+    return args.resume / "last.pt" if args.resume.is_dir() else args.resume
 
 
 def add_output_arguments(group, default: Path | None, resumable: bool, shown_default: str = "%(default)s") -> None:
@@ -215,8 +238,9 @@ def add_output_arguments(group, default: Path | None, resumable: bool, shown_def
     choice.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out: its run files are deleted before any work starts")
     if resumable:
-        choice.add_argument("--resume", action="store_true",
-                            help="continue the interrupted or finished run in --out from its last.pt")
+        choice.add_argument("--resume", nargs="?", type=Path, const=True, default=None, metavar="PATH",
+                            help="continue the interrupted or finished run in --out from its last.pt, or from the "
+                                 "checkpoint PATH (a last.pt, or a run folder) into --out")
 
 
 class StopSignals:

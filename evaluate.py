@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 import augment
 import cli
@@ -15,12 +16,13 @@ KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime: cli.Runtime,
-          batch_size: int = 512) -> torch.Tensor:
-    """(len(indices), 512) float32 features of the evaluation view, backbone in eval mode."""
+          batch_size: int = 512, desc: str = "embedding") -> torch.Tensor:
+    """(len(indices), 512) float32 features of the evaluation view, backbone in eval mode, with a progress bar
+    (it can take minutes on a CPU)."""
     was_training = backbone.training
     backbone.eval()
     features = []
-    for start in range(0, len(indices), batch_size):
+    for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
         x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
         with runtime.autocast():
             features.append(backbone(x.contiguous(memory_format=cli.memory_format(runtime.device))).float())

@@ -31,7 +31,7 @@ import distributed
 import evaluate
 from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
 
-RECIPE = ("epochs", "batch_size", "image_size", "base_lr", "weight_decay", "momentum", "seed")  # checked on --resume
+RECIPE = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # checked on --resume
 DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo preset, for a CPU
 
 
@@ -44,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     # than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
     group.add_argument("--epochs", type=cli.positive(int), default=200,
                        help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("--batch-size", type=cli.batch_size, default=256,
+    group.add_argument("-b", "--batch-size", type=cli.batch_size, default=256,
                        help=f"images per step, over all processes (default: %(default)s; --demo: {DEMO['batch_size']})")
     group.add_argument("--image-size", type=cli.image_size, default=150,
                        help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
-    group.add_argument("--base-lr", type=cli.positive(float), default=0.03,
-                       help="base lr; effective lr = base_lr * batch_size / 256, cosine-decayed to 0, "
+    group.add_argument("--lr", "--base-lr", dest="lr", type=cli.positive(float), default=0.03,
+                       help="base lr, as classifier.py's: peak lr = lr * batch_size / 256, cosine-decayed to 0, "
                             "predictor fixed (default: %(default)s, the paper's CIFAR recipe)")
-    group.add_argument("--weight-decay", type=cli.in_range(float, 0), default=5e-4,
+    group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=cli.in_range(float, 0), default=5e-4,
                        help="SGD weight decay (default: %(default)s, CIFAR recipe)")
     group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=0.9,
                        help="SGD momentum (default: %(default)s)")
@@ -263,7 +263,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     context, device_name = distributed.setup(args.device)
     if context.is_main:
-        cli.prepare_out(args.out, overwrite=args.overwrite, resume=args.resume)
+        cli.prepare_out(args.out, overwrite=args.overwrite, resume_from=cli.resume_checkpoint(args))
         cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = cli.make_runtime(device_name, args.precision, context)
@@ -279,14 +279,13 @@ def main(argv=None) -> None:
         raise cli.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
-    schedule = Schedule(args.base_lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
+    schedule = Schedule(args.lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
     split = dataset.split_identity(data, splits, args)
 
     model = SimSiam().to(device, memory_format=cli.memory_format(device))
     optimizer = make_optimizer(model, schedule.initial_lr, args.momentum, args.weight_decay)
     progress = EpochProgress.start(0, args, runtime)
-    if args.resume:
-        last = args.out / "last.pt"
+    if (last := cli.resume_checkpoint(args)) is not None:
         state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
         differences = dataset.split_differences(state["split"], split)
         if differences:
@@ -299,8 +298,8 @@ def main(argv=None) -> None:
         interrupted = state.get("progress")  # a run stopped mid-epoch by a signal
         progress = (EpochProgress.restore(interrupted, args, runtime) if interrupted
                     else EpochProgress.start(state["epoch"], args, runtime))
-        changed = {key: (state["args"][key], getattr(args, key)) for key in RECIPE
-                   if state["args"][key] != getattr(args, key)}
+        changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
+                   if state["args"].get(key) != getattr(args, key)}
         if changed:
             say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:
@@ -322,7 +321,7 @@ def main(argv=None) -> None:
         """last.pt (and siam.pt at an epoch's end) of rank 0, never with a non-finite tensor."""
         if not finite_state(model):
             raise cli.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
-                               f"checkpoint is kept in {args.out}. Lower --base-lr or check --momentum, then --resume")
+                               f"checkpoint is kept in {args.out}. Lower --lr or check --momentum, then --resume")
         saved = {"epoch": completed_epochs, "args": cli.plain_args(args), "split": split, "code": cli.code_version()}
         save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
                         rng=torch.get_rng_state(), **saved, **extra)
@@ -331,6 +330,7 @@ def main(argv=None) -> None:
 
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
+    loop_started, first_epoch = time.perf_counter(), progress.epoch
     with cli.StopSignals() as stop:
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
@@ -342,7 +342,7 @@ def main(argv=None) -> None:
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
                 raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
-                                   f"checkpoint is kept in {args.out}. Lower --base-lr or check the data, "
+                                   f"checkpoint is kept in {args.out}. Lower --lr or check the data, "
                                    f"then --resume")
             if record is None:  # a stop signal: save where this epoch stands
                 if context.is_main:
@@ -358,7 +358,10 @@ def main(argv=None) -> None:
             metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
             summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f}), "
                        f"kNN accuracy {knn:.4f}")
-            print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s")
+            per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # the kNN monitor included
+            epochs_left = args.epochs - epoch - 1
+            left = f", about {cli.duration(per_epoch * epochs_left)} left" if epochs_left else ""
+            print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s{left}")
             if collapsing:
                 print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
                       f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")

@@ -24,7 +24,7 @@ def launch(class_tree: Path, tmp_path: Path, processes: int) -> Path:
                str(REPOSITORY / "train.py"), "--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"),
                "--out", str(out), "--epochs", "1", "--batch-size", str(SETTINGS["batch_size"]),
                "--image-size", str(SETTINGS["image_size"]), "--labels", str(SETTINGS["labels"]),
-               "--test-fraction", str(SETTINGS["test_fraction"]), "--base-lr", str(SETTINGS["base_lr"]),
+               "--test-fraction", str(SETTINGS["test_fraction"]), "--lr", str(SETTINGS["base_lr"]),
                "--device", "cpu"]
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=300,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
