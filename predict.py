@@ -1,0 +1,180 @@
+"""Classify photos with a trained classifier (classifier.py's classifier.pt): one line per file with its class and
+probability, then how many went to each class and how many could not be read.
+
+    python predict.py photos/rex.jpg                          # runs/classifier-simsiam-frozen/classifier.pt
+    python predict.py photos/ more/tom.png --csv predictions.csv   # folders are searched recursively
+    python predict.py photos/ --checkpoint runs/classifier-simsiam-finetune/classifier.pt --device cuda
+    python classifier.py --demo --random --device cpu --out runs/demo-classifier   # CPU smoke, with the next line
+    python predict.py ~/.cache/simsiam-cats-dogs/demo-data --checkpoint runs/demo-classifier/classifier.pt --device cpu
+
+Each file is seen exactly as the classifier saw its test images: decoded as the cache decodes it
+(decode.decode_image at the classifier's cache resolution: EXIF orientation, shorter side resized, centre crop),
+then the evaluation view (augment.center_view at its image size), the backbone's features in eval mode and the
+head (evaluate.embed, then model.head, as classifier.py tests); the probabilities are the softmax of the logits.
+Both sizes come from the checkpoint's recorded arguments.
+
+A folder contributes its image files (dataset.is_image_file: image suffixes, no hidden files, no Thumbs.db) at any
+depth; a file named on the command line is tried whatever its suffix. A file that cannot be decoded (empty,
+truncated, not an image, vanished) is reported on stderr with the reason and skipped. A path that does not exist
+is an error before any work: a mistyped name is not a damaged photo. Exit status 0 when at least one file was
+classified, 2 (one line, `error: ...`) when none could be, or the checkpoint is missing or not a classifier.
+--csv FILE writes path, class, probability and one probability_<class> column per class for the classified files,
+atomically at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import cli
+import dataset
+import decode
+import evaluate
+from model import Classifier, load_checkpoint
+
+DEFAULT_CHECKPOINT = Path("runs") / cli.classifier_run_name(random=False, finetune=False) / "classifier.pt"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", type=Path, nargs="+",
+                        help="image files and folders (searched recursively for image files)")
+    group = parser.add_argument_group("model")
+    group.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                       help="classifier.py's classifier.pt (default: %(default)s)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--batch-size", type=cli.positive(int), default=64,
+                       help="images per forward pass; the model is in eval mode, so the probabilities do not "
+                            "depend on it (default: %(default)s)")
+    group.add_argument("--workers", type=cli.positive(int), default=None,
+                       help="decoding threads (default: all cores)")
+    group.add_argument("--csv", type=Path, default=None,
+                       help="also write path,class,probability and probability_<class> columns to this file")
+    cli.add_run_arguments(group)
+    return parser.parse_args(argv)
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files to classify, in order: each file as given, each folder's image files (dataset.is_image_file) at
+    any depth, sorted; a file reached twice counts once. A path that does not exist is a RunError."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise cli.RunError(f"no such file or folder: {', '.join(missing)}")
+    files = []
+    for path in paths:
+        files += sorted(file for file in path.rglob("*") if dataset.is_image_file(file)) if path.is_dir() else [path]
+    if not files:
+        raise cli.RunError(f"no image files in {', '.join(map(str, paths))} (image suffixes: "
+                           f"{', '.join(sorted(dataset.IMAGE_SUFFIXES))})")
+    return list(dict.fromkeys(files))
+
+
+def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    """((3, size, size) uint8, None): the row the cache holds for this file (cache.py decodes it so), or
+    (None, why it cannot be decoded)."""
+    try:
+        return decode.decode_image(path, size).transpose(2, 0, 1), None
+    except Exception as error:  # any undecodable file is skipped and reported, never fatal
+        return None, decode.failure_kind(path, error)
+
+
+def decoded_batches(files: list[Path], size: int, batch_size: int, workers: int | None):
+    """Per batch of `files`: (the decoded files, their (B, 3, size, size) uint8 images or None when there are none,
+    {file: why it was skipped}); decoded on `workers` threads (PIL releases the GIL while it decodes)."""
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            results = list(pool.map(read_image, batch, [size] * len(batch)))
+            decoded = [(path, image) for path, (image, _) in zip(batch, results) if image is not None]
+            skipped = {path: reason for path, (_, reason) in zip(batch, results) if reason is not None}
+            paths = [path for path, _ in decoded]
+            images = torch.from_numpy(np.stack([image for _, image in decoded])) if decoded else None
+            yield paths, images, skipped
+
+
+@torch.inference_mode()
+def classify(model: Classifier, images: torch.Tensor, image_size: int, runtime: cli.Runtime) -> torch.Tensor:
+    """(B, K) class probabilities of a uint8 batch (B, 3, S, S), as classifier.py evaluates its test images: the
+    backbone's features of the centre view (evaluate.embed), then the head in eval mode; softmax of the logits."""
+    features = evaluate.embed(model.backbone, images, torch.arange(len(images)), image_size, runtime)  # (B, 512)
+    return F.softmax(model.head(features), dim=1)
+
+
+def shown(path: Path) -> str:
+    """The path as printable text: bytes of a name that are not UTF-8 become \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def write_csv(path: Path, classes: list[str], rows: list[list]) -> None:
+    """path,class,probability,probability_<class>... and `rows`, written to a temporary file, then renamed."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "class", "probability", *(f"probability_{name}" for name in classes)])
+            writer.writerows(rows)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise cli.RunError(f"cannot write --csv {path} ({error.strerror or error})") from None
+
+
+@cli.reports_errors
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    files = image_files(args.paths)
+    if args.csv is not None:
+        cli.writable_folder(args.csv.parent, "--csv")
+    torch.manual_seed(args.seed)
+    runtime = cli.make_runtime(args.device, args.precision)
+    device = runtime.device
+
+    checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
+    classes, trained = checkpoint["classes"], checkpoint["args"]
+    image_size = trained["image_size"]
+    cache_size = trained.get("cache_size") or dataset.default_cache_size(image_size)
+    model = Classifier(len(classes))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise cli.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
+                           f"{' '.join(str(error).split())}") from None
+    model = model.to(device, memory_format=cli.memory_format(device)).eval()
+    print(f"{args.checkpoint}: {len(classes)} classes ({', '.join(classes)}) at {image_size} px from a {cache_size} px "
+          f"decode, on {device} ({runtime.precision}); files: {len(files):,}")
+
+    per_class, unreadable, rows = Counter(), Counter(), []
+    for paths, images, skipped in decoded_batches(files, cache_size, args.batch_size, args.workers):
+        for path, reason in skipped.items():
+            print(f"skipped {shown(path)}: {reason}", file=sys.stderr)
+        unreadable.update(skipped.values())
+        if images is None:
+            continue
+        probabilities = classify(model, images, image_size, runtime).cpu()  # (B, K)
+        confidence, predicted = probabilities.max(dim=1)
+        for path, p, label, row in zip(paths, confidence.tolist(), predicted.tolist(), probabilities.tolist()):
+            print(f"{shown(path)}  {classes[label]}  {p:.2f}")
+            per_class[classes[label]] += 1
+            rows.append([shown(path), classes[label], f"{p:.6f}", *(f"{value:.6f}" for value in row)])
+
+    reasons = ", ".join(f"{count:,} {kind}" for kind, count in unreadable.most_common())
+    if not rows:
+        raise cli.RunError(f"none of the {len(files):,} files could be classified ({reasons}): see the lines above")
+    if args.csv is not None:
+        write_csv(args.csv, classes, rows)
+    print(f"{len(rows):,} classified ({', '.join(f'{name} {per_class[name]:,}' for name in classes)}), "
+          f"{unreadable.total():,} unreadable" + (f" ({reasons})" if unreadable else "")
+          + (f"; wrote {args.csv}" if args.csv is not None else ""))
+
+
+if __name__ == "__main__":
+    main()
