@@ -22,7 +22,8 @@ def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size
     was_training = backbone.training
     backbone.eval()
     features = []
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1, disable=len(starts) < 2):
         x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
         with runtime.autocast():
             features.append(backbone(x.contiguous(memory_format=cli.memory_format(runtime.device))).float())
