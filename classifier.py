@@ -252,7 +252,7 @@ def main(argv=None) -> None:
 
     cli.save_args(out, args, device=str(device), precision_used=runtime.precision, backbone=backbone_name, mode=mode,
                   batch_size_used=batch_size, peak_lr=optimizer.param_groups[0]["peak_lr"],
-                  test_set=test_set.name, test_fingerprint=test_set.fingerprint)
+                  num_classes=len(data.classes), test_set=test_set.name, test_fingerprint=test_set.fingerprint)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
         "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))

@@ -310,7 +310,9 @@ def main(argv=None) -> None:
     if context.is_main:
         cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
                       initial_lr=schedule.initial_lr, steps_per_epoch=schedule.steps_per_epoch,
-                      cache_on=images.device.type, world_size=context.world_size)
+                      cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
+                      test_set=f"{len(splits.test):,} held-out test images",
+                      test_fingerprint=split["test_fingerprint"])
     metrics = cli.Metrics(args.out / "metrics.jsonl")
     say(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}) x {context.world_size} process(es), cache in "
