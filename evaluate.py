@@ -1,5 +1,6 @@
-"""Evaluation shared by the scripts: backbone features of cached images, kNN and classification accuracy, and the
-full-batch linear probe (L2-regularised logistic regression, penalty chosen by cross-validation)."""
+"""Evaluation shared by the scripts: backbone features of cached images, nearest neighbours and kNN accuracy,
+classification accuracy, and the full-batch linear probe (L2-regularised logistic regression, penalty chosen by
+cross-validation)."""
 from __future__ import annotations
 
 import torch
@@ -32,11 +33,19 @@ def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size
 
 
 @torch.no_grad()
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices), each (Q, min(k, B)): the k rows of the (B, D) bank most similar to each of the
+    (Q, D) queries by cosine similarity, most similar first (ties in no particular order)."""
+    similarity = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T  # (Q, B)
+    top_similarity, top_index = similarity.topk(min(k, len(bank)), dim=1)  # (Q, k)
+    return top_similarity, top_index
+
+
+@torch.no_grad()
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
                  num_classes: int, k: int = 20) -> torch.Tensor:
     """Accuracy (0-dim tensor) of a similarity-weighted vote of each query's k nearest bank features (cosine)."""
-    similarity = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T  # (Q, B)
-    top_similarity, top_index = similarity.topk(min(k, len(bank)), dim=1)  # (Q, k)
+    top_similarity, top_index = nearest(queries, bank, k)  # (Q, k)
     votes = torch.zeros(len(queries), num_classes, device=queries.device)
     votes.scatter_add_(1, bank_labels.to(queries.device)[top_index], (top_similarity / KNN_TEMPERATURE).exp())
     return accuracy(votes, query_labels)
