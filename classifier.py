@@ -87,23 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_resolution(args: argparse.Namespace, checkpoint: dict | None) -> argparse.Namespace:
-    """A copy of `args` with image_size and cache_size resolved to numbers. An explicit flag wins; otherwise the
-    checkpoint's, so that the backbone sees the scale and the cached pixels it was pretrained on (its cache_size
-    None means dataset.default_cache_size of its image_size). Without a checkpoint (--random) RANDOM_IMAGE_SIZE,
-    or DEMO_RANDOM_IMAGE_SIZE under --demo. The cache follows the checkpoint's only while the image size does;
-    at another image size it is the usual 8/7 of it."""
-    pretrained = checkpoint["args"] if checkpoint is not None else None
-    if args.image_size is not None:
-        image_size = args.image_size
-    elif pretrained is not None:
-        image_size = pretrained["image_size"]
-    else:
-        image_size = DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE
-    cache_size = args.cache_size
-    if cache_size is None and pretrained is not None and image_size == pretrained["image_size"]:
-        cache_size = pretrained["cache_size"]
-    if cache_size is None:
-        cache_size = dataset.default_cache_size(image_size)
+    """A copy of `args` with image_size and cache_size resolved to numbers (cli.pretrained_resolution): the
+    checkpoint's unless a flag says otherwise; without one (--random) RANDOM_IMAGE_SIZE, or DEMO_RANDOM_IMAGE_SIZE
+    under --demo."""
+    image_size, cache_size = cli.pretrained_resolution(
+        args.image_size, args.cache_size, checkpoint and checkpoint["args"],
+        DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
     return argparse.Namespace(**{**vars(args), "image_size": image_size, "cache_size": cache_size})
 
 

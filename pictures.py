@@ -78,17 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------- numbers
 
 
-def resolution(args: argparse.Namespace, pretrained: dict) -> tuple[int, int]:
-    """(image size, cache size) in px: an explicit flag wins, otherwise the checkpoint's arguments `pretrained`
-    (its cache size None means dataset.default_cache_size); the cache follows the checkpoint's only while the
-    image size does, as in classifier.py."""
-    image_size = args.image_size or pretrained["image_size"]
-    cache_size = args.cache_size
-    if cache_size is None and image_size == pretrained["image_size"]:
-        cache_size = pretrained["cache_size"]
-    return image_size, cache_size or dataset.default_cache_size(image_size)
-
-
 def agreement(neighbours: torch.Tensor, bank_labels: torch.Tensor, query_labels: torch.Tensor) -> float:
     """Share of the (Q, k) neighbour indices into `bank_labels` whose label is their query's."""
     return (bank_labels[neighbours] == query_labels[:, None]).float().mean().item()
@@ -219,7 +208,8 @@ def main(argv=None) -> None:
         checkpoint = load_checkpoint(args.checkpoint, "simsiam", needs=("args", "split"))
     except CheckpointError as error:
         raise cli.RunError(f"cannot use --checkpoint: {error} (train one with train.py)") from None
-    image_size, cache_size = resolution(args, checkpoint["args"])
+    image_size, cache_size = cli.pretrained_resolution(args.image_size, args.cache_size, checkpoint["args"],
+                                                       fallback_image_size=checkpoint["args"]["image_size"])
 
     data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
                                                            "cache_size": cache_size}))

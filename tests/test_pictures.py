@@ -2,7 +2,6 @@
 the resolution it takes from the checkpoint, and its refusal of a checkpoint pretrained with another test split."""
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import evaluate
+import cli
 import pictures
 import train
 
@@ -67,8 +67,8 @@ def test_resolution_follows_the_checkpoint_unless_a_flag_says_otherwise():
     """Image and cache size come from the checkpoint's arguments (a None cache size meaning 8/7 of the image
     size); an explicit --image-size wins and takes 8/7 of itself as cache, an explicit --cache-size wins too."""
     def resolve(image_size=None, cache_size=None, pretrained_cache=44):
-        flags = argparse.Namespace(image_size=image_size, cache_size=cache_size)
-        return pictures.resolution(flags, {"image_size": 32, "cache_size": pretrained_cache})
+        return cli.pretrained_resolution(image_size, cache_size, {"image_size": 32, "cache_size": pretrained_cache},
+                                         fallback_image_size=150)
 
     assert resolve() == (32, 44)
     assert resolve(pretrained_cache=None) == (32, 37)
