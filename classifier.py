@@ -38,8 +38,8 @@ from model import CheckpointError, Classifier, backbone_state, finite_state, loa
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
 # --image-size without a checkpoint to follow (--random): the original repository's 150 px, and train.py --demo's
-# 48 px under --demo
-RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 48
+# 32 px under --demo
+RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -242,7 +242,7 @@ def open_data(args, verbose: bool = True) -> tuple[ImageSet, Splits]:
             raise DataError(f"--download unpacks into a folder named {download.TOP_FOLDER}: "
                             f"pass --data DIR/{download.TOP_FOLDER}")
         download.download_dataset(args.data.parent, args.download_url)
-    root = make_demo_images(args.cache_dir / "demo-data") if args.demo else args.data
+    root = make_demo_images(args.cache_dir / DEMO_FOLDER) if args.demo else args.data
     cache_size = args.cache_size or default_cache_size(args.image_size)
     data = load_images(root, cache_size, args.cache_dir, args.limit, args.split_seed, args.workers)
     splits = make_splits(data.labels, len(data.classes), args.test_fraction, args.labels, args.split_seed,
@@ -315,7 +315,10 @@ def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) ->
 # ---------------------------------------------------------------- demo data
 
 
-def make_demo_images(folder: Path, per_class: int = 250, size: int = 64, seed: int = 0) -> Path:
+DEMO_FOLDER = "demo-data-2x400"  # under --cache-dir; named by its content, so that a change makes a new one
+
+
+def make_demo_images(folder: Path, per_class: int = 400, size: int = 64, seed: int = 0) -> Path:
     """A small synthetic two-class set (discs vs. squares, random colours, sizes, places and noise) written
     as PNGs into folder/disc and folder/square once; returns folder."""
     if folder.is_dir():

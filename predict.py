@@ -5,7 +5,7 @@ probability, then how many went to each class and how many could not be read.
     python predict.py photos/ more/tom.png --csv predictions.csv   # folders are searched recursively
     python predict.py photos/ --checkpoint runs/classifier-simsiam-finetune/classifier.pt --device cuda
     python classifier.py --demo --random --device cpu --out runs/demo-classifier   # CPU smoke, with the next line
-    python predict.py ~/.cache/simsiam-cats-dogs/demo-data --checkpoint runs/demo-classifier/classifier.pt --device cpu
+    python predict.py ~/.cache/simsiam-cats-dogs/demo-data-2x400 --checkpoint runs/demo-classifier/classifier.pt --device cpu
 
 Each file is seen exactly as the classifier saw its test images: decoded as the cache decodes it
 (decode.decode_image at the classifier's cache resolution: EXIF orientation, shorter side resized, centre crop),

@@ -32,7 +32,8 @@ import evaluate
 from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
 
 RECIPE = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # checked on --resume
-DEMO = {"epochs": 12, "batch_size": 64, "image_size": 48}  # --demo preset, for a CPU
+# --demo preset, for a CPU: 32 px and a high lr, so that a couple of hundred steps visibly move the loss
+DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
     group.add_argument("--lr", "--base-lr", dest="lr", type=cli.positive(float), default=0.03,
                        help="base lr, as classifier.py's: peak lr = lr * batch_size / 256, cosine-decayed to 0, "
-                            "predictor fixed (default: %(default)s, the paper's CIFAR recipe)")
+                            f"predictor fixed (default: %(default)s, the paper's CIFAR recipe; --demo: {DEMO['lr']})")
     group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=cli.in_range(float, 0), default=5e-4,
                        help="SGD weight decay (default: %(default)s, CIFAR recipe)")
     group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=0.9,

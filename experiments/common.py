@@ -29,8 +29,9 @@ TINY = {"train": ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "
         "classifier": ["--epochs", "2", "--batch-size", "50", "--device", "cpu"],
         "all_labels": ["--epochs", "1", "--device", "cpu"]}
 # A classifier on every non-test image with its label. Batch 256 instead of 50: ~88 steps per epoch instead of
-# ~450 on 22,500 images. The lr stays at classifier.py's 0.01: 0.1 is above the standardised head's stability
-# limit, and a from-scratch run at 0.1 trained at chance (README, Protocol).
+# ~450 on 22,500 images. Base lr 0.01, a peak of 0.01 at batch 256 (classifier.py's default base lr 0.05 would
+# peak at 0.05 here): a peak of 0.1 is above the standardised head's stability limit, and a from-scratch run at
+# 0.1 trained at chance (README, Protocol).
 ALL_LABELS = ["--all-labels", "--batch-size", "256", "--lr", "0.01"]
 # The supervised upper bound: a random-init ResNet18 fine-tuned on every non-test label.
 SUPERVISED = ["--random", "--finetune", *ALL_LABELS]
@@ -43,8 +44,8 @@ def data_flags(data: Path, tiny: bool, runs_dir: Path) -> list[str]:
     """The data flags of every run of an experiment, identical in each so that all hold out the same test
     split: the demo set with a cache of its own under --tiny, else `data` (relative to the repository root,
     where the runs start)."""
-    if tiny:
-        return ["--demo", "--cache-dir", str(runs_dir / "cache")]
+    if tiny:  # 400 of the 800 demo images: 300 to pretrain and label, 100 to test
+        return ["--demo", "--limit", "400", "--cache-dir", str(runs_dir / "cache")]
     return ["--data", str(REPOSITORY / data)]
 
 

@@ -90,10 +90,10 @@ def test_explicit_image_size_wins_with_a_note(pretrained, tmp_path, capsys):
     assert "note: the backbone was pretrained at 32 px and is evaluated at 24 px" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags, image_size", [(["--random"], 150), (["--random", "--demo"], 48),
+@pytest.mark.parametrize("flags, image_size", [(["--random"], 150), (["--random", "--demo"], 32),
                                                (["--random", "--image-size", "64"], 64)])
 def test_resolution_without_a_checkpoint(flags, image_size):
-    """With --random there is no checkpoint to follow: 150 px, 48 px under --demo, or the flag; the cache 8/7."""
+    """With --random there is no checkpoint to follow: 150 px, 32 px under --demo, or the flag; the cache 8/7."""
     args = classifier.resolve_resolution(classifier.parse_args(flags), None)
     assert (args.image_size, args.cache_size) == (image_size, dataset.default_cache_size(image_size))
 

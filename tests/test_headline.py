@@ -41,11 +41,11 @@ def test_headline_tiny(tmp_path):
     copied = list((tmp_path / "results" / "headline").rglob("*"))
     assert any(p.name == "simsiam.png" for p in copied) and not any(p.suffix == ".pt" for p in copied)
     labelled = json.loads((tmp_path / "results" / "headline" / "supervised-all-labels" / "labelled.json").read_text())
-    assert len(labelled["indices"]) == 450  # every non-test image of the 500-image demo set
+    assert len(labelled["indices"]) == 300  # every non-test image of the 400 demo images --tiny takes
 
 
 def test_supervised_bound_trains(tmp_path):
-    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's 450 non-test labels
+    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's 600 non-test labels
     (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when the head's lr
     is above its stability limit (0.1 went from 0.81 to 1.30 at epoch 3), and the last is below the first."""
     headline = load_headline()

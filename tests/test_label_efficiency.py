@@ -15,7 +15,7 @@ RUN_KEYS = {"backbone", "mode", "labels", "all_labels", "seed", "test_accuracy",
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """One --tiny run (the demo set: 450 non-test images; sizes 10 and 20, and 1,000, which does not fit), as
+    """One --tiny run (the demo set: 360 non-test images; sizes 10 and 20, and 1,000, which does not fit), as
     (runs folder, results folder)."""
     folder = tmp_path_factory.mktemp("label-efficiency")
     label_efficiency.main(["--tiny", "--sizes", "10", "20", "1000", "--runs", str(folder / "runs"),
@@ -43,13 +43,13 @@ def test_seed_rule_needs_a_last_step_for_all():
 
 def test_one_run_per_backbone_mode_size_and_seed(tiny):
     """The JSON records every run with its keys: per backbone x mode, label seeds 0 and 1 at 10 labels and 0 at
-    20 (the --tiny rule 10:2 all:1), and one run on all 450 non-test images."""
+    20 (the --tiny rule 10:2 all:1), and one run on all 360 non-test images."""
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
     assert all(set(run) == RUN_KEYS for run in result["runs"])
     runs = sorted((r["backbone"], r["mode"], r["labels"], -1 if r["seed"] is None else r["seed"])
                   for r in result["runs"])
     expected = sorted((backbone, mode, labels, seed) for backbone in ("random", "simsiam")
-                      for mode in ("frozen", "finetune") for labels, seed in [(10, 0), (10, 1), (20, 0), (450, -1)])
+                      for mode in ("frozen", "finetune") for labels, seed in [(10, 0), (10, 1), (20, 0), (360, -1)])
     assert runs == expected
 
 
@@ -68,9 +68,9 @@ def test_summary_spreads_over_seeds(tiny):
 
 
 def test_sizes_beyond_the_non_test_images_are_skipped(tiny):
-    """1,000 labels, more than the 450 non-test images hold, are left out of the sizes with a note."""
+    """1,000 labels, more than the 360 non-test images hold, are left out of the sizes with a note."""
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
-    assert result["sizes"] == [10, 20] and result["split"]["non_test"] == 450
+    assert result["sizes"] == [10, 20] and result["split"]["non_test"] == 360
     assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("1,000 labels skipped")
 
 
@@ -81,11 +81,11 @@ def test_every_run_holds_out_the_same_split_at_the_same_pixels(tiny):
     settings = {tuple(json.loads(path.read_text())[key] for key in ("split_seed", "test_fraction", "limit",
                                                                    "image_size"))
                 for path in results.glob("*/args.json")}
-    assert settings == {(0, 0.1, None, 32)}
+    assert settings == {(0, 0.1, 400, 32)}
     caches = {json.loads(path.read_text())["cache_size"] for path in results.glob("classifier-*/args.json")}
     assert caches == {37}
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
-    assert {run["num_test"] for run in result["runs"]} == {result["split"]["num_test"]} == {50}
+    assert {run["num_test"] for run in result["runs"]} == {result["split"]["num_test"]} == {40}
 
 
 def test_plot_is_a_png(tiny):
