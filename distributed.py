@@ -75,6 +75,15 @@ def mean(value: torch.Tensor, context: Context) -> torch.Tensor:
     return value
 
 
+def gather(value, context: Context) -> list:
+    """Every rank's `value` (builtins and CPU tensors), in rank order, on every rank."""
+    if not context.enabled:
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def any_rank(flag: bool, device: torch.device, context: Context) -> bool:
     """True on every rank if `flag` is True on any."""
     if not context.enabled:

@@ -225,8 +225,8 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
                                               progress.first_bad_step)
         progress.step = step + 1
         bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
-        if stop_requested(stop, step, runtime):
-            return None
+        if step + 1 < schedule.steps_per_epoch and stop_requested(stop, step, runtime):
+            return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
     seconds = time.perf_counter() - started
     return {"loss": distributed.mean(progress.loss_sum / schedule.steps_per_epoch, context).item(),
             "z_std": distributed.mean(progress.std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
@@ -296,8 +296,12 @@ def main(argv=None) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        interrupted = state.get("progress")  # a run stopped mid-epoch by a signal
-        progress = (EpochProgress.restore(interrupted, args, runtime) if interrupted
+        interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
+        if interrupted and (len(interrupted) != context.world_size or state["args"]["batch_size"] != args.batch_size):
+            raise cli.RunError(f"{last} was interrupted mid-epoch with {len(interrupted)} process(es) and batch "
+                               f"{state['args']['batch_size']}: resume it with the same, so that the epoch goes on "
+                               f"with the same batches and augmentations")
+        progress = (EpochProgress.restore(interrupted[context.rank], args, runtime) if interrupted
                     else EpochProgress.start(state["epoch"], args, runtime))
         changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
                    if state["args"].get(key) != getattr(args, key)}
@@ -347,9 +351,10 @@ def main(argv=None) -> None:
                 raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
                                    f"checkpoint is kept in {args.out}. Lower --lr or check the data, "
                                    f"then --resume")
-            if record is None:  # a stop signal: save where this epoch stands
+            if record is None:  # a stop signal: save where this epoch stands, on every rank
+                rank_progress = distributed.gather(progress.state(), context)
                 if context.is_main:
-                    save(epoch, progress=progress.state())
+                    save(epoch, progress=rank_progress)
                 distributed.cleanup(context)
                 name = signal.Signals(stop.signal_number or signal.SIGTERM).name
                 raise cli.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "

@@ -233,3 +233,19 @@ def test_interrupted_state_round_trips(class_tree, tmp_path):
     assert restored.loss_sum.item() == -2.5 and restored.std_sum.item() == pytest.approx(0.1)
     assert torch.equal(torch.rand(4, generator=restored.augment_generator),
                        torch.rand(4, generator=progress.augment_generator))
+
+
+def test_mid_epoch_resume_needs_the_same_batches(class_tree, tmp_path, capsys):
+    """A run interrupted mid-epoch resumes only with its batch size and number of processes: its saved step and
+    augmentation streams mean nothing for other batches. Refused in one line, exit 2."""
+    train.main(train_args(class_tree, tmp_path, "run", "--epochs", "2"))
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    progress = train.EpochProgress.start(1, train.parse_args(train_args(class_tree, tmp_path)),
+                                         cli.make_runtime("cpu", "fp32"))
+    progress.step = 1
+    torch.save({**state, "epoch": 1, "progress": [progress.state()]}, last)
+    capsys.readouterr()
+    assert exit_status(train.main, train_args(class_tree, tmp_path, "run", "--epochs", "2", "--resume",
+                                              "--batch-size", "8")) == 2
+    assert "interrupted mid-epoch" in capsys.readouterr().err
