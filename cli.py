@@ -344,6 +344,12 @@ def truncate_metrics(path: Path, after_epoch: int) -> None:
         os.replace(temporary, path)
 
 
+# How every figure draws a run: a colour per backbone (one per run in turn) and a line style per mode.
+COLOURS = {"random": ["tab:gray", "black", "silver"],
+           "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
+LINESTYLES = {"frozen": "-", "finetune": "--"}
+
+
 def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) -> str:
     """The classifier's default run folder name: classifier-{random|simsiam}-{frozen|finetune}[-all-labels]."""
     name = f"classifier-{'random' if random else 'simsiam'}-{'finetune' if finetune else 'frozen'}"

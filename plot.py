@@ -26,9 +26,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import cli  # noqa: E402
 from model import PROJECTION_DIM  # noqa: E402
 
-COLOURS = {"random": ["tab:gray", "black", "silver"],  # per backbone, one colour per run in turn
-           "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
-LINESTYLES = {"frozen": "-", "finetune": "--"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,11 +111,11 @@ def plot_pretraining(pretraining: list[dict], path: Path) -> None:
 
 def plot_classifiers(classifiers: list[dict], path: Path) -> None:
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
-    used = {backbone: 0 for backbone in COLOURS}
+    used = {backbone: 0 for backbone in cli.COLOURS}
     for run in sorted(classifiers, key=lambda r: r["name"]):
         backbone, mode = run["args"]["backbone"], run["args"]["mode"]
-        colours = COLOURS[backbone]
-        style = {"color": colours[used[backbone] % len(colours)], "linestyle": LINESTYLES.get(mode, "-")}
+        colours = cli.COLOURS[backbone]
+        style = {"color": colours[used[backbone] % len(colours)], "linestyle": cli.LINESTYLES.get(mode, "-")}
         used[backbone] += 1
         name = f"{backbone} backbone, {mode} ({run['name']})"
         loss_axis.plot(*series(run, "train_loss"), **style, label=name + last(run, "train_loss"))

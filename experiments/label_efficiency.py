@@ -39,7 +39,6 @@ import cli  # noqa: E402
 import dataset  # noqa: E402
 from experiments import common  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from plot import COLOURS, LINESTYLES  # noqa: E402  (plot.py's colour per backbone and line style per mode)
 
 BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
 MODES = {"frozen": "linear probe", "finetune": "fine-tuned"}
@@ -195,13 +194,13 @@ def plot(summary: list[dict], chance: float, num_test: int, data_name: str, rule
     min-max band, the closed-form probe of the frozen runs dotted, the supervised bound and chance level."""
     figure, axis = plt.subplots(figsize=(11, 7.5))
     for backbone, backbone_name in BACKBONES.items():
-        colour = COLOURS[backbone][0]
+        colour = cli.COLOURS[backbone][0]
         for mode, mode_name in MODES.items():
             rows = [row for row in summary if (row["backbone"], row["mode"]) == (backbone, mode)]
             x, accuracy = [row["labels"] for row in rows], [row["test_accuracy"] for row in rows]
             axis.fill_between(x, [a["min"] for a in accuracy], [a["max"] for a in accuracy], color=colour,
                               alpha=0.12, linewidth=0)
-            axis.plot(x, [a["mean"] for a in accuracy], color=colour, linestyle=LINESTYLES[mode], marker="o",
+            axis.plot(x, [a["mean"] for a in accuracy], color=colour, linestyle=cli.LINESTYLES[mode], marker="o",
                       linewidth=2, label=f"{backbone_name}, {mode_name}")
         closed_form = [(row["labels"], row["closed_form_accuracy"]["mean"]) for row in summary
                        if row["backbone"] == backbone and row["closed_form_accuracy"] is not None]
