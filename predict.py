@@ -5,7 +5,8 @@ probability, then how many went to each class and how many could not be read.
     python predict.py photos/ more/tom.png --csv predictions.csv   # folders are searched recursively
     python predict.py photos/ --checkpoint runs/classifier-simsiam-finetune/classifier.pt --device cuda
     python classifier.py --demo --random --device cpu --out runs/demo-classifier   # CPU smoke, with the next line
-    python predict.py ~/.cache/simsiam-cats-dogs/demo-data-2x400 --checkpoint runs/demo-classifier/classifier.pt --device cpu
+    python predict.py ~/.cache/simsiam-cats-dogs/demo-data-2x400 --device cpu \\
+        --checkpoint runs/demo-classifier/classifier.pt
 
 Each file is seen exactly as the classifier saw its test images: decoded as the cache decodes it
 (decode.decode_image at the classifier's cache resolution: EXIF orientation, shorter side resized, centre crop),
@@ -140,8 +141,7 @@ def main(argv=None) -> None:
 
     checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
     classes, trained = checkpoint["classes"], checkpoint["args"]
-    image_size = trained["image_size"]
-    cache_size = trained.get("cache_size") or dataset.default_cache_size(image_size)
+    image_size, cache_size = cli.pretrained_resolution(None, None, trained, trained["image_size"])
     model = Classifier(len(classes))
     try:
         model.load_state_dict(checkpoint["model"])

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 import cli
-import dataset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -53,9 +52,8 @@ def resolution_flags(checkpoint: dict) -> list[str]:
     """--image-size and --cache-size of a SimSiam checkpoint's pretraining, for every classifier run: the SimSiam
     backbone is probed at the scale it learned (as classifier.py does by itself), and the random backbone sees
     the same pixels, so the runs differ only in the weights."""
-    pretrained = checkpoint["args"]
-    cache_size = pretrained["cache_size"] or dataset.default_cache_size(pretrained["image_size"])
-    return ["--image-size", str(pretrained["image_size"]), "--cache-size", str(cache_size)]
+    image_size, cache_size = cli.pretrained_resolution(None, None, checkpoint["args"], checkpoint["args"]["image_size"])
+    return ["--image-size", str(image_size), "--cache-size", str(cache_size)]
 
 
 # ---------------------------------------------------------------- running the scripts
