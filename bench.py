@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from torchvision.transforms import v2
 import augment
 import cli
 import dataset
+import devices
 import train
 from model import SimSiam
 
@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
     group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
     group.add_argument("--compile", action="store_true", help="torch.compile the model and the augmentation")
+    group.add_argument("--host-cache", action="store_true",
+                       help="keep the cache in host memory even where it fits on the GPU, to measure the pinned "
+                            "prefetch path that a cache too large for the GPU takes")
     group.add_argument("--baseline-workers", type=cli.positive(int), default=os.cpu_count(),
                        help="DataLoader workers of the baseline (default: one per core)")
     group.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -55,33 +58,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def images_per_s(step, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
     """Run `warmup` untimed steps, then time `steps` steps between two device synchronisations."""
     for _ in range(warmup):
         step()
-    synchronize(device)
+    devices.synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    synchronize(device)
+    devices.synchronize(device)
     return steps * batch_size / (time.perf_counter() - started)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak GPU memory since the last reset, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def endless(make_iterator):
@@ -117,10 +103,10 @@ class PilPairs(torch.utils.data.Dataset):
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runtime = cli.make_runtime(args.device, args.precision)
+    runtime = devices.make_runtime(args.device, args.precision)
     device, precision = runtime.device, runtime.precision
     torch.manual_seed(args.seed)
-    layout = cli.memory_format(device)
+    layout = runtime.memory_format
     temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache})
     try:
@@ -137,8 +123,8 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         reopened = dataset.load_images(data.root, data.images.shape[-1], temporary_cache, args.limit, args.split_seed,
                                        args.workers)
-        images = dataset.cache_on_device(reopened.images, device)
-        order_generator, augment_generator = torch.Generator(images.device), torch.Generator(device).manual_seed(0)
+        images = reopened.images if args.host_cache else dataset.cache_on_device(reopened.images, device)
+        order_generator, augment_generator = devices.generator(images.device, 0), devices.generator(device, 0)
         batches = endless(lambda: dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator,
                                                          device))
 
@@ -146,27 +132,27 @@ def main(argv=None) -> None:
             train.train_step(step_model, optimizer, next(batches), augment_generator, args, runtime)
 
         pipeline_step()
-        synchronize(device)
+        devices.synchronize(device)
         warm_start_s = time.perf_counter() - started
-        cache_on = ("GPU" if images.device.type == "cuda" else
-                    "host, pinned batches prefetched" if device.type == "cuda" else "host")
+        cache_on = ("device" if devices.is_on(images, device) else
+                    "host, pinned batches prefetched" if devices.needs_pinning(images.device, device) else "host")
 
         batch = next(batches)
         x1, x2 = train.views(batch, args.image_size, augment_generator)
-        reset_peak_memory(device)
+        devices.reset_peak_memory(device)
         ceiling = images_per_s(lambda: train.sgd_step(step_model, optimizer, x1, x2, runtime),
                                args.steps, args.warmup, args.batch_size, device)
-        ceiling_memory = peak_memory_gb(device)
+        ceiling_memory = devices.peak_memory_gb(device)
 
-        reset_peak_memory(device)
+        devices.reset_peak_memory(device)
         augmentation = images_per_s(lambda: train.views(batch, args.image_size, augment_generator, args.compile),
                                     args.steps, args.warmup, args.batch_size, device)
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
-        pipeline_memory = peak_memory_gb(device)  # on the GPU this includes the resident cache
+        pipeline_memory = devices.peak_memory_gb(device)  # on the GPU this includes the resident cache
 
         loader = torch.utils.data.DataLoader(
             PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,
-            shuffle=True, drop_last=True, num_workers=args.baseline_workers, pin_memory=device.type == "cuda",
+            shuffle=True, drop_last=True, num_workers=args.baseline_workers, pin_memory=devices.needs_pinning(torch.device("cpu"), device),
             persistent_workers=True, prefetch_factor=4)
         pairs = endless(lambda: iter(loader))
 
@@ -179,10 +165,10 @@ def main(argv=None) -> None:
         shutil.rmtree(temporary_cache, ignore_errors=True)
 
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": devices.describe(device),
         "torch": torch.__version__, "image_size": args.image_size, "batch_size": args.batch_size,
         "precision": precision, "compile": args.compile, "cache_resolution": data.images.shape[-1],
-        "num_images": len(data.files), "cache_on": cache_on, "steps": args.steps,
+        "num_images": len(data.files), "cache_on": cache_on, "host_cache_forced": args.host_cache, "steps": args.steps,
         "ceiling_images_per_s": ceiling, "pipeline_images_per_s": pipeline, "baseline_images_per_s": baseline,
         "augmentation_images_per_s": augmentation,
         "pipeline_over_ceiling": pipeline / ceiling, "pipeline_over_baseline": pipeline / baseline,

@@ -33,6 +33,7 @@ from tqdm import tqdm
 import augment
 import cli
 import dataset
+import devices
 import evaluate
 from model import CheckpointError, Classifier, backbone_state, finite_state, load_checkpoint, save_checkpoint
 
@@ -123,7 +124,7 @@ def set_lr(optimizer: torch.optim.SGD, step: int, total_steps: int) -> dict[str,
 
 def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
                       test_features: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
-                      args: argparse.Namespace, runtime: cli.Runtime) -> dict:
+                      args: argparse.Namespace, runtime: devices.Runtime) -> dict:
     """evaluate.logistic_probe on the frozen backbone's features of the evaluation view (centre, no augmentation)
     of the (N,) `labelled` indices into `images`, tested on the (M, 512) `test_features`; the folds are drawn
     from --seed. Its keys prefixed "closed_form_" (test_accuracy as closed_form_accuracy), for the final record;
@@ -168,7 +169,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
 
 def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,
                 generator: torch.Generator, first_step: int, total_steps: int, args: argparse.Namespace,
-                runtime: cli.Runtime) -> tuple[float, float, dict[str, float]]:
+                runtime: devices.Runtime) -> tuple[float, float, dict[str, float]]:
     """One pass over `batches` of labelled indices into `data` (images and labels on the device), with
     crop-and-flip augmentation drawn from `generator`, the lr set before each step (global steps from
     `first_step`); (mean loss, accuracy, {group name: lr of the last step})."""
@@ -179,7 +180,7 @@ def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.Ima
         x = augment.crop_flip_view(dataset.gather(data.images, indices, device), args.image_size, generator)
         targets = data.labels[indices.to(device)]
         with runtime.autocast():
-            logits = model(x.contiguous(memory_format=cli.memory_format(device))).float()
+            logits = model(x.contiguous(memory_format=runtime.memory_format)).float()
             loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,7 +200,7 @@ def main(argv=None) -> None:
                                                                             args.all_labels), args.overwrite)
     cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
-    runtime = cli.make_runtime(args.device, args.precision)
+    runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
     checkpoint = None
@@ -231,7 +232,7 @@ def main(argv=None) -> None:
             raise cli.RunError(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), "
                                f"so its pretraining may have seen these test images: use the same data, "
                                f"--split-seed, --test-fraction and --limit as train.py")
-    model = model.to(device, memory_format=cli.memory_format(device))
+    model = model.to(device, memory_format=runtime.memory_format)
     model.backbone.requires_grad_(args.finetune)
     frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}
     labelled = splits.pretrain if args.all_labels else splits.labelled
@@ -251,7 +252,7 @@ def main(argv=None) -> None:
           f"{args.cache_size} px cache, {len(labelled):,} labelled images, {test_set.name}, "
           f"on {device} ({runtime.precision})")
 
-    generator = torch.Generator(device).manual_seed(args.seed)
+    generator = devices.generator(device, args.seed)
     on_device = dataclasses.replace(data, images=images, labels=data.labels.to(device))
     test_features = None
     closed_form = {}  # a frozen backbone's features never change: the closed-form probe is fitted once, first

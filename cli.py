@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 import cache
 import dataset
-import distributed
+import devices
 import download
 from model import CheckpointError
 
@@ -39,7 +37,7 @@ class Interrupted(Exception):
 
 
 # reported as one line, exit 2
-ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError)
+ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError, devices.DeviceError)
 
 
 def report(message: str) -> None:
@@ -129,10 +127,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(group) -> None:
     group.add_argument("--seed", type=seed, default=0,
                        help="seed of initialisation, batch order and augmentation (not of the splits)")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                       help="auto: cuda when PyTorch sees a GPU, else cpu")
-    group.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--device", default="auto",
+                       help="auto (the current CUDA GPU when PyTorch sees one, else cpu), or any name torch.device "
+                            "takes: cpu, cuda, cuda:1; mps and other accelerators are untested here "
+                            "(default: %(default)s)")
+    group.add_argument("--precision", choices=devices.PRECISIONS, default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 elsewhere (default: %(default)s)")
 
 
 DEMO_SPLITS = {"test_fraction": 0.25}  # --demo in every script: 200 of the 800 demo images held out, enough to
@@ -163,34 +163,7 @@ def pretrained_resolution(image_size: int | None, cache_size: int | None, pretra
     return image_size, cache_size or dataset.default_cache_size(image_size)
 
 
-# ---------------------------------------------------------------- device and precision
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the tensors are computed: the device, the precision and the torchrun context."""
-    device: torch.device
-    precision: str  # "bf16" (autocast) or "fp32"
-    context: distributed.Context = distributed.Context()
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
-
-def make_runtime(device_name: str, precision: str, context: distributed.Context = distributed.Context()) -> Runtime:
-    """auto device: cuda when PyTorch sees a GPU; auto precision: bf16 autocast on CUDA (the ResNet's
-    convolutions run on tensor cores), fp32 on CPU."""
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    device = torch.device(device_name if device_name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return Runtime(device, precision, context)
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA, where cuDNN's bf16 convolutions want NHWC; the default layout on CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+# ---------------------------------------------------------------- durations
 
 
 def duration(seconds: float) -> str:

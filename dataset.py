@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import cache
+import devices
 import download
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -258,12 +259,9 @@ def open_data(args, verbose: bool = True) -> tuple[ImageSet, Splits]:
 
 
 def cache_on_device(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
-    """The cache on the GPU when it fits beside `reserve_bytes` for training, else where it is (host memory)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.numel() + reserve_bytes <= free:
-            return images.to(device)
-    return images
+    """The cache on `device` when it fits there beside `reserve_bytes` for training (devices.fits), else where it
+    is, in host memory."""
+    return images.to(device) if devices.fits(images.numel() * images.element_size(), device, reserve_bytes) else images
 
 
 def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator, rank: int = 0,
@@ -280,10 +278,12 @@ def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Gener
 def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
                    device: torch.device, rank: int = 0, world_size: int = 1, skip: int = 0, prefetch: int = 3):
     """uint8 batches (B, 3, S, S) on `device` of `indices` in the generator's random order. A cache on the
-    device is gathered there; a host cache feeding a GPU is gathered into pinned memory by a background
-    thread, `prefetch` batches ahead, and copied asynchronously, so the GPU does not wait for the host."""
-    order = epoch_batches(indices, batch_size, generator, rank, world_size, skip)
-    if images.device == device or device.type != "cuda":
+    device (or a host cache feeding the host) is gathered where it is; a host cache feeding a GPU is gathered
+    into pinned memory by a background thread, `prefetch` batches ahead, and copied asynchronously, so the GPU
+    does not wait for the host. The order is drawn in the caller's thread; the background thread only gathers
+    and pins host memory."""
+    order = list(epoch_batches(indices, batch_size, generator, rank, world_size, skip))
+    if not devices.needs_pinning(images.device, device):
         for batch_indices in order:
             yield gather(images, batch_indices, device)
         return
@@ -292,7 +292,7 @@ def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int,
     def produce() -> None:
         try:
             for batch_indices in order:
-                ready.put(images[batch_indices].pin_memory())
+                ready.put(devices.pin_memory(images[batch_indices.to(images.device)]))
             ready.put(None)
         except BaseException as error:  # handed to the consumer, which raises it
             ready.put(error)
@@ -305,11 +305,8 @@ def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int,
 
 
 def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """images[indices] on `device`; a host-resident cache goes through pinned memory asynchronously."""
-    batch = images[indices.to(images.device)]
-    if batch.device == device:
-        return batch
-    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+    """images[indices] on `device` (devices.to_device: a host batch goes to a GPU through pinned memory)."""
+    return devices.to_device(images[indices.to(images.device)], device)
 
 
 # ---------------------------------------------------------------- demo data

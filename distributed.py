@@ -44,7 +44,7 @@ def setup(device_name: str) -> tuple[Context, str]:
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Context(), device_name
     context = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    use_cuda = device_name.split(":")[0] == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(context.local_rank)
     # decoding a large cache on one rank keeps the others waiting at a barrier: allow an hour

@@ -9,14 +9,14 @@ from torch import nn
 from tqdm import tqdm
 
 import augment
-import cli
 import dataset
+import devices
 
 KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al. 2018, as in common kNN monitors)
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime: cli.Runtime,
+def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime: devices.Runtime,
           batch_size: int = 512, desc: str = "embedding") -> torch.Tensor:
     """(len(indices), 512) float32 features of the evaluation view, backbone in eval mode, with a progress bar
     (it can take minutes on a CPU)."""
@@ -27,7 +27,7 @@ def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1, disable=len(starts) < 2):
         x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
         with runtime.autocast():
-            features.append(backbone(x.contiguous(memory_format=cli.memory_format(runtime.device))).float())
+            features.append(backbone(x.contiguous(memory_format=runtime.memory_format)).float())
     backbone.train(was_training)
     return torch.cat(features)
 

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import augment  # noqa: E402
 import cli  # noqa: E402
 import dataset  # noqa: E402
+import devices  # noqa: E402
 import evaluate  # noqa: E402
 from model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone  # noqa: E402
 
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = cli.writable_folder(args.out, "--out")
     cli.writable_folder(args.cache_dir, "--cache-dir")
-    runtime = cli.make_runtime(args.device, args.precision)
+    runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
     try:
         checkpoint = load_checkpoint(args.checkpoint, "simsiam", needs=("args", "split"))
@@ -229,7 +230,7 @@ def main(argv=None) -> None:
         backbones["SimSiam"].load_state_dict(backbone_state(checkpoint))
     except RuntimeError as error:
         raise cli.RunError(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}") from None
-    backbones = {name: backbone.to(device, memory_format=cli.memory_format(device))
+    backbones = {name: backbone.to(device, memory_format=runtime.memory_format)
                  for name, backbone in backbones.items()}
     print(f"random-init and SimSiam (epoch {checkpoint.get('epoch')}, pretrained at "
           f"{checkpoint['args']['image_size']} px) ResNet18 at {image_size} px from a {cache_size} px cache; "
@@ -239,7 +240,7 @@ def main(argv=None) -> None:
     # views.png: the view function of train.py's step, twice per pair, on a generator on the same device
     rows = splits.pretrain[torch.randperm(len(splits.pretrain), generator=choose)[:args.view_images]]
     batch = dataset.gather(images, rows, device)  # (R, 3, S, S) uint8
-    generator = torch.Generator(device).manual_seed(args.seed)
+    generator = devices.generator(device, args.seed)
     pairs = [(augment.simsiam_view(batch, image_size, generator), augment.simsiam_view(batch, image_size, generator))
              for _ in range(args.view_pairs)]
     plot_views(out / "views.png", batch, pairs,

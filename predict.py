@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import cli
 import dataset
 import decode
+import devices
 import evaluate
 from model import Classifier, load_checkpoint
 
@@ -103,7 +104,7 @@ def decoded_batches(files: list[Path], size: int, batch_size: int, workers: int 
 
 
 @torch.inference_mode()
-def classify(model: Classifier, images: torch.Tensor, image_size: int, runtime: cli.Runtime) -> torch.Tensor:
+def classify(model: Classifier, images: torch.Tensor, image_size: int, runtime: devices.Runtime) -> torch.Tensor:
     """(B, K) class probabilities of a uint8 batch (B, 3, S, S), as classifier.py evaluates its test images: the
     backbone's features of the centre view (evaluate.embed), then the head in eval mode; softmax of the logits."""
     features = evaluate.embed(model.backbone, images, torch.arange(len(images)), image_size, runtime)  # (B, 512)
@@ -136,7 +137,7 @@ def main(argv=None) -> None:
     if args.csv is not None:
         cli.writable_folder(args.csv.parent, "--csv")
     torch.manual_seed(args.seed)
-    runtime = cli.make_runtime(args.device, args.precision)
+    runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
     checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
     except RuntimeError as error:
         raise cli.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
                            f"{' '.join(str(error).split())}") from None
-    model = model.to(device, memory_format=cli.memory_format(device)).eval()
+    model = model.to(device, memory_format=runtime.memory_format).eval()
     print(f"{args.checkpoint}: {len(classes)} classes ({', '.join(classes)}) at {image_size} px from a {cache_size} px "
           f"decode, on {device} ({runtime.precision}); files: {len(files):,}")
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 import augment
 import cli
 import dataset
+import devices
 import distributed
 import evaluate
 from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
@@ -83,8 +84,8 @@ def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: flo
     predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
     encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
     groups = [{"params": encoder, "fixed_lr": False}, {"params": predictor, "fixed_lr": True}]
-    fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update on the GPU
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           fused=devices.fused_sgd(next(model.parameters()).device))
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,14 @@ def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
           compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S)."""
     view = compiled_view() if compiled else augment.simsiam_view
-    layout = cli.memory_format(batch.device)
+    layout = devices.memory_format(batch.device)
     x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
     x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
     return x1, x2
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
-             runtime: cli.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+             runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on the symmetric loss (paper eq. 2). Returns (loss, z-std) as detached 0-dim tensors
     on the device: nothing here waits for the GPU."""
     with runtime.autocast():
@@ -136,7 +137,7 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
                generator: torch.Generator, args: argparse.Namespace,
-               runtime: cli.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+               runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole step: augmentation on the batch's device, then the SGD step."""
     return sgd_step(model, optimizer, *views(batch, args.image_size, generator, args.compile), runtime)
 
@@ -145,29 +146,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """Seed of an epoch's batch order (rank 0's, shared by all) and of each rank's augmentations: a resumed
     epoch draws exactly what it would have, and ranks draw different, reproducible augmentations."""
     return (seed * 1_000_003 + epoch) * 1_009 + rank
-
-
-class Readout:
-    """A device scalar for the progress bar, read without waiting for the GPU: it is copied asynchronously
-    into pinned host memory and shown once that copy has landed, a few steps later."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.buffer = torch.zeros((), pin_memory=self.cuda)
-        self.copied = torch.cuda.Event() if self.cuda else None
-        self.pending = False
-        self.value = float("nan")
-
-    def push(self, scalar: torch.Tensor) -> float:
-        if not self.cuda:
-            self.value = scalar.item()
-        elif not self.pending or self.copied.query():
-            if self.pending:
-                self.value = self.buffer.item()
-            self.buffer.copy_(scalar, non_blocking=True)
-            self.copied.record()
-            self.pending = True
-        return self.value
 
 
 @dataclass
@@ -182,8 +160,8 @@ class EpochProgress:
     first_bad_step: torch.Tensor  # -1 while every loss is finite
 
     @classmethod
-    def start(cls, epoch: int, args: argparse.Namespace, runtime: cli.Runtime) -> EpochProgress:
-        generator = torch.Generator(runtime.device).manual_seed(epoch_seed(args.seed, epoch, runtime.context.rank))
+    def start(cls, epoch: int, args: argparse.Namespace, runtime: devices.Runtime) -> EpochProgress:
+        generator = devices.generator(runtime.device, epoch_seed(args.seed, epoch, runtime.context.rank))
         zero = torch.zeros((), device=runtime.device)
         return cls(epoch, 0, generator, zero.clone(), zero.clone(), torch.full((), -1, device=runtime.device))
 
@@ -192,7 +170,7 @@ class EpochProgress:
                 "loss_sum": self.loss_sum.item(), "std_sum": self.std_sum.item()}
 
     @classmethod
-    def restore(cls, state: dict, args: argparse.Namespace, runtime: cli.Runtime) -> EpochProgress:
+    def restore(cls, state: dict, args: argparse.Namespace, runtime: devices.Runtime) -> EpochProgress:
         progress = cls.start(state["epoch"], args, runtime)
         progress.augment_generator.set_state(state["augment_generator"])
         progress.step = state["step"]
@@ -202,15 +180,15 @@ class EpochProgress:
 
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Schedule, images: torch.Tensor,
-                indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: cli.Runtime,
+                indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: devices.Runtime,
                 stop: cli.StopSignals) -> dict | None:
     """This rank's part of one pass over the pretraining images `indices`, from `progress.step` on. Returns
     the epoch's metrics (averaged over ranks) and the first step with a non-finite loss (-1 if none), or
     None when a stop signal came first (`progress` then says where it stopped)."""
     context = runtime.context
-    order_generator = torch.Generator(images.device)  # where the cache is: no index crosses to the GPU
-    order_generator.manual_seed(epoch_seed(args.seed, progress.epoch))  # the same global order on every rank
-    readout = Readout(runtime.device)
+    # where the cache is, so that no index crosses between host and GPU; the same global order on every rank
+    order_generator = devices.generator(images.device, epoch_seed(args.seed, progress.epoch))
+    readout = devices.Readout(runtime.device)
     first_step, started = progress.step, time.perf_counter()
     batches = dataset.device_batches(images, indices, args.batch_size, order_generator, runtime.device, context.rank,
                                      context.world_size, skip=first_step)
@@ -224,7 +202,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
         progress.first_bad_step = torch.where((progress.first_bad_step < 0) & ~torch.isfinite(loss), step,
                                               progress.first_bad_step)
         progress.step = step + 1
-        bar.set_postfix(loss=f"{readout.push(loss):.4f}", refresh=False)
+        bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)
         if step + 1 < schedule.steps_per_epoch and stop_requested(stop, step, runtime):
             return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
     seconds = time.perf_counter() - started
@@ -237,7 +215,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
 STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (each costs a host synchronisation)
 
 
-def stop_requested(stop: cli.StopSignals, step: int, runtime: cli.Runtime) -> bool:
+def stop_requested(stop: cli.StopSignals, step: int, runtime: devices.Runtime) -> bool:
     """Whether to stop after this step: at once in one process; under torchrun, every STOP_CHECK_EVERY steps,
     when any rank has a signal, so that all stop at the same step."""
     if not runtime.context.enabled:
@@ -248,7 +226,7 @@ def stop_requested(stop: cli.StopSignals, step: int, runtime: cli.Runtime) -> bo
 
 
 def knn_monitor(model: SimSiam, images: torch.Tensor, data: dataset.ImageSet, splits: dataset.Splits,
-                args: argparse.Namespace, runtime: cli.Runtime) -> float:
+                args: argparse.Namespace, runtime: devices.Runtime) -> float:
     """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
     bank = evaluate.embed(model.backbone, images, splits.labelled, args.image_size, runtime)
     queries = evaluate.embed(model.backbone, images, splits.test, args.image_size, runtime)
@@ -267,7 +245,7 @@ def main(argv=None) -> None:
         cli.prepare_out(args.out, overwrite=args.overwrite, resume_from=cli.resume_checkpoint(args))
         cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
-    runtime = cli.make_runtime(device_name, args.precision, context)
+    runtime = devices.make_runtime(device_name, args.precision, context)
     device = runtime.device
     say = print if context.is_main else (lambda *_, **__: None)
 
@@ -283,7 +261,7 @@ def main(argv=None) -> None:
     schedule = Schedule(args.lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
     split = dataset.split_identity(data, splits, args)
 
-    model = SimSiam().to(device, memory_format=cli.memory_format(device))
+    model = SimSiam().to(device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(model, schedule.initial_lr, args.momentum, args.weight_decay)
     progress = EpochProgress.start(0, args, runtime)
     if (last := cli.resume_checkpoint(args)) is not None:

@@ -11,6 +11,7 @@ import torch
 import classifier
 import cli
 import dataset
+import devices
 import evaluate
 import train
 from conftest import write_image
@@ -131,7 +132,7 @@ def test_closed_form_probe_fits_the_labelled_images(class_tree, tmp_path):
     data, splits = dataset.open_data(args, verbose=False)
     model = Classifier(len(data.classes))
     model.load_state_dict(load_checkpoint(tmp_path / "frozen" / "classifier.pt", "classifier")["model"])
-    runtime = cli.make_runtime("cpu", "fp32")
+    runtime = devices.make_runtime("cpu", "fp32")
     features = evaluate.embed(model.backbone, data.images, labelled, 32, runtime)  # (12, 512)
     test_features = evaluate.embed(model.backbone, data.images, splits.test, 32, runtime)  # (12, 512)
     refit = evaluate.logistic_probe(features, data.labels[labelled], test_features, data.labels[splits.test],

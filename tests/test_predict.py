@@ -16,6 +16,7 @@ from PIL import Image
 import classifier
 import cli
 import dataset
+import devices
 import evaluate
 import predict
 from conftest import write_image
@@ -129,7 +130,7 @@ def test_prediction_equals_the_classifiers_own_evaluation(trained, tmp_path, cap
     model = Classifier(len(CLASSES))
     model.load_state_dict(checkpoint["model"])
     model.eval()
-    runtime = cli.make_runtime("cpu", "fp32")
+    runtime = devices.make_runtime("cpu", "fp32")
     with torch.no_grad():
         features = evaluate.embed(model.backbone, cached.images, torch.arange(len(cached.files)),
                                   checkpoint["args"]["image_size"], runtime)

@@ -14,6 +14,7 @@ import torch
 
 import classifier
 import cli
+import devices
 import plot
 import train
 from model import load_checkpoint
@@ -224,7 +225,7 @@ def test_signal_saves_the_step_and_resume_is_bit_identical(class_tree, tmp_path,
 def test_interrupted_state_round_trips(class_tree, tmp_path):
     """EpochProgress.state() and restore() give back the step, the sums and the augmentation stream."""
     args = train.parse_args(train_args(class_tree, tmp_path))
-    runtime = cli.make_runtime("cpu", "fp32")
+    runtime = devices.make_runtime("cpu", "fp32")
     progress = train.EpochProgress.start(1, args, runtime)
     torch.rand(3, generator=progress.augment_generator)  # move the stream on
     progress.step, progress.loss_sum, progress.std_sum = 5, torch.tensor(-2.5), torch.tensor(0.1)
@@ -242,7 +243,7 @@ def test_mid_epoch_resume_needs_the_same_batches(class_tree, tmp_path, capsys):
     last = tmp_path / "run" / "last.pt"
     state = torch.load(last, weights_only=True)
     progress = train.EpochProgress.start(1, train.parse_args(train_args(class_tree, tmp_path)),
-                                         cli.make_runtime("cpu", "fp32"))
+                                         devices.make_runtime("cpu", "fp32"))
     progress.step = 1
     torch.save({**state, "epoch": 1, "progress": [progress.state()]}, last)
     capsys.readouterr()
