@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "prefetch path that a cache too large for the GPU takes")
     group.add_argument("--baseline-workers", type=cli.positive(int), default=os.cpu_count(),
                        help="DataLoader workers of the baseline (default: one per core)")
+    group.add_argument("--no-baseline", action="store_true",
+                       help="skip (c), the DataLoader baseline, for a quick measurement of (a) and (b)")
     group.add_argument("--json", type=Path, default=None, help="also write the figures here")
     cli.add_run_arguments(group)
     return parser.parse_args(argv)
@@ -100,6 +102,23 @@ class PilPairs(torch.utils.data.Dataset):
         return self.transform(image), self.transform(image)
 
 
+def baseline_images_per_s(data: dataset.ImageSet, splits: dataset.Splits, model, optimizer, args,
+                          runtime: devices.Runtime) -> float:
+    """(c): the same step fed by PilPairs in DataLoader workers, batches pinned by the DataLoader on a GPU."""
+    device = runtime.device
+    loader = torch.utils.data.DataLoader(
+        PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,
+        shuffle=True, drop_last=True, num_workers=args.baseline_workers,
+        pin_memory=devices.needs_pinning(torch.device("cpu"), device), persistent_workers=True, prefetch_factor=4)
+    pairs = endless(lambda: iter(loader))
+
+    def baseline_step():
+        x1, x2 = (x.to(device, non_blocking=True).contiguous(memory_format=runtime.memory_format) for x in next(pairs))
+        train.sgd_step(model, optimizer, x1, x2, runtime)
+
+    return images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
+
+
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -134,8 +153,8 @@ def main(argv=None) -> None:
         pipeline_step()
         devices.synchronize(device)
         warm_start_s = time.perf_counter() - started
-        cache_on = ("device" if devices.is_on(images, device) else
-                    "host, pinned batches prefetched" if devices.needs_pinning(images.device, device) else "host")
+        cache_on = ("host, pinned batches prefetched" if devices.needs_pinning(images.device, device) else
+                    "host" if images.device.type == "cpu" else "device")
 
         batch = next(batches)
         x1, x2 = train.views(batch, args.image_size, augment_generator)
@@ -150,17 +169,8 @@ def main(argv=None) -> None:
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
         pipeline_memory = devices.peak_memory_gb(device)  # on the GPU this includes the resident cache
 
-        loader = torch.utils.data.DataLoader(
-            PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,
-            shuffle=True, drop_last=True, num_workers=args.baseline_workers, pin_memory=devices.needs_pinning(torch.device("cpu"), device),
-            persistent_workers=True, prefetch_factor=4)
-        pairs = endless(lambda: iter(loader))
-
-        def baseline_step():
-            x1, x2 = (x.to(device, non_blocking=True).contiguous(memory_format=layout) for x in next(pairs))
-            train.sgd_step(step_model, optimizer, x1, x2, runtime)
-
-        baseline = images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
+        baseline = None if args.no_baseline else baseline_images_per_s(data, splits, step_model, optimizer, args,
+                                                                           runtime)
     finally:
         shutil.rmtree(temporary_cache, ignore_errors=True)
 
@@ -171,7 +181,7 @@ def main(argv=None) -> None:
         "num_images": len(data.files), "cache_on": cache_on, "host_cache_forced": args.host_cache, "steps": args.steps,
         "ceiling_images_per_s": ceiling, "pipeline_images_per_s": pipeline, "baseline_images_per_s": baseline,
         "augmentation_images_per_s": augmentation,
-        "pipeline_over_ceiling": pipeline / ceiling, "pipeline_over_baseline": pipeline / baseline,
+        "pipeline_over_ceiling": pipeline / ceiling, "pipeline_over_baseline": baseline and pipeline / baseline,
         "peak_memory_gb": pipeline_memory, "ceiling_peak_memory_gb": ceiling_memory,
         "cache_gb": data.images.numel() / 1e9, "cache_build_s": cache_build_s, "warm_start_s": warm_start_s,
         "baseline_workers": args.baseline_workers,
@@ -183,9 +193,11 @@ def main(argv=None) -> None:
           f"{data.images.shape[-1]} px in {cache_on}")
     print(f"{'':42} {'images/s':>10} {'s / 25k epoch':>14}")
     for name, rate in rows:
-        print(f"{name:42} {rate:10,.0f} {EPOCH_IMAGES / rate:14.2f}")
+        if rate is not None:
+            print(f"{name:42} {rate:10,.0f} {EPOCH_IMAGES / rate:14.2f}")
     memory_kind = "GPU memory, cache included" if device.type == "cuda" else "process resident memory"
-    print(f"b/a = {pipeline / ceiling:.2f}, b/c = {pipeline / baseline:.1f}; peak {memory_kind} "
+    over_baseline = f", b/c = {pipeline / baseline:.1f}" if baseline else ""
+    print(f"b/a = {pipeline / ceiling:.2f}{over_baseline}; peak {memory_kind} "
           f"{pipeline_memory:.2f} GB; cache build {cache_build_s:.1f} s, warm start {warm_start_s:.1f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

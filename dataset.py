@@ -336,6 +336,11 @@ def make_demo_images(folder: Path, per_class: int = 400, size: int = 64, seed: i
             draw = ImageDraw.Draw(image)
             (draw.ellipse if shape == "disc" else draw.rectangle)(box, fill=colour)
             image.save(staging / shape / f"{i}.png")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # another process finished the same set first: keep its copy,
+        # which the runs started meanwhile may be reading
     return folder

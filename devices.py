@@ -127,6 +127,17 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def use_deterministic_algorithms() -> None:
+    """Make CUDA runs repeatable, for a bit-identical resume: cuDNN's deterministic algorithms without autotuning,
+    cuBLAS's fixed workspace (its variable of that name, read when cuBLAS starts), and PyTorch's deterministic
+    kernels where it has them (a warning, not an error, for an op that has none). A CPU run is repeatable
+    without this."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 # ---------------------------------------------------------------- waiting for the device
 
 

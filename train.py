@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_run_arguments(group)
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model and the augmentation (a warm-up of tens of seconds)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="on CUDA, deterministic cuDNN and cuBLAS algorithms, so that a resumed run repeats an "
+                            "uninterrupted one bit for bit, at some cost in speed (a CPU run is repeatable anyway)")
     group.add_argument("--save-every", type=cli.positive(int), default=10,
                        help="epochs between checkpoints (default: %(default)s)")
     group.add_argument("--knn-k", type=cli.positive(int), default=20,
@@ -142,6 +145,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return sgd_step(model, optimizer, *views(batch, args.image_size, generator, args.compile), runtime)
 
 
+def match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every momentum buffer its parameter's memory layout: a last.pt written on a CPU (contiguous) resumes
+    into channels_last parameters on CUDA, and the fused update wants a buffer laid out as its parameter."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if state.get("momentum_buffer") is not None:
+                state["momentum_buffer"] = torch.empty_like(parameter).copy_(state["momentum_buffer"])
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """Seed of an epoch's batch order (rank 0's, shared by all) and of each rank's augmentations: a resumed
     epoch draws exactly what it would have, and ranks draw different, reproducible augmentations."""
@@ -166,8 +179,10 @@ class EpochProgress:
         return cls(epoch, 0, generator, zero.clone(), zero.clone(), torch.full((), -1, device=runtime.device))
 
     def state(self) -> dict:
+        """Builtins and a CPU tensor; `device` is the generator's type, whose state means nothing to another's."""
         return {"epoch": self.epoch, "step": self.step, "augment_generator": self.augment_generator.get_state(),
-                "loss_sum": self.loss_sum.item(), "std_sum": self.std_sum.item()}
+                "loss_sum": self.loss_sum.item(), "std_sum": self.std_sum.item(),
+                "device": self.augment_generator.device.type}
 
     @classmethod
     def restore(cls, state: dict, args: argparse.Namespace, runtime: devices.Runtime) -> EpochProgress:
@@ -209,6 +224,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
     return {"loss": distributed.mean(progress.loss_sum / schedule.steps_per_epoch, context).item(),
             "z_std": distributed.mean(progress.std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
             "images_per_s": (schedule.steps_per_epoch - first_step) * args.batch_size / seconds, "epoch_s": seconds,
+            "peak_memory_gb": devices.peak_memory_gb(runtime.device),
             "bad_step": int(progress.first_bad_step)}
 
 
@@ -246,6 +262,8 @@ def main(argv=None) -> None:
         cli.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(device_name, args.precision, context)
+    if args.deterministic:
+        devices.use_deterministic_algorithms()
     device = runtime.device
     say = print if context.is_main else (lambda *_, **__: None)
 
@@ -274,11 +292,17 @@ def main(argv=None) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        match_layout(optimizer)
         interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
         if interrupted and (len(interrupted) != context.world_size or state["args"]["batch_size"] != args.batch_size):
             raise cli.RunError(f"{last} was interrupted mid-epoch with {len(interrupted)} process(es) and batch "
                                f"{state['args']['batch_size']}: resume it with the same, so that the epoch goes on "
                                f"with the same batches and augmentations")
+        interrupted_on = interrupted[0].get("device", "cpu") if interrupted else device.type
+        if interrupted_on != device.type:
+            raise cli.RunError(f"{last} was interrupted mid-epoch on {interrupted_on}, whose augmentation stream "
+                               f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
+                               f"saved at an epoch's end resumes on any device)")
         progress = (EpochProgress.restore(interrupted[context.rank], args, runtime) if interrupted
                     else EpochProgress.start(state["epoch"], args, runtime))
         changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
@@ -290,12 +314,6 @@ def main(argv=None) -> None:
         say(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     step_model = distributed.wrap(model, context, device)  # shares its weights with `model`
     step_model = torch.compile(step_model) if args.compile else step_model
-    if context.is_main:
-        cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
-                      initial_lr=schedule.initial_lr, steps_per_epoch=schedule.steps_per_epoch,
-                      cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
-                      test_set=f"{len(splits.test):,} held-out test images",
-                      test_fingerprint=split["test_fingerprint"])
     metrics = cli.Metrics(args.out / "metrics.jsonl")
     say(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}) x {context.world_size} process(es), cache in "
@@ -316,7 +334,13 @@ def main(argv=None) -> None:
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
     loop_started, first_epoch = time.perf_counter(), progress.epoch
-    with cli.StopSignals() as stop:
+    with cli.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
+        if context.is_main:  # just before the first step
+            cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+                          initial_lr=schedule.initial_lr, steps_per_epoch=schedule.steps_per_epoch,
+                          cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
+                          test_set=f"{len(splits.test):,} held-out test images",
+                          test_fingerprint=split["test_fingerprint"])
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args, runtime)

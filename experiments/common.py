@@ -7,6 +7,10 @@ The experiments import it as `from experiments import common` after putting the 
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import platform
 import shutil
 import statistics
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 
 import cli
+import dataset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -59,23 +64,50 @@ def resolution_flags(checkpoint: dict) -> list[str]:
 # ---------------------------------------------------------------- running the scripts
 
 
-def run(command: list[str], log: Path) -> float:
+def run(command: list[str], log: Path, threads: int | None = None) -> float:
     """Run a repository script (`command` = script and arguments) from the repository root, its output into
-    `log`; seconds taken. Raises cli.RunError with the end of the log when it fails."""
+    `log`, with `threads` CPU threads for torch (its default, all cores, when None); seconds taken. Raises
+    cli.RunError with the end of the log when it fails."""
     started = time.perf_counter()
+    environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log, "w") as file:
-        finished = subprocess.run([sys.executable, *command], cwd=REPOSITORY, stdout=file, stderr=subprocess.STDOUT)
+        finished = subprocess.run([sys.executable, *command], cwd=REPOSITORY, stdout=file, stderr=subprocess.STDOUT,
+                                  env=environment)
     if finished.returncode:
         raise cli.RunError(f"failed ({finished.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
     return time.perf_counter() - started
 
 
+def run_once(command: list[str], log: Path, resume: bool = False, threads: int | None = None) -> float:
+    """`run`, unless this exact command already finished (a second try of an experiment reuses every run the
+    first one finished); seconds taken, or those recorded. LOG.run.json records the command before it starts
+    and its seconds once it has finished. With `resume` (train.py), a run the same command left unfinished
+    continues from its last.pt instead of starting again."""
+    record_path = log.with_suffix(".run.json")
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    out = Path(command[command.index("--out") + 1]) if "--out" in command else None
+    if record.get("command") == command and "seconds" in record and (out is None or out.is_dir()):
+        print(f"reused, finished before: {log.stem}", flush=True)
+        return record["seconds"]
+    attempt = command
+    if resume and record.get("command") == command and "--overwrite" in command and out is not None:
+        if (out / "last.pt").is_file():
+            attempt = [flag if flag != "--overwrite" else "--resume" for flag in command]
+            print(f"resuming the unfinished {log.stem} from {out / 'last.pt'}", flush=True)
+    record_path.write_text(json.dumps({"command": command}) + "\n")
+    seconds = run(attempt, log, threads)
+    record_path.write_text(json.dumps({"command": command, "seconds": round(seconds, 1)}) + "\n")
+    return seconds
+
+
 def run_all(jobs: list[tuple[list[str], Path]], parallel: int) -> list[float]:
     """Run (command, log) jobs `parallel` at a time (classifier runs share one GPU), in the order given, with a
     line as each finishes; seconds of each, in that order. After a failure no further job starts, and the error
-    is raised once the running ones are done."""
+    is raised once the running ones are done. Each run gets its share of the CPU cores, so that the runs'
+    thread pools do not fight over them."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {pool.submit(run, command, log): log for command, log in jobs}
+        futures = {pool.submit(run_once, command, log, threads=threads): log for command, log in jobs}
         for done, future in enumerate(as_completed(futures), start=1):
             if future.exception() is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -84,12 +116,73 @@ def run_all(jobs: list[tuple[list[str], Path]], parallel: int) -> list[float]:
     return [future.result() for future in futures]
 
 
-def pretrain(data: list[str], out: Path, tiny: bool, log: Path) -> tuple[list[str], float]:
-    """train.py with its defaults (TINY's under --tiny) on `data` into `out`: (its command, seconds)."""
-    command = ["train.py", *data, "--out", str(out), "--overwrite", *(TINY["train"] if tiny else [])]
-    seconds = run(command, log)
+def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pretraining's flags, passed on to train.py (its defaults where absent), or --checkpoint for none."""
+    group = parser.add_argument_group("pretraining (train.py's defaults where not given)")
+    group.add_argument("--checkpoint", type=Path, default=None,
+                       help="an existing SimSiam siam.pt pretrained on the same split: no pretraining")
+    group.add_argument("--epochs", type=cli.positive(int), default=None, help="train.py --epochs")
+    group.add_argument("--image-size", type=cli.image_size, default=None, help="train.py --image-size (px)")
+    group.add_argument("--batch-size", type=cli.batch_size, default=None, help="train.py --batch-size")
+    group.add_argument("--cache-size", type=cli.positive(int), default=None, help="train.py --cache-size (px)")
+
+
+def pretraining_flags(args: argparse.Namespace) -> list[str]:
+    """train.py's flags for the pretraining options that were given; TINY's settings under --tiny."""
+    given = {"--epochs": args.epochs, "--image-size": args.image_size, "--batch-size": args.batch_size,
+             "--cache-size": args.cache_size}
+    flags = [text for flag, value in given.items() if value is not None for text in (flag, str(value))]
+    return [*(TINY["train"] if args.tiny else []), *flags]  # later flags win in argparse
+
+
+def pretrain(data: list[str], out: Path, flags: list[str], log: Path) -> tuple[list[str], float]:
+    """train.py on `data` into `out` with `flags`: (its command, seconds). A second try of the experiment reuses
+    a pretraining that finished and resumes one that was cut short (run_once)."""
+    command = ["train.py", *data, "--out", str(out), "--overwrite", *flags]
+    seconds = run_once(command, log, resume=True)
     print(f"pretrained in {seconds:.0f} s: {out / 'siam.pt'}")
     return command, seconds
+
+
+def measured_throughput(train_args: argparse.Namespace, runs_dir: Path) -> float:
+    """images/s of train.py's own pipeline at the pretraining's image size, batch and device on this machine, from
+    a short bench.py run on the demo set (800 generated images: the real data is not decoded for it; the batch at
+    most the demo's 600 pretraining images)."""
+    out = runs_dir / "throughput.json"
+    run(["bench.py", "--demo", "--no-baseline", "--cache-dir", str(runs_dir / "cache"), "--steps", "10",
+         "--warmup", "3", "--image-size", str(train_args.image_size),
+         "--batch-size", str(min(train_args.batch_size, 600)), "--device", train_args.device,
+         "--precision", train_args.precision, "--json", str(out)], runs_dir / "throughput.log")
+    return json.loads(out.read_text())["pipeline_images_per_s"]
+
+
+def pretraining_images(train_args: argparse.Namespace) -> int:
+    """How many images one pretraining epoch of these train.py arguments sees, from the file list alone."""
+    if train_args.demo:
+        total = min(train_args.limit or 800, 800)
+    else:
+        total = min(len(dataset.find_images(train_args.data)[0]), train_args.limit or math.inf)
+    return round(total * (1 - train_args.test_fraction))
+
+
+# Rough costs of one image relative to one SimSiam image (two views, forward and backward, predictor included),
+# for the estimate printed before an experiment starts: a fine-tuned image is one view through the backbone
+# forward and backward, a frozen one a forward pass only
+RELATIVE_COST = {"finetune": 0.5, "frozen": 0.17}
+
+
+def estimate(images_per_s: float, pretraining_images: int, classifier_images: dict[str, int]) -> str:
+    """The estimated wall time of an experiment, for people: `pretraining_images` SimSiam images (epochs x
+    images) and `classifier_images` {"finetune"|"frozen": epochs x images over all runs}, at the measured
+    throughput of the SimSiam step; decoding, evaluation and process start-up are not included."""
+    parts = []
+    if pretraining_images:
+        parts.append(f"pretraining {cli.duration(pretraining_images / images_per_s)}")
+    if classifier_images:
+        classifier_s = sum(RELATIVE_COST[mode] * n for mode, n in classifier_images.items()) / images_per_s
+        parts.append(f"classifier runs about {cli.duration(classifier_s)} one after another")
+    return (f"estimated from {images_per_s:,.0f} SimSiam images/s measured now: {', '.join(parts)} (decoding, "
+            f"evaluation and start-up not included)")
 
 
 def shown(command: list[str], runs_dir: Path, runs: Path) -> str:

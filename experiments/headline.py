@@ -1,10 +1,15 @@
 """The headline experiment: what 250 labels buy with SimSiam pretraining, on held-out images.
 
-    python experiments/headline.py --data /tmp/PetImages            # one GPU, about 10 minutes in all
+    python experiments/headline.py --data /tmp/PetImages            # train.py's defaults
+    python experiments/headline.py --data /tmp/PetImages --epochs 100 --image-size 96 --cache-size 110 -b 512
+    python experiments/headline.py --data /tmp/PetImages --checkpoint runs/simsiam/siam.pt   # no pretraining
     python experiments/headline.py --tiny                            # CPU smoke run on the --demo set (CI)
 
+Before starting it prints the estimated wall time from the throughput it measures (bench.py on the demo set).
+Run again after a failure or a kill, it reuses every run that finished and resumes an unfinished pretraining.
+
 Runs the repository's own scripts, as a user would, one after another in one process group each:
-    1. train.py with its defaults (the recipe the README table reports);
+    1. train.py with its defaults and the pretraining flags given (or none, with --checkpoint);
     2. classifier.py for {random, SimSiam} x {frozen, fine-tuned} x label seeds, several at a time on the GPU,
        all at the pretraining's resolution; each frozen run reports both its linear probe (SGD) and its
        closed-form probe (logistic regression);
@@ -28,6 +33,7 @@ sys.path.insert(0, str(REPOSITORY))  # the repository's shared modules, and expe
 import cli  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.common import SUPERVISED  # noqa: E402
+import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
 from model import load_checkpoint  # noqa: E402
 
 ROWS = [  # (name, random backbone, fine-tuned, the key of the runs' final record it reports)
@@ -51,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-epochs", type=int, default=100)
     parser.add_argument("--supervised-epochs", type=int, default=15)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
+    common.add_pretraining_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -61,29 +68,43 @@ def main(argv=None) -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     data = common.data_flags(args.data, args.tiny, runs_dir)
 
-    simsiam = runs_dir / "simsiam"
-    train_command, pretrain_s = common.pretrain(data, simsiam, args.tiny, runs_dir / "train.log")
-    resolution = common.resolution_flags(load_checkpoint(simsiam / "siam.pt", kind="simsiam", needs=("args",)))
+    pretraining = common.pretraining_flags(args)
+    train_args = train.parse_args([*data, *pretraining])
     classifier_extra = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs),
                                                                     "--eval-every", "10"]
+    supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs),
+                                                                    "--eval-every", "5"]
+    non_test = common.pretraining_images(train_args)
+    labelled_epochs = int(classifier_extra[1]) * train_args.labels * len(args.label_seeds)
+    print(common.estimate(common.measured_throughput(train_args, runs_dir),
+                          0 if args.checkpoint else train_args.epochs * non_test,
+                          {"frozen": 2 * labelled_epochs,
+                           "finetune": 2 * labelled_epochs + int(supervised_extra[1]) * non_test}), flush=True)
+
+    if args.checkpoint is None:
+        simsiam = runs_dir / "simsiam"
+        train_command, pretrain_s = common.pretrain(data, simsiam, pretraining, runs_dir / "train.log")
+        checkpoint_path = simsiam / "siam.pt"
+    else:
+        checkpoint_path, train_command, pretrain_s = (REPOSITORY / args.checkpoint).resolve(), None, 0.0
+    resolution = common.resolution_flags(load_checkpoint(checkpoint_path, kind="simsiam", needs=("args",)))
 
     jobs = []  # ((random, finetune), seed, out, command)
     for random, finetune in RUNS:
         for seed in args.label_seeds:
             out = runs_dir / f"{cli.classifier_run_name(random, finetune)}-labels{seed}"
-            backbone = ["--random"] if random else ["--checkpoint", str(simsiam / "siam.pt")]
+            backbone = ["--random"] if random else ["--checkpoint", str(checkpoint_path)]
             mode = ["--finetune"] if finetune else []
             jobs.append(((random, finetune), seed, out, ["classifier.py", *data, *resolution, *backbone, *mode,
                                                          "--label-seed", str(seed), "--out", str(out), "--overwrite",
                                                          *classifier_extra]))
     supervised_out = runs_dir / "supervised-all-labels"
-    supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs),
-                                                                    "--eval-every", "5"]
     supervised_command = ["classifier.py", *data, *resolution, *SUPERVISED, "--out", str(supervised_out),
                           "--overwrite", *supervised_extra]
     supervised_s, *seconds = common.run_all([(supervised_command, supervised_out.with_suffix(".log")),  # longest first
                                              *((job[3], job[2].with_suffix(".log")) for job in jobs)], args.parallel)
-    common.run(["plot.py", str(simsiam), *(str(job[2]) for job in jobs if job[1] == args.label_seeds[0]),
+    pretraining_folders = [checkpoint_path.parent] if args.checkpoint is None else []
+    common.run(["plot.py", *map(str, pretraining_folders), *(str(job[2]) for job in jobs if job[1] == args.label_seeds[0]),
                 "--out", str(runs_dir / "plots")], runs_dir / "plot.log")
 
     rows = []
@@ -97,9 +118,11 @@ def main(argv=None) -> None:
     rows.append({"row": "supervised, all non-test labels", "accuracies": [supervised], **common.spread([supervised]),
                  "seconds_each": [round(supervised_s, 1)],
                  "command": common.shown(supervised_command, runs_dir, args.runs)})
+    pretrained = ({"pretrain_command": common.shown(train_command, runs_dir, args.runs),
+                   "pretrain_s": round(pretrain_s, 1), **common.pretraining_summary(checkpoint_path.parent)}
+                  if args.checkpoint is None else {"checkpoint": str(args.checkpoint)})
     summary = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
-               "pretrain_command": common.shown(train_command, runs_dir, args.runs),
-               "pretrain_s": round(pretrain_s, 1), **common.pretraining_summary(simsiam), "rows": rows}
+               **pretrained, "rows": rows}
     table = ["| backbone, protocol | test accuracy (mean ± std over label seeds) | seeds | s per run | command |",
              "| --- | --- | --- | --- | --- |"]
     table += [f"| {r['row']} | {100 * r['mean']:.1f}% ± {100 * r['std']:.1f} | {len(r['accuracies'])} | "
@@ -108,12 +131,13 @@ def main(argv=None) -> None:
     (results / "headline").mkdir(parents=True, exist_ok=True)
     (results / "headline.json").write_text(json.dumps(summary, indent=2) + "\n")
     (results / "headline.md").write_text("\n".join(table) + "\n")
-    common.copy_small_files([simsiam, supervised_out, *(job[2] for job in jobs), runs_dir / "plots"],
-                            results / "headline")
+    common.copy_small_files([*pretraining_folders, supervised_out,
+                             *(job[2] for job in jobs), runs_dir / "plots"], results / "headline")
     print("\n".join(table))
-    print(f"pretraining: {summary['pretrain_s']:.0f} s, {summary['pretrain_epochs']} epochs, "
-          f"z-std {summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), "
-          f"kNN {summary['final_knn_accuracy']:.3f}")
+    if args.checkpoint is None:
+        print(f"pretraining: {summary['pretrain_s']:.0f} s, {summary['pretrain_epochs']} epochs, "
+              f"z-std {summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), "
+              f"kNN {summary['final_knn_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

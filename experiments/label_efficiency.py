@@ -39,6 +39,7 @@ import cli  # noqa: E402
 import dataset  # noqa: E402
 from experiments import common  # noqa: E402
 from model import load_checkpoint  # noqa: E402
+import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
 
 BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
 MODES = {"frozen": "linear probe", "finetune": "fine-tuned"}
@@ -69,8 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="share of each class held out (default: %(default)s)")
     group.add_argument("--limit", type=cli.positive(int), default=None,
                        help="a seeded subset of N images, every run (default: all)")
-    group.add_argument("--checkpoint", type=Path, default=None,
-                       help="an existing SimSiam siam.pt pretrained on the same split: no pretraining")
     group = parser.add_argument_group("the sweep")
     group.add_argument("--sizes", type=cli.positive(int), nargs="+", default=SIZES,
                        help=f"labelled-set sizes; every non-test image (--all-labels) is always added "
@@ -94,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"classifier runs at a time (they share the GPU; default: %(default)s; --tiny: "
                             f"{TINY['parallel']})")
     group.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
+    common.add_pretraining_arguments(parser)
     if parser.parse_known_args(argv)[0].tiny:
         parser.set_defaults(**TINY)
     args = parser.parse_args(argv)
@@ -262,9 +262,14 @@ def main(argv=None) -> None:
     data = [*common.data_flags(args.data, args.tiny, runs_dir), "--split-seed", str(args.split_seed),
             "--test-fraction", str(args.test_fraction), *(["--limit", str(args.limit)] if args.limit else [])]
 
+    pretraining = common.pretraining_flags(args)
+    train_args = train.parse_args([*data, *pretraining])
+    images_per_s = common.measured_throughput(train_args, runs_dir)
     if args.checkpoint is None:
+        print(common.estimate(images_per_s, train_args.epochs * common.pretraining_images(train_args), {}),
+              flush=True)
         simsiam = runs_dir / "simsiam"
-        train_command, pretrain_s = common.pretrain(data, simsiam, args.tiny, runs_dir / "train.log")
+        train_command, pretrain_s = common.pretrain(data, simsiam, pretraining, runs_dir / "train.log")
         checkpoint_path = simsiam / "siam.pt"
     else:
         checkpoint_path = (REPOSITORY / args.checkpoint).resolve()
@@ -278,6 +283,11 @@ def main(argv=None) -> None:
           f"({', '.join(images.classes)}); sizes {sizes} and all" + "".join(f"\nnote: {note}" for note in skipped))
 
     runs = classifier_runs(sizes, args, common_flags, checkpoint_path, runs_dir)
+    classifier_images = {"frozen": 0, "finetune": 0}
+    for run in runs:
+        classifier_images[run.mode] += int(run.command[run.command.index("--epochs") + 1]) * (
+            run.labels or len(splits.pretrain))
+    print(common.estimate(images_per_s, 0, classifier_images), flush=True)
     seconds = common.run_all([(run.command, run.out.with_suffix(".log")) for run in runs], args.parallel)
     records = []
     for run, run_s in zip(runs, seconds):

@@ -18,10 +18,14 @@ has always finished), the CUDA generator's own state format, NCCL, torch.compile
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 import torch.cuda.amp.common
+import torch.utils.data._utils.pin_memory
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -71,7 +75,7 @@ class CudaTensor(torch.Tensor):
                         f"copy the tensor to host memory first.")
 
     def cpu(self, memory_format=torch.preserve_format) -> torch.Tensor:
-        return aten._to_copy.default(self, device=CPU, memory_format=memory_format)
+        return self.to(CPU, memory_format=memory_format)
 
     def to(self, *args, **kwargs) -> torch.Tensor:
         # the C++ `to` sees a CPU tensor and would return it unchanged for a CPU target: decide here
@@ -79,8 +83,10 @@ class CudaTensor(torch.Tensor):
         if (device is None or torch.device(device) == self.emulated_device) and dtype in (None, self.dtype) \
                 and memory_format in (None, torch.preserve_format) and not kwargs.get("copy", False):
             return self
-        return aten._to_copy.default(self, dtype=dtype or self.dtype, device=device or self.emulated_device,
-                                     non_blocking=non_blocking, memory_format=memory_format or torch.preserve_format)
+        with EMULATION.leaving_the_device():
+            return aten._to_copy.default(self, dtype=dtype or self.dtype, device=device or self.emulated_device,
+                                         non_blocking=non_blocking,
+                                         memory_format=memory_format or torch.preserve_format)
 
     def __reduce_ex__(self, protocol):
         return self.host.__reduce_ex__(protocol)  # saved as a CUDA tensor is loaded with map_location="cpu"
@@ -134,6 +140,18 @@ class Emulation:
     pins: int = 0  # host tensors pinned
     pageable_async_copies: int = 0  # non_blocking host-to-device copies from memory that was not pinned
     pinned: set = field(default_factory=set)  # id() of the host tensors that were pinned
+    local: threading.local = field(default_factory=threading.local)
+
+    @contextlib.contextmanager
+    def leaving_the_device(self):
+        """Within `with`, a copy of a CudaTensor to the CPU is one that Python asked for (`.cpu()`, `.to("cpu")`).
+        Other copies to the CPU come from C++, which sees the CudaTensor as a CPU tensor and converts with its
+        options (autograd casting a gradient back to its input's dtype): those stay on the GPU."""
+        self.local.leaving = True
+        try:
+            yield
+        finally:
+            self.local.leaving = False
 
     def check_device(self, device: torch.device) -> torch.device:
         if device.type == "cuda":
@@ -146,7 +164,7 @@ class Emulation:
 
     def pin(self, tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, CudaTensor):
-            raise RuntimeError(f"cannot pin 'torch.cuda.{tensor.dtype}' only dense CPU tensors can be pinned")
+            raise RuntimeError(f"cannot pin a {tensor.dtype} tensor on {tensor.device}: only dense CPU tensors can be pinned")
         pinned = tensor.clone()
         self.pins += 1
         self.pinned.add(id(pinned))
@@ -159,6 +177,9 @@ class Emulation:
             return self.pin(args[0])
         kwargs = dict(kwargs)
         target = kwargs.get("device")
+        if func is aten._to_copy.default and isinstance(args[0], CudaTensor) and target is not None \
+                and torch.device(target) == CPU and not getattr(self.local, "leaving", False):
+            target = args[0].device
         if target is not None:
             target = self.check_device(torch.device(target))
             kwargs["device"] = CPU
@@ -171,12 +192,6 @@ class Emulation:
         if func not in CROSS_DEVICE and len(set(placed)) > 1:
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"{placed[0]} and {next(d for d in placed if d != placed[0])}! ({func})")
-        generator = kwargs.get("generator")
-        if generator is not None:
-            wanted = target or (tensors[0].device if tensors else CPU)
-            if generator.device.type != wanted.type:
-                raise RuntimeError(f"Expected a '{wanted.type}' device type for generator but found "
-                                   f"'{generator.device.type}'")
         if func is aten._to_copy.default and kwargs.get("non_blocking") and target is not None \
                 and target.type == "cuda" and not isinstance(args[0], CudaTensor) and id(args[0]) not in self.pinned:
             self.pageable_async_copies += 1
@@ -216,6 +231,23 @@ class Mode(TorchDispatchMode):
         return EMULATION.run(func, args, kwargs or {})
 
 
+class GeneratorCheck(TorchFunctionMode):
+    """A random op and its generator must be on one device. Checked where Python calls the op: the dispatcher
+    hands __torch_dispatch__ a new Generator object, which no longer says which device it was made for."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if isinstance(generator, torch.Generator):
+            tensors = [x for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)]
+            wanted = torch.device(kwargs["device"]) if kwargs.get("device") is not None else (
+                tensors[0].device if tensors else CPU)
+            if generator.device.type != wanted.type:
+                raise RuntimeError(f"Expected a '{wanted.type}' device type for generator but found "
+                                   f"'{generator.device.type}'")
+        return func(*args, **kwargs)
+
+
 class Autocast(torch.autocast):
     """CUDA autocast run as CPU autocast: the emulated tensors are CPU tensors to the dispatcher."""
 
@@ -224,11 +256,16 @@ class Autocast(torch.autocast):
 
 
 @contextlib.contextmanager
-def emulated_cuda(monkeypatch, device_count: int = 1):
+def emulated_cuda(device_count: int = 1):
     """Within `with`: torch believes `device_count` GPUs are present, and tensors placed on them are CudaTensors.
-    Yields the Emulation, whose counters the test reads."""
+    Yields the Emulation, whose counters the test reads; everything is as before on leaving."""
     global EMULATION
     EMULATION = Emulation(device_count)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from emulate(monkeypatch, device_count)
+
+
+def emulate(monkeypatch, device_count: int):
     fake = {"is_available": lambda: True, "device_count": lambda: device_count, "current_device": lambda: 0,
             "set_device": lambda device: None, "synchronize": lambda device=None: None,
             "mem_get_info": lambda device=None: (80 << 30, 80 << 30), "max_memory_allocated": lambda device=None: 0,
@@ -240,11 +277,17 @@ def emulated_cuda(monkeypatch, device_count: int = 1):
     monkeypatch.setattr(torch, "Generator", emulated_generator_class())
     monkeypatch.setattr(torch, "autocast", Autocast)
     monkeypatch.setattr(devices, "pin_memory", EMULATION.pin)  # also from the prefetch thread, which has no Mode
+    monkeypatch.setattr(torch.utils.data._utils.pin_memory, "pin_memory",  # DataLoader(pin_memory=True)'s thread
+                        lambda data, device=None: tree_map(
+                            lambda x: EMULATION.pin(x) if isinstance(x, torch.Tensor) else x, data))
     torch._C._ensureCUDADeviceGuardSet()  # a no-op device guard where the real one would need a driver
+    lift_cpu_only = torch._C._only_lift_cpu_tensors()
+    torch._C._set_only_lift_cpu_tensors(True)  # torch.tensor(data, device=cuda) is made on the CPU, then moved
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # module.to(cuda) makes new Parameters
     try:
-        with torch.autograd.set_multithreading_enabled(False), Mode():
+        with torch.autograd.set_multithreading_enabled(False), GeneratorCheck(), Mode():
             yield EMULATION
     finally:
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+        torch._C._set_only_lift_cpu_tensors(lift_cpu_only)

@@ -162,3 +162,20 @@ def test_start_up_line_counts_upsampled_photos(class_tree, cache_dir):
     enlarged = dataset.describe(dataset.load_images(class_tree, 45, cache_dir))  # the photos are 40 x 30 px
     assert "60 of the 60 photos are smaller than the cache's 45 px" in enlarged and "30 px, x1.50" in enlarged
     assert "upsampled" not in dataset.describe(dataset.load_images(class_tree, 24, cache_dir))
+
+
+def test_demo_images_made_by_another_process_first_are_kept(tmp_path, monkeypatch):
+    """Two runs making the demo set at once (an experiment's first parallel runs): the one that finishes second
+    keeps the first one's folder, which the first may be reading already, and leaves no staging folder."""
+    folder = tmp_path / "demo"
+    real_staging_path = cache.staging_path
+
+    def finished_meanwhile(target):
+        (target / "disc").mkdir(parents=True)
+        (target / "disc" / "theirs.png").write_bytes(b"")
+        return real_staging_path(target)
+
+    monkeypatch.setattr(cache, "staging_path", finished_meanwhile)
+    assert dataset.make_demo_images(folder, per_class=3, size=16) == folder
+    assert [path.name for path in (folder / "disc").iterdir()] == ["theirs.png"]
+    assert [path.name for path in tmp_path.iterdir()] == ["demo"]
