@@ -1,5 +1,5 @@
-"""What the scripts share at the command line: argument groups and presets, the one-line error report, the
-device and precision, and the run folder (resolved arguments, an append-only metrics.jsonl, the code version)."""
+"""What the scripts share at the command line: argument groups and presets, the one-line error report, and the
+run folder (resolved arguments, an append-only metrics.jsonl, the code version). Devices: devices.py."""
 from __future__ import annotations
 
 import argparse

@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     supervised_s, *seconds = common.run_all([(supervised_command, supervised_out.with_suffix(".log")),  # longest first
                                              *((job[3], job[2].with_suffix(".log")) for job in jobs)], args.parallel)
     pretraining_folders = [checkpoint_path.parent] if args.checkpoint is None else []
-    common.run(["plot.py", *map(str, pretraining_folders), *(str(job[2]) for job in jobs if job[1] == args.label_seeds[0]),
+    first_seed_runs = [str(job[2]) for job in jobs if job[1] == args.label_seeds[0]]
+    common.run(["plot.py", *map(str, pretraining_folders), *first_seed_runs,
                 "--out", str(runs_dir / "plots")], runs_dir / "plot.log")
 
     rows = []

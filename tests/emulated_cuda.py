@@ -164,7 +164,8 @@ class Emulation:
 
     def pin(self, tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, CudaTensor):
-            raise RuntimeError(f"cannot pin a {tensor.dtype} tensor on {tensor.device}: only dense CPU tensors can be pinned")
+            raise RuntimeError(f"cannot pin a {tensor.dtype} tensor on {tensor.device}: only dense CPU tensors can "
+                               f"be pinned")
         pinned = tensor.clone()
         self.pins += 1
         self.pinned.add(id(pinned))

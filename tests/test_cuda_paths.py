@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import augment
 import bench
 import classifier
 import cli

@@ -62,7 +62,8 @@ def test_supervised_bound_trains(tmp_path):
 
 def counting_command(counter: Path, *extra: str) -> list[str]:
     """A command for common.run that appends an x to `counter` each time it runs."""
-    code = f"import pathlib; p = pathlib.Path({str(counter)!r}); p.write_text((p.read_text() if p.exists() else '') + 'x')"
+    code = (f"import pathlib; p = pathlib.Path({str(counter)!r}); "
+            f"p.write_text((p.read_text() if p.exists() else '') + 'x')")
     return ["-c", code, *extra]
 
 
