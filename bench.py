@@ -30,20 +30,26 @@ import augment
 import cli
 import dataset
 import devices
+import schedule
 import train
 from model import SimSiam
 
 EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
-TRAIN = train.build_parser()  # train.py's defaults: the benchmark times what a user's run does
+
+
+def train_defaults() -> argparse.Namespace:
+    """train.py's defaults, read from its parser: the benchmark times what a user's run does."""
+    return train.build_parser().parse_args([])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    defaults = train_defaults()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_arguments(parser)
     group = parser.add_argument_group("benchmark (sizes and optimiser as train.py's defaults)")
-    group.add_argument("--image-size", type=cli.positive(int), default=TRAIN.get_default("image_size"),
+    group.add_argument("--image-size", type=cli.positive(int), default=defaults.image_size,
                        help="crop side in px (default: %(default)s)")
-    group.add_argument("--batch-size", type=cli.positive(int), default=TRAIN.get_default("batch_size"),
+    group.add_argument("--batch-size", type=cli.positive(int), default=defaults.batch_size,
                        help="images per step, two views each (default: %(default)s)")
     group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
     group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
@@ -134,9 +140,9 @@ def main(argv=None) -> None:
         cache_build_s = time.perf_counter() - started
 
         model = SimSiam().to(device, memory_format=layout)
-        initial_lr = TRAIN.get_default("lr") * args.batch_size / 256
-        optimizer = train.make_optimizer(model, initial_lr, TRAIN.get_default("momentum"),
-                                         TRAIN.get_default("weight_decay"))
+        recipe = train_defaults()
+        optimizer = train.make_optimizer(model, schedule.peak_lr(recipe.lr, args.batch_size), recipe.momentum,
+                                         recipe.weight_decay)
         step_model = torch.compile(model) if args.compile else model
 
         started = time.perf_counter()

@@ -35,6 +35,7 @@ import cli
 import dataset
 import devices
 import evaluate
+import schedule
 from model import CheckpointError, Classifier, backbone_state, finite_state, load_checkpoint, save_checkpoint
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
@@ -97,29 +98,16 @@ def resolve_resolution(args: argparse.Namespace, checkpoint: dict | None) -> arg
     return argparse.Namespace(**{**vars(args), "image_size": image_size, "cache_size": cache_size})
 
 
-def cosine_decay(step: int, total_steps: int) -> float:
-    """The fraction of the peak lr at global step `step` of `total_steps`: 1 at step 0, falling along a half
-    cosine towards 0 at the end, per step (as train.py's Schedule; SGDR without restarts)."""
-    return 0.5 * (1 + math.cos(math.pi * step / total_steps))
-
-
 def make_optimizer(model: Classifier, args: argparse.Namespace, batch_size: int) -> torch.optim.SGD:
     """SGD, momentum 0.9, over the head (peak lr --lr x batch_size / 256) and, with --finetune, the backbone (the
-    head's peak x --backbone-lr-factor); each group carries its name and its own `peak_lr`, which set_lr decays."""
-    peak_lr = args.lr * batch_size / 256
+    head's peak x --backbone-lr-factor); each group carries its name and its own `peak_lr`, which schedule.set_lr
+    decays."""
+    peak_lr = schedule.peak_lr(args.lr, batch_size)
     groups = [{"name": "head", "params": model.head.parameters(), "peak_lr": peak_lr}]
     if args.finetune:
         groups.append({"name": "backbone", "params": model.backbone.parameters(),
                        "peak_lr": peak_lr * args.backbone_lr_factor})
     return torch.optim.SGD(groups, lr=peak_lr, momentum=0.9, weight_decay=args.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.SGD, step: int, total_steps: int) -> dict[str, float]:
-    """Set every group's lr for global step `step`: its own peak_lr x cosine_decay; {group name: lr}."""
-    decay = cosine_decay(step, total_steps)
-    for group in optimizer.param_groups:
-        group["lr"] = group["peak_lr"] * decay
-    return {group["name"]: group["lr"] for group in optimizer.param_groups}
 
 
 def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
@@ -176,7 +164,7 @@ def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.Ima
     device = runtime.device
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for step, indices in enumerate(batches, start=first_step):
-        lrs = set_lr(optimizer, step, total_steps)
+        lrs = schedule.set_lr(optimizer, step, total_steps)
         x = augment.crop_flip_view(dataset.gather(data.images, indices, device), args.image_size, generator)
         targets = data.labels[indices.to(device)]
         with runtime.autocast():
@@ -303,8 +291,8 @@ def main(argv=None) -> None:
     if closed_form:
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
               f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
-    standard_error = (test_accuracy * (1 - test_accuracy) / len(test_indices)) ** 0.5
-    print(f"test accuracy: {test_accuracy:.4f} ± {standard_error:.4f} (standard error) on {test_set.name}")
+    error = evaluate.standard_error(test_accuracy, len(test_indices))
+    print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test_set.name}")
 
 
 if __name__ == "__main__":

@@ -303,9 +303,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def final_record(path: Path) -> dict:
-    """The classifier's closing record (event "final") of a metrics file."""
-    return next(record for record in reversed(read_jsonl(path)) if record.get("event") == "final")
+def final_of(records: list[dict]) -> dict | None:
+    """The classifier's closing record (event "final") among a metrics file's records; None for a run that did
+    not finish."""
+    return next((record for record in reversed(records) if record.get("event") == "final"), None)
+
+
+def final_record(path: Path) -> dict | None:
+    """final_of the records of the metrics file `path`."""
+    return final_of(read_jsonl(path))
 
 
 def truncate_metrics(path: Path, after_epoch: int) -> None:

@@ -31,7 +31,8 @@ class Context:
         return self.rank == 0
 
     @property
-    def enabled(self) -> bool:
+    def is_distributed(self) -> bool:
+        """More than one process: torchrun started several."""
         return self.world_size > 1
 
 
@@ -54,7 +55,7 @@ def setup(device_name: str) -> tuple[Context, str]:
 
 def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
     """DDP (with SyncBatchNorm on CUDA) around the model; the model itself when not distributed."""
-    if not context.enabled:
+    if not context.is_distributed:
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -62,13 +63,13 @@ def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
 
 
 def barrier(context: Context) -> None:
-    if context.enabled:
+    if context.is_distributed:
         dist.barrier()
 
 
 def mean(value: torch.Tensor, context: Context) -> torch.Tensor:
     """The mean of a tensor over ranks."""
-    if context.enabled:
+    if context.is_distributed:
         value = value.clone()
         dist.all_reduce(value)
         value /= context.world_size
@@ -77,7 +78,7 @@ def mean(value: torch.Tensor, context: Context) -> torch.Tensor:
 
 def gather(value, context: Context) -> list:
     """Every rank's `value` (builtins and CPU tensors), in rank order, on every rank."""
-    if not context.enabled:
+    if not context.is_distributed:
         return [value]
     values = [None] * context.world_size
     dist.all_gather_object(values, value)
@@ -86,7 +87,7 @@ def gather(value, context: Context) -> list:
 
 def any_rank(flag: bool, device: torch.device, context: Context) -> bool:
     """True on every rank if `flag` is True on any."""
-    if not context.enabled:
+    if not context.is_distributed:
         return flag
     value = torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -95,7 +96,7 @@ def any_rank(flag: bool, device: torch.device, context: Context) -> bool:
 
 def parameters_in_sync(model: nn.Module, context: Context) -> bool:
     """Whether every rank holds exactly rank 0's parameters (a check that DDP kept the replicas equal)."""
-    if not context.enabled:
+    if not context.is_distributed:
         return True
     mine = torch.cat([p.detach().flatten() for p in model.parameters()])
     reference = mine.clone()
@@ -104,5 +105,5 @@ def parameters_in_sync(model: nn.Module, context: Context) -> bool:
 
 
 def cleanup(context: Context) -> None:
-    if context.enabled:
+    if context.is_distributed:
         dist.destroy_process_group()

@@ -51,6 +51,11 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     return accuracy(votes, query_labels)
 
 
+def standard_error(accuracy: float, num_test: int) -> float:
+    """The binomial standard error of an accuracy measured on `num_test` independent test images."""
+    return (accuracy * (1 - accuracy) / num_test) ** 0.5
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction (0-dim tensor) of rows whose arg-max is the label."""
     return (logits.argmax(dim=1) == labels.to(logits.device)).float().mean()

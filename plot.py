@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import cli  # noqa: E402
+import evaluate  # noqa: E402
 from model import PROJECTION_DIM  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
         records = cli.read_jsonl(folder / "metrics.jsonl")
         run = {"name": folder.name, "args": run_args,
                "epochs": [r for r in records if isinstance(r.get("epoch"), int)],
-               "final": next((r for r in reversed(records) if r.get("event") == "final"), None)}
+               "final": cli.final_of(records)}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
 
@@ -141,7 +142,7 @@ def results_table(classifiers: list[dict]) -> list[str]:
         if "closed_form_accuracy" in final:
             probes.append(("closed-form probe", final["closed_form_accuracy"]))
         for probe, accuracy in probes:
-            error = math.sqrt(accuracy * (1 - accuracy) / final["num_test"])
+            error = evaluate.standard_error(accuracy, final["num_test"])
             rows.append(f"{backbone:8} {probe:18} {accuracy:8.3f} ± {error:.3f}   {final['num_test']:>6,}   "
                         f"{run['name']}")
     if not rows:

@@ -30,6 +30,7 @@ import dataset
 import devices
 import distributed
 import evaluate
+import schedule
 from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
 
 RECIPE = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # checked on --resume
@@ -83,31 +84,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD over two groups: encoder (cosine-decayed lr) and predictor (fixed lr, `fix_pred_lr`, paper §4.3)."""
+    """SGD over two groups at peak lr `lr`: the encoder, cosine-decayed, and the predictor, fixed (`fix_pred_lr`,
+    paper §4.3); schedule.set_lr sets their lr at every step."""
     predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
     encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
-    groups = [{"params": encoder, "fixed_lr": False}, {"params": predictor, "fixed_lr": True}]
+    groups = [{"name": "encoder", "params": encoder, "peak_lr": lr},
+              {"name": "predictor", "params": predictor, "peak_lr": lr, "fixed": True}]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            fused=devices.fused_sgd(next(model.parameters()).device))
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The encoder's lr: cosine decay from `initial_lr` to 0 over the run, evaluated per step (paper §4);
-    the predictor stays at `initial_lr`."""
-    initial_lr: float
-    steps_per_epoch: int
-    epochs: int
-
-    def lr(self, step: int) -> float:
-        return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / (self.steps_per_epoch * self.epochs)))
-
-    def apply(self, optimizer: torch.optim.SGD, step: int) -> float:
-        """Set every group's lr for global step `step`; returns the encoder's."""
-        lr = self.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = self.initial_lr if group["fixed_lr"] else lr
-        return lr
 
 
 @functools.cache
@@ -194,7 +178,7 @@ class EpochProgress:
         return progress
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Schedule, images: torch.Tensor,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_epoch: int, images: torch.Tensor,
                 indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: devices.Runtime,
                 stop: cli.StopSignals) -> dict | None:
     """This rank's part of one pass over the pretraining images `indices`, from `progress.step` on. Returns
@@ -207,10 +191,10 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
     first_step, started = progress.step, time.perf_counter()
     batches = dataset.device_batches(images, indices, args.batch_size, order_generator, runtime.device, context.rank,
                                      context.world_size, skip=first_step)
-    bar = tqdm(batches, initial=first_step, total=schedule.steps_per_epoch, leave=False, disable=not context.is_main,
+    bar = tqdm(batches, initial=first_step, total=steps_per_epoch, leave=False, disable=not context.is_main,
                desc=f"epoch {progress.epoch + 1}/{args.epochs}")
     for step, batch in enumerate(bar, start=first_step):
-        lr = schedule.apply(optimizer, progress.epoch * schedule.steps_per_epoch + step)
+        lrs = schedule.set_lr(optimizer, progress.epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
         loss, std = train_step(model, optimizer, batch, progress.augment_generator, args, runtime)
         progress.loss_sum += loss
         progress.std_sum += std
@@ -218,12 +202,12 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, schedule: Sc
                                               progress.first_bad_step)
         progress.step = step + 1
         bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)
-        if step + 1 < schedule.steps_per_epoch and stop_requested(stop, step, runtime):
+        if step + 1 < steps_per_epoch and stop_requested(stop, step, runtime):
             return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
     seconds = time.perf_counter() - started
-    return {"loss": distributed.mean(progress.loss_sum / schedule.steps_per_epoch, context).item(),
-            "z_std": distributed.mean(progress.std_sum / schedule.steps_per_epoch, context).item(), "lr": lr,
-            "images_per_s": (schedule.steps_per_epoch - first_step) * args.batch_size / seconds, "epoch_s": seconds,
+    return {"loss": distributed.mean(progress.loss_sum / steps_per_epoch, context).item(),
+            "z_std": distributed.mean(progress.std_sum / steps_per_epoch, context).item(), "lr": lrs["encoder"],
+            "images_per_s": (steps_per_epoch - first_step) * args.batch_size / seconds, "epoch_s": seconds,
             "peak_memory_gb": devices.peak_memory_gb(runtime.device),
             "bad_step": int(progress.first_bad_step)}
 
@@ -234,7 +218,7 @@ STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (ea
 def stop_requested(stop: cli.StopSignals, step: int, runtime: devices.Runtime) -> bool:
     """Whether to stop after this step: at once in one process; under torchrun, every STOP_CHECK_EVERY steps,
     when any rank has a signal, so that all stop at the same step."""
-    if not runtime.context.enabled:
+    if not runtime.context.is_distributed:
         return stop.signal_number is not None
     if (step + 1) % STOP_CHECK_EVERY:
         return False
@@ -265,7 +249,7 @@ def main(argv=None) -> None:
     if args.deterministic:
         devices.use_deterministic_algorithms()
     device = runtime.device
-    say = print if context.is_main else (lambda *_, **__: None)
+    print_on_main = print if context.is_main else (lambda *_, **__: None)  # one line per run, not per rank
 
     if context.local_rank != 0:
         distributed.barrier(context)  # local rank 0 builds the cache (or the demo set) first
@@ -276,11 +260,11 @@ def main(argv=None) -> None:
         raise cli.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
-    schedule = Schedule(args.lr * args.batch_size / 256, len(splits.pretrain) // args.batch_size, args.epochs)
+    initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(splits.pretrain) // args.batch_size
     split = dataset.split_identity(data, splits, args)
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(model, schedule.initial_lr, args.momentum, args.weight_decay)
+    optimizer = make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
     progress = EpochProgress.start(0, args, runtime)
     if (last := cli.resume_checkpoint(args)) is not None:
         state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
@@ -290,7 +274,11 @@ def main(argv=None) -> None:
                                f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
                                f"Resume with the same data options, or start a new run with another --out")
         model.load_state_dict(state["model"])
+        own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
+                        for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(optimizer.param_groups, own_schedule):  # this run's lr (--lr may have changed)
+            group.update(own)
         torch.set_rng_state(state["rng"])
         match_layout(optimizer)
         interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
@@ -308,17 +296,17 @@ def main(argv=None) -> None:
         changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
                    if state["args"].get(key) != getattr(args, key)}
         if changed:
-            say(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
+            print_on_main(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
         if context.is_main:
             cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
-        say(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
-    step_model = distributed.wrap(model, context, device)  # shares its weights with `model`
-    step_model = torch.compile(step_model) if args.compile else step_model
+        print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
+    wrapped_model = distributed.wrap(model, context, device)  # DDP and/or compiled; shares its weights with `model`
+    wrapped_model = torch.compile(wrapped_model) if args.compile else wrapped_model
     metrics = cli.Metrics(args.out / "metrics.jsonl")
-    say(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
+    print_on_main(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}) x {context.world_size} process(es), cache in "
         f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
-        f"{schedule.steps_per_epoch} steps, batch {args.batch_size}, lr {schedule.initial_lr:g}")
+        f"{steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
 
     def save(completed_epochs: int, **extra) -> None:
         """last.pt (and siam.pt at an epoch's end) of rank 0, never with a non-finite tensor."""
@@ -337,7 +325,7 @@ def main(argv=None) -> None:
     with cli.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
             cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
-                          initial_lr=schedule.initial_lr, steps_per_epoch=schedule.steps_per_epoch,
+                          initial_lr=initial_lr, steps_per_epoch=steps_per_epoch,
                           cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
                           test_set=f"{len(splits.test):,} held-out test images",
                           test_fingerprint=split["test_fingerprint"])
@@ -345,7 +333,7 @@ def main(argv=None) -> None:
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args, runtime)
             model.train()
-            record = train_epoch(step_model, optimizer, schedule, images, splits.pretrain, progress, args, runtime,
+            record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, splits.pretrain, progress, args, runtime,
                                  stop)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
@@ -377,13 +365,13 @@ def main(argv=None) -> None:
                       f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
                 save(epoch + 1)
-    if context.enabled:
+    if context.is_distributed:
         in_sync = distributed.parameters_in_sync(model, context)
         if context.is_main:
             metrics.log(event="ranks", world_size=context.world_size, parameters_in_sync=in_sync)
         if not in_sync:
             raise cli.RunError(f"the {context.world_size} processes ended with different weights: this is a bug")
-    say(f"saved {args.out / 'siam.pt'}: {summary}")
+    print_on_main(f"saved {args.out / 'siam.pt'}: {summary}")
     distributed.cleanup(context)
 
 

@@ -101,7 +101,9 @@ def epoch_figures(run: Path) -> tuple[float, float]:
 
 def classifier_finished(run: Path) -> tuple[None, None]:
     """Checks that a classifier.py run left its final record with an accuracy; no figures."""
-    accuracy = cli.final_record(run / "metrics.jsonl")["test_accuracy"]
+    final = cli.final_record(run / "metrics.jsonl")
+    assert final is not None, f"{run / 'metrics.jsonl'} holds no final record"
+    accuracy = final["test_accuracy"]
     assert 0 <= accuracy <= 1, f"test accuracy {accuracy} out of range"
     return None, None
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import classifier
+import schedule
 import cli
 import dataset
 import devices
@@ -51,7 +52,7 @@ def test_each_group_follows_its_own_cosine():
     optimizer = classifier.make_optimizer(Classifier(3), args, batch_size=256)  # peak lr = --lr at batch 256
     total_steps = 10
     for step in (0, 1, 5, 9):
-        lrs = classifier.set_lr(optimizer, step, total_steps)
+        lrs = schedule.set_lr(optimizer, step, total_steps)
         assert lrs["head"] == pytest.approx(0.02 * (1 + math.cos(math.pi * step / total_steps)) / 2)
         assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
         assert [group["lr"] for group in optimizer.param_groups] == [lrs["head"], lrs["backbone"]]
@@ -67,7 +68,7 @@ def test_finetune_logs_the_backbone_lr_at_its_factor(class_tree, tmp_path):
     for record in epochs:
         last_step = record["epoch"] * 2 - 1
         peak_lr = classifier.build_parser().get_default("lr") * 6 / 256  # base lr x batch / 256
-        assert record["lr"] == pytest.approx(peak_lr * classifier.cosine_decay(last_step, total_steps))
+        assert record["lr"] == pytest.approx(peak_lr * schedule.cosine_decay(last_step, total_steps))
         assert record["backbone_lr"] == pytest.approx(0.1 * record["lr"])
 
 

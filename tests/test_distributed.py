@@ -10,6 +10,7 @@ import torch
 
 import cli
 import dataset
+import schedule
 import train
 from model import D, SimSiam, load_checkpoint
 
@@ -42,10 +43,10 @@ def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> 
     optimizer = train.make_optimizer(model, initial_lr, 0.9, 5e-4)
     order = torch.Generator().manual_seed(train.epoch_seed(0, 0))
     generators = [torch.Generator().manual_seed(train.epoch_seed(0, 0, rank)) for rank in range(processes)]
-    schedule = train.Schedule(initial_lr, len(splits.pretrain) // SETTINGS["batch_size"], epochs=1)
+    total_steps = len(splits.pretrain) // SETTINGS["batch_size"]  # one epoch
     share = SETTINGS["batch_size"] // processes
     for step, indices in enumerate(dataset.epoch_batches(splits.pretrain, SETTINGS["batch_size"], order)):
-        schedule.apply(optimizer, step)
+        schedule.set_lr(optimizer, step, total_steps)
         optimizer.zero_grad()
         for rank, generator in enumerate(generators):
             x1, x2 = train.views(data.images[indices[rank * share:(rank + 1) * share]], 32, generator)
