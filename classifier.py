@@ -35,8 +35,9 @@ import cli
 import dataset
 import devices
 import evaluate
+import pretrained
 import schedule
-from model import CheckpointError, Classifier, backbone_state, finite_state, load_checkpoint, save_checkpoint
+from model import Classifier, finite_state, save_checkpoint
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
 # --image-size without a checkpoint to follow (--random): the original repository's 150 px, and train.py --demo's
@@ -193,11 +194,7 @@ def main(argv=None) -> None:
 
     checkpoint = None
     if not args.random:  # checked before any decoding starts
-        try:
-            checkpoint = load_checkpoint(args.checkpoint, kind="simsiam", needs=("args", "split"))
-        except CheckpointError as error:
-            hint = "train one with train.py, or pass --random"
-            raise cli.RunError(f"cannot use --checkpoint: {error} ({hint})") from None
+        checkpoint = pretrained.read(args.checkpoint, hint="train one with train.py, or pass --random")
     args = resolve_resolution(args, checkpoint)  # a new namespace: --image-size and --cache-size as numbers
     pretrained_size = None if checkpoint is None else checkpoint["args"]["image_size"]
     if pretrained_size not in (None, args.image_size):
@@ -212,14 +209,9 @@ def main(argv=None) -> None:
 
     model = Classifier(len(data.classes))
     if checkpoint is not None:
-        try:
-            model.backbone.load_state_dict(backbone_state(checkpoint))
-        except RuntimeError as error:
-            raise cli.RunError(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}") from None
-        if args.test_data is None and checkpoint["split"]["test_fingerprint"] != test_set.fingerprint:
-            raise cli.RunError(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), "
-                               f"so its pretraining may have seen these test images: use the same data, "
-                               f"--split-seed, --test-fraction and --limit as train.py")
+        pretrained.load_backbone(checkpoint, args.checkpoint, model.backbone)
+        if args.test_data is None:
+            pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)
     model = model.to(device, memory_format=runtime.memory_format)
     model.backbone.requires_grad_(args.finetune)
     frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}

@@ -35,7 +35,8 @@ import cli  # noqa: E402
 import dataset  # noqa: E402
 import devices  # noqa: E402
 import evaluate  # noqa: E402
-from model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone  # noqa: E402
+import pretrained  # noqa: E402
+from model import resnet18_backbone  # noqa: E402
 
 DEMO = {}  # no preset beyond --demo's data: the pictures follow the checkpoint of `train.py --demo`
 DPI = 120  # as plot.py
@@ -205,19 +206,13 @@ def main(argv=None) -> None:
     cli.writable_folder(args.cache_dir, "--cache-dir")
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
-    try:
-        checkpoint = load_checkpoint(args.checkpoint, "simsiam", needs=("args", "split"))
-    except CheckpointError as error:
-        raise cli.RunError(f"cannot use --checkpoint: {error} (train one with train.py)") from None
+    checkpoint = pretrained.read(args.checkpoint)
     image_size, cache_size = cli.pretrained_resolution(args.image_size, args.cache_size, checkpoint["args"],
                                                        fallback_image_size=checkpoint["args"]["image_size"])
 
     data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
                                                            "cache_size": cache_size}))
-    if dataset.fingerprint(data.files, splits.test) != checkpoint["split"]["test_fingerprint"]:
-        raise cli.RunError(f"{args.checkpoint} was pretrained with another test split ({checkpoint['split']}), "
-                           f"so its neighbours may include these test images: use the same data, --split-seed, "
-                           f"--test-fraction and --limit as train.py")
+    pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)  # its neighbours: test images
     images = dataset.cache_on_device(data.images, device)
     choose = torch.Generator().manual_seed(args.seed)  # which images are pictured
     bank = splits.pretrain
@@ -226,10 +221,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)  # here, so that the random backbone is resnet18_backbone() right after the seed
     backbones = {"random-init": resnet18_backbone(), "SimSiam": resnet18_backbone()}
-    try:
-        backbones["SimSiam"].load_state_dict(backbone_state(checkpoint))
-    except RuntimeError as error:
-        raise cli.RunError(f"--checkpoint {args.checkpoint} does not fit a ResNet18 backbone: {error}") from None
+    pretrained.load_backbone(checkpoint, args.checkpoint, backbones["SimSiam"])
     backbones = {name: backbone.to(device, memory_format=runtime.memory_format)
                  for name, backbone in backbones.items()}
     print(f"random-init and SimSiam (epoch {checkpoint.get('epoch')}, pretrained at "

@@ -34,7 +34,7 @@ import cli  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.common import SUPERVISED  # noqa: E402
 import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
-from model import load_checkpoint  # noqa: E402
+import pretrained  # noqa: E402
 
 ROWS = [  # (name, random backbone, fine-tuned, the key of the runs' final record it reports)
     ("random init, linear probe", True, False, "test_accuracy"),
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
         checkpoint_path = simsiam / "siam.pt"
     else:
         checkpoint_path, train_command, pretrain_s = (REPOSITORY / args.checkpoint).resolve(), None, 0.0
-    resolution = common.resolution_flags(load_checkpoint(checkpoint_path, kind="simsiam", needs=("args",)))
+    resolution = common.resolution_flags(pretrained.read(checkpoint_path))
 
     jobs = []  # ((random, finetune), seed, out, command)
     for random, finetune in RUNS:

@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter  # noqa
 import cli  # noqa: E402
 import dataset  # noqa: E402
 from experiments import common  # noqa: E402
-from model import load_checkpoint  # noqa: E402
+import pretrained  # noqa: E402
 import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
 
 BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
@@ -118,11 +118,7 @@ def held_out_split(flags: list[str], checkpoint: dict, path: Path) -> tuple[data
     parser.add_argument("--image-size", type=int)
     options = parser.parse_args([*flags, "--labels", "1"])  # the split only: each size draws its own labels
     data, splits = dataset.open_data(options, verbose=False)
-    identity = dataset.split_identity(data, splits, options)
-    if identity["test_fingerprint"] != checkpoint["split"]["test_fingerprint"]:
-        differences = "; ".join(dataset.split_differences(checkpoint["split"], identity)) or "other test images"
-        raise cli.RunError(f"{path} was pretrained with another test split ({differences}), so it may have seen "
-                           f"these test images: pass the data, --split-seed and --test-fraction it was trained with")
+    pretrained.check_test_split(checkpoint, path, data, splits.test, dataset.split_identity(data, splits, options))
     return data, splits
 
 
@@ -273,7 +269,7 @@ def main(argv=None) -> None:
         checkpoint_path = simsiam / "siam.pt"
     else:
         checkpoint_path = (REPOSITORY / args.checkpoint).resolve()
-    checkpoint = load_checkpoint(checkpoint_path, kind="simsiam", needs=("args", "split"))
+    checkpoint = pretrained.read(checkpoint_path)
     common_flags = [*data, *common.resolution_flags(checkpoint)]  # every run: same split, same pixels
     images, splits = held_out_split(common_flags, checkpoint, checkpoint_path)
     sizes, skipped = fitting_sizes(args.sizes, images, args.test_fraction, args.split_seed)
