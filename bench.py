@@ -133,10 +133,9 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     layout = runtime.memory_format
     temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    data_args = argparse.Namespace(**{**vars(args), "cache_dir": temporary_cache})
     try:
         started = time.perf_counter()
-        data, splits = dataset.open_data(data_args)
+        data, splits = dataset.open_data(dataset.DataOptions.from_args(args, cache_dir=temporary_cache))
         cache_build_s = time.perf_counter() - started
 
         model = SimSiam().to(device, memory_format=layout)

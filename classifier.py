@@ -201,7 +201,7 @@ def main(argv=None) -> None:
         print(f"note: the backbone was pretrained at {pretrained_size} px and is evaluated at {args.image_size} px "
               f"(--image-size)")
 
-    data, splits = dataset.open_data(args)
+    data, splits = dataset.open_data(dataset.DataOptions.from_args(args))
     images = dataset.cache_on_device(data.images, device)
     test_set = evaluation_set(args, data, splits)
     test_source = dataset.cache_on_device(test_set.images, device) if args.test_data else images

@@ -8,6 +8,7 @@ Every image is decoded once into the cache, so no bad file can stop an epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -216,11 +217,11 @@ SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed"
                   "test_fraction": "--test-fraction", "limit": "--limit", "classes": "the classes"}
 
 
-def split_identity(data: ImageSet, splits: Splits, args) -> dict:
+def split_identity(data: ImageSet, splits: Splits, options: DataOptions) -> dict:
     """Everything that defines the held-out split, recorded in every SimSiam checkpoint: --resume refuses a
     mismatch (the earlier epochs may have trained on the new test images), classifier.py checks the test set."""
     return {"data": str(data.root), "files_fingerprint": fingerprint(data.files, torch.arange(len(data.files))),
-            "seed": args.split_seed, "test_fraction": args.test_fraction, "limit": args.limit,
+            "seed": options.split_seed, "test_fraction": options.test_fraction, "limit": options.limit,
             "classes": data.classes, "test_fingerprint": fingerprint(data.files, splits.test)}
 
 
@@ -235,23 +236,48 @@ def default_cache_size(image_size: int) -> int:
     return math.ceil(image_size * 8 / 7)
 
 
-def open_data(args, verbose: bool = True) -> tuple[ImageSet, Splits]:
-    """The decoded images and the splits that the data arguments (cli.add_data_arguments) ask for: the demo set
-    or --data, downloaded first with --download; prints the start-up lines when `verbose`."""
-    if args.download and not args.demo:
-        if args.data.name != download.TOP_FOLDER:
+@dataclass(frozen=True)
+class DataOptions:
+    """What the data flags (cli.add_data_arguments) ask for: which images, decoded at which resolution, split how.
+    Equal options give every script the same images and the same splits."""
+    data: Path
+    cache_dir: Path
+    image_size: int  # px the network sees; the cache is decoded at cache_size, by default 8/7 of it
+    cache_size: int | None = None
+    demo: bool = False  # the generated demo set instead of `data`
+    download_url: str = download.DEFAULT_URL
+    download: bool = False  # (after download_url, whose default reads the module of this name)
+    limit: int | None = None
+    workers: int | None = None
+    split_seed: int = 0
+    test_fraction: float = 0.1
+    labels: int = 250
+    label_seed: int = 0
+
+    @classmethod
+    def from_args(cls, args, **changes) -> DataOptions:
+        """The options among parsed arguments `args` (or any object with those attributes), `changes` applied."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(**{**{name: getattr(args, name) for name in names if hasattr(args, name)}, **changes})
+
+
+def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Splits]:
+    """The decoded images and the splits that `options` ask for: the demo set or `data`, downloaded first with
+    `download`; prints the start-up lines when `verbose`."""
+    if options.download and not options.demo:
+        if options.data.name != download.TOP_FOLDER:
             raise DataError(f"--download unpacks into a folder named {download.TOP_FOLDER}: "
                             f"pass --data DIR/{download.TOP_FOLDER}")
-        download.download_dataset(args.data.parent, args.download_url)
-    root = make_demo_images(args.cache_dir / DEMO_FOLDER) if args.demo else args.data
-    cache_size = args.cache_size or default_cache_size(args.image_size)
-    data = load_images(root, cache_size, args.cache_dir, args.limit, args.split_seed, args.workers)
-    splits = make_splits(data.labels, len(data.classes), args.test_fraction, args.labels, args.split_seed,
-                         args.label_seed, data.classes)
+        download.download_dataset(options.data.parent, options.download_url)
+    root = make_demo_images(options.cache_dir / DEMO_FOLDER) if options.demo else options.data
+    cache_size = options.cache_size or default_cache_size(options.image_size)
+    data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers)
+    splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,
+                         options.label_seed, data.classes)
     if verbose:
         print(describe(data))
         print(f"splits: {len(splits.pretrain):,} pretraining (labels unused), {len(splits.labelled):,} labelled, "
-              f"{len(splits.test):,} test (seed {args.split_seed})")
+              f"{len(splits.test):,} test (seed {options.split_seed})")
     return data, splits
 
 

@@ -210,8 +210,7 @@ def main(argv=None) -> None:
     image_size, cache_size = cli.pretrained_resolution(args.image_size, args.cache_size, checkpoint["args"],
                                                        fallback_image_size=checkpoint["args"]["image_size"])
 
-    data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
-                                                           "cache_size": cache_size}))
+    data, splits = dataset.open_data(dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size))
     pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)  # its neighbours: test images
     images = dataset.cache_on_device(data.images, device)
     choose = torch.Generator().manual_seed(args.seed)  # which images are pictured

@@ -253,7 +253,8 @@ def main(argv=None) -> None:
 
     if context.local_rank != 0:
         distributed.barrier(context)  # local rank 0 builds the cache (or the demo set) first
-    data, splits = dataset.open_data(args, verbose=context.is_main)
+    data_options = dataset.DataOptions.from_args(args)
+    data, splits = dataset.open_data(data_options, verbose=context.is_main)
     if context.local_rank == 0:
         distributed.barrier(context)
     if args.batch_size % context.world_size or args.batch_size > len(splits.pretrain):
@@ -261,7 +262,7 @@ def main(argv=None) -> None:
                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
     initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(splits.pretrain) // args.batch_size
-    split = dataset.split_identity(data, splits, args)
+    split = dataset.split_identity(data, splits, data_options)
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(model, initial_lr, args.momentum, args.weight_decay)

@@ -119,11 +119,11 @@ def main(argv=None) -> None:
     rows.append({"row": "supervised, all non-test labels", "accuracies": [supervised], **common.spread([supervised]),
                  "seconds_each": [round(supervised_s, 1)],
                  "command": common.shown(supervised_command, runs_dir, args.runs)})
-    pretrained = ({"pretrain_command": common.shown(train_command, runs_dir, args.runs),
-                   "pretrain_s": round(pretrain_s, 1), **common.pretraining_summary(checkpoint_path.parent)}
-                  if args.checkpoint is None else {"checkpoint": str(args.checkpoint)})
+    pretraining_record = ({"pretrain_command": common.shown(train_command, runs_dir, args.runs),
+                           "pretrain_s": round(pretrain_s, 1), **common.pretraining_summary(checkpoint_path.parent)}
+                          if args.checkpoint is None else {"checkpoint": str(args.checkpoint)})
     summary = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
-               **pretrained, "rows": rows}
+               **pretraining_record, "rows": rows}
     table = ["| backbone, protocol | test accuracy (mean ± std over label seeds) | seeds | s per run | command |",
              "| --- | --- | --- | --- | --- |"]
     table += [f"| {r['row']} | {100 * r['mean']:.1f}% ± {100 * r['std']:.1f} | {len(r['accuracies'])} | "

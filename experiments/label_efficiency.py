@@ -116,7 +116,8 @@ def held_out_split(flags: list[str], checkpoint: dict, path: Path) -> tuple[data
     parser = argparse.ArgumentParser()
     cli.add_data_arguments(parser)
     parser.add_argument("--image-size", type=int)
-    options = parser.parse_args([*flags, "--labels", "1"])  # the split only: each size draws its own labels
+    # the split only: each size draws its own labels
+    options = dataset.DataOptions.from_args(parser.parse_args([*flags, "--labels", "1"]))
     data, splits = dataset.open_data(options, verbose=False)
     pretrained.check_test_split(checkpoint, path, data, splits.test, dataset.split_identity(data, splits, options))
     return data, splits

@@ -130,7 +130,7 @@ def test_closed_form_probe_fits_the_labelled_images(class_tree, tmp_path):
     args = classifier.parse_args(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--random",
                                   "--image-size", "32", *FAST])
     args = classifier.resolve_resolution(args, None)
-    data, splits = dataset.open_data(args, verbose=False)
+    data, splits = dataset.open_data(dataset.DataOptions.from_args(args), verbose=False)
     model = Classifier(len(data.classes))
     model.load_state_dict(load_checkpoint(tmp_path / "frozen" / "classifier.pt", "classifier")["model"])
     runtime = devices.make_runtime("cpu", "fp32")

@@ -152,7 +152,8 @@ def test_accuracy_on_the_test_split_is_the_classifiers_test_accuracy(trained, ca
     data, checkpoint_path = trained
     recorded = load_checkpoint(checkpoint_path, "classifier", needs=("args",))["args"]
     paths = {key: Path(recorded[key]) for key in ("data", "cache_dir")}
-    cached, splits = dataset.open_data(argparse.Namespace(**{**recorded, **paths}), verbose=False)
+    cached, splits = dataset.open_data(dataset.DataOptions.from_args(argparse.Namespace(**{**recorded, **paths})),
+                                       verbose=False)
     test_files = [cached.root / cached.files[i] for i in splits.test.tolist()]
     run_predict(checkpoint_path, *test_files)
     found = predictions(capsys.readouterr().out)
