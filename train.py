@@ -297,7 +297,8 @@ def main(argv=None) -> None:
         changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
                    if state["args"].get(key) != getattr(args, key)}
         if changed:
-            print_on_main(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
+            print_on_main(f"warning: resuming with settings that differ from the interrupted run's (was, now): "
+                          f"{changed}")
         if context.is_main:
             cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
         print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
@@ -334,8 +335,8 @@ def main(argv=None) -> None:
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args, runtime)
             model.train()
-            record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, splits.pretrain, progress, args, runtime,
-                                 stop)
+            record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, splits.pretrain, progress, args,
+                                 runtime, stop)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
