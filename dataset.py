@@ -338,10 +338,11 @@ def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) ->
 # ---------------------------------------------------------------- demo data
 
 
-DEMO_FOLDER = "demo-data-2x400"  # under --cache-dir; named by its content, so that a change makes a new one
+DEMO_PER_CLASS = 400  # images of each of the demo set's two classes
+DEMO_FOLDER = f"demo-data-2x{DEMO_PER_CLASS}"  # under --cache-dir; named by its content, so a change makes a new one
 
 
-def make_demo_images(folder: Path, per_class: int = 400, size: int = 64, seed: int = 0) -> Path:
+def make_demo_images(folder: Path, per_class: int = DEMO_PER_CLASS, size: int = 64, seed: int = 0) -> Path:
     """A small synthetic two-class set (discs vs. squares, random colours, sizes, places and noise) written
     as PNGs into folder/disc and folder/square once; returns folder."""
     if folder.is_dir():

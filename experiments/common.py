@@ -90,10 +90,10 @@ def run_once(command: list[str], log: Path, resume: bool = False, threads: int |
         print(f"reused, finished before: {log.stem}", flush=True)
         return record["seconds"]
     attempt = command
-    if resume and record.get("command") == command and "--overwrite" in command and out is not None:
-        if (out / "last.pt").is_file():
-            attempt = [flag if flag != "--overwrite" else "--resume" for flag in command]
-            print(f"resuming the unfinished {log.stem} from {out / 'last.pt'}", flush=True)
+    if (resume and record.get("command") == command and "--overwrite" in command and out is not None
+            and (out / "last.pt").is_file()):
+        attempt = [flag if flag != "--overwrite" else "--resume" for flag in command]
+        print(f"resuming the unfinished {log.stem} from {out / 'last.pt'}", flush=True)
     record_path.write_text(json.dumps({"command": command}) + "\n")
     seconds = run(attempt, log, threads)
     record_path.write_text(json.dumps({"command": command, "seconds": round(seconds, 1)}) + "\n")
@@ -144,14 +144,18 @@ def pretrain(data: list[str], out: Path, flags: list[str], log: Path) -> tuple[l
     return command, seconds
 
 
+DEMO_IMAGES = 2 * dataset.DEMO_PER_CLASS
+DEMO_PRETRAINING_IMAGES = round(DEMO_IMAGES * (1 - cli.DEMO_SPLITS["test_fraction"]))  # the most a demo batch holds
+
+
 def measured_throughput(train_args: argparse.Namespace, runs_dir: Path) -> float:
     """images/s of train.py's own pipeline at the pretraining's image size, batch and device on this machine, from
-    a short bench.py run on the demo set (800 generated images: the real data is not decoded for it; the batch at
-    most the demo's 600 pretraining images)."""
+    a short bench.py run on the demo set (generated images: the real data is not decoded for it; the batch at most
+    the demo's pretraining images)."""
     out = runs_dir / "throughput.json"
     run(["bench.py", "--demo", "--no-baseline", "--cache-dir", str(runs_dir / "cache"), "--steps", "10",
          "--warmup", "3", "--image-size", str(train_args.image_size),
-         "--batch-size", str(min(train_args.batch_size, 600)), "--device", train_args.device,
+         "--batch-size", str(min(train_args.batch_size, DEMO_PRETRAINING_IMAGES)), "--device", train_args.device,
          "--precision", train_args.precision, "--json", str(out)], runs_dir / "throughput.log")
     return json.loads(out.read_text())["pipeline_images_per_s"]
 
@@ -159,7 +163,7 @@ def measured_throughput(train_args: argparse.Namespace, runs_dir: Path) -> float
 def pretraining_images(train_args: argparse.Namespace) -> int:
     """How many images one pretraining epoch of these train.py arguments sees, from the file list alone."""
     if train_args.demo:
-        total = min(train_args.limit or 800, 800)
+        total = min(train_args.limit or DEMO_IMAGES, DEMO_IMAGES)
     else:
         total = min(len(dataset.find_images(train_args.data)[0]), train_args.limit or math.inf)
     return round(total * (1 - train_args.test_fraction))
