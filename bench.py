@@ -30,26 +30,21 @@ import augment
 import cli
 import dataset
 import devices
+import recipe
 import schedule
-import train
 from model import SimSiam
 
 EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
 
 
-def train_defaults() -> argparse.Namespace:
-    """train.py's defaults, read from its parser: the benchmark times what a user's run does."""
-    return train.build_parser().parse_args([])
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    defaults = train_defaults()
+    defaults = recipe.DEFAULTS  # train.py's: the benchmark times what a user's run does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_arguments(parser)
     group = parser.add_argument_group("benchmark (sizes and optimiser as train.py's defaults)")
-    group.add_argument("--image-size", type=cli.positive(int), default=defaults.image_size,
+    group.add_argument("--image-size", type=cli.positive(int), default=defaults["image_size"],
                        help="crop side in px (default: %(default)s)")
-    group.add_argument("--batch-size", type=cli.positive(int), default=defaults.batch_size,
+    group.add_argument("--batch-size", type=cli.positive(int), default=defaults["batch_size"],
                        help="images per step, two views each (default: %(default)s)")
     group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
     group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
@@ -120,7 +115,7 @@ def baseline_images_per_s(data: dataset.ImageSet, splits: dataset.Splits, model,
 
     def baseline_step():
         x1, x2 = (x.to(device, non_blocking=True).contiguous(memory_format=runtime.memory_format) for x in next(pairs))
-        train.sgd_step(model, optimizer, x1, x2, runtime)
+        recipe.sgd_step(model, optimizer, x1, x2, runtime)
 
     return images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
 
@@ -139,9 +134,9 @@ def main(argv=None) -> None:
         cache_build_s = time.perf_counter() - started
 
         model = SimSiam().to(device, memory_format=layout)
-        recipe = train_defaults()
-        optimizer = train.make_optimizer(model, schedule.peak_lr(recipe.lr, args.batch_size), recipe.momentum,
-                                         recipe.weight_decay)
+        defaults = recipe.DEFAULTS
+        optimizer = recipe.make_optimizer(model, schedule.peak_lr(defaults["lr"], args.batch_size),
+                                          defaults["momentum"], defaults["weight_decay"])
         step_model = torch.compile(model) if args.compile else model
 
         started = time.perf_counter()
@@ -153,7 +148,8 @@ def main(argv=None) -> None:
                                                          device))
 
         def pipeline_step():
-            train.train_step(step_model, optimizer, next(batches), augment_generator, args, runtime)
+            x1, x2 = recipe.views(next(batches), args.image_size, augment_generator, args.compile)
+            recipe.sgd_step(step_model, optimizer, x1, x2, runtime)
 
         pipeline_step()
         devices.synchronize(device)
@@ -162,20 +158,20 @@ def main(argv=None) -> None:
                     "host" if images.device.type == "cpu" else "device")
 
         batch = next(batches)
-        x1, x2 = train.views(batch, args.image_size, augment_generator)
+        x1, x2 = recipe.views(batch, args.image_size, augment_generator)
         devices.reset_peak_memory(device)
-        ceiling = images_per_s(lambda: train.sgd_step(step_model, optimizer, x1, x2, runtime),
+        ceiling = images_per_s(lambda: recipe.sgd_step(step_model, optimizer, x1, x2, runtime),
                                args.steps, args.warmup, args.batch_size, device)
         ceiling_memory = devices.peak_memory_gb(device)
 
         devices.reset_peak_memory(device)
-        augmentation = images_per_s(lambda: train.views(batch, args.image_size, augment_generator, args.compile),
+        augmentation = images_per_s(lambda: recipe.views(batch, args.image_size, augment_generator, args.compile),
                                     args.steps, args.warmup, args.batch_size, device)
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
         pipeline_memory = devices.peak_memory_gb(device)  # on the GPU this includes the resident cache
 
         baseline = None if args.no_baseline else baseline_images_per_s(data, splits, step_model, optimizer, args,
-                                                                           runtime)
+                                                                       runtime)
     finally:
         shutil.rmtree(temporary_cache, ignore_errors=True)
 

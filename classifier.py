@@ -36,6 +36,7 @@ import dataset
 import devices
 import evaluate
 import pretrained
+import runs
 import schedule
 from model import Classifier, finite_state, save_checkpoint
 
@@ -89,14 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cli.parse(build_parser(), argv, DEMO)
 
 
-def resolve_resolution(args: argparse.Namespace, checkpoint: dict | None) -> argparse.Namespace:
-    """A copy of `args` with image_size and cache_size resolved to numbers (cli.pretrained_resolution): the
-    checkpoint's unless a flag says otherwise; without one (--random) RANDOM_IMAGE_SIZE, or DEMO_RANDOM_IMAGE_SIZE
-    under --demo."""
-    image_size, cache_size = cli.pretrained_resolution(
-        args.image_size, args.cache_size, checkpoint and checkpoint["args"],
-        DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
-    return argparse.Namespace(**{**vars(args), "image_size": image_size, "cache_size": cache_size})
+def resolution(args: argparse.Namespace, checkpoint: dict | None) -> tuple[int, int]:
+    """(image size, cache size) in px (pretrained.resolution): the checkpoint's unless a flag says otherwise;
+    without one (--random) RANDOM_IMAGE_SIZE, or DEMO_RANDOM_IMAGE_SIZE under --demo."""
+    return pretrained.resolution(args.image_size, args.cache_size, checkpoint and checkpoint["args"],
+                                 DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
 
 
 def make_optimizer(model: Classifier, args: argparse.Namespace, batch_size: int) -> torch.optim.SGD:
@@ -112,18 +110,17 @@ def make_optimizer(model: Classifier, args: argparse.Namespace, batch_size: int)
 
 
 def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
-                      test_features: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
-                      args: argparse.Namespace, runtime: devices.Runtime) -> dict:
+                      test_features: torch.Tensor, test_labels: torch.Tensor, num_classes: int, image_size: int,
+                      seed: int, runtime: devices.Runtime) -> dict:
     """evaluate.logistic_probe on the frozen backbone's features of the evaluation view (centre, no augmentation)
     of the (N,) `labelled` indices into `images`, tested on the (M, 512) `test_features`; the folds are drawn
-    from --seed. Its keys prefixed "closed_form_" (test_accuracy as closed_form_accuracy), for the final record;
+    from `seed`. Its keys prefixed "closed_form_" (test_accuracy as closed_form_accuracy), for the final record;
     empty when a class has a single labelled image, since the penalty's cross-validation needs two."""
     counts = torch.bincount(labels[labelled].cpu())
     if counts[counts > 0].min() < 2:
         return {}
-    features = evaluate.embed(model.backbone, images, labelled, args.image_size, runtime)  # (N, 512)
-    result = evaluate.logistic_probe(features, labels[labelled], test_features, test_labels, num_classes,
-                                     seed=args.seed)
+    features = evaluate.embed(model.backbone, images, labelled, image_size, runtime)  # (N, 512)
+    result = evaluate.logistic_probe(features, labels[labelled], test_features, test_labels, num_classes, seed=seed)
     return {"closed_form_accuracy": result["test_accuracy"], "closed_form_penalty": result["penalty"],
             "closed_form_cv_accuracy": result["cv_accuracy"], "closed_form_cv_loss": result["cv_loss"],
             "closed_form_folds": result["folds"]}
@@ -147,8 +144,8 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
                                 min_classes=1)  # a folder of one class is a fair test set
     unknown = sorted(set(other.classes) - set(data.classes))
     if unknown:
-        raise cli.RunError(f"--test-data {args.test_data} has classes {unknown} that the training data lacks "
-                           f"({data.classes})")
+        raise runs.RunError(f"--test-data {args.test_data} has classes {unknown} that the training data lacks "
+                            f"({data.classes})")
     print(f"test data: {dataset.describe(other)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     everything = torch.arange(len(other.files))
@@ -157,7 +154,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
 
 
 def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,
-                generator: torch.Generator, first_step: int, total_steps: int, args: argparse.Namespace,
+                generator: torch.Generator, first_step: int, total_steps: int, image_size: int,
                 runtime: devices.Runtime) -> tuple[float, float, dict[str, float]]:
     """One pass over `batches` of labelled indices into `data` (images and labels on the device), with
     crop-and-flip augmentation drawn from `generator`, the lr set before each step (global steps from
@@ -166,7 +163,7 @@ def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.Ima
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for step, indices in enumerate(batches, start=first_step):
         lrs = schedule.set_lr(optimizer, step, total_steps)
-        x = augment.crop_flip_view(dataset.gather(data.images, indices, device), args.image_size, generator)
+        x = augment.crop_flip_view(dataset.gather(data.images, indices, device), image_size, generator)
         targets = data.labels[indices.to(device)]
         with runtime.autocast():
             logits = model(x.contiguous(memory_format=runtime.memory_format)).float()
@@ -185,9 +182,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     backbone_name = "random" if args.random else "simsiam"
     mode = "finetune" if args.finetune else "frozen"
-    out = cli.prepare_out(args.out or Path("runs") / cli.classifier_run_name(args.random, args.finetune,
-                                                                            args.all_labels), args.overwrite)
-    cli.writable_folder(args.cache_dir, "--cache-dir")
+    out = runs.prepare_out(args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune,
+                                                                               args.all_labels), args.overwrite)
+    runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
@@ -195,13 +192,14 @@ def main(argv=None) -> None:
     checkpoint = None
     if not args.random:  # checked before any decoding starts
         checkpoint = pretrained.read(args.checkpoint, hint="train one with train.py, or pass --random")
-    args = resolve_resolution(args, checkpoint)  # a new namespace: --image-size and --cache-size as numbers
+    image_size, cache_size = resolution(args, checkpoint)
     pretrained_size = None if checkpoint is None else checkpoint["args"]["image_size"]
-    if pretrained_size not in (None, args.image_size):
-        print(f"note: the backbone was pretrained at {pretrained_size} px and is evaluated at {args.image_size} px "
+    if pretrained_size not in (None, image_size):
+        print(f"note: the backbone was pretrained at {pretrained_size} px and is evaluated at {image_size} px "
               f"(--image-size)")
 
-    data, splits = dataset.open_data(dataset.DataOptions.from_args(args))
+    options = dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size)
+    data, splits = dataset.open_data(options)
     images = dataset.cache_on_device(data.images, device)
     test_set = evaluation_set(args, data, splits)
     test_source = dataset.cache_on_device(test_set.images, device) if args.test_data else images
@@ -220,16 +218,17 @@ def main(argv=None) -> None:
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
     optimizer = make_optimizer(model, args, batch_size)
 
-    cli.save_args(out, args, device=str(device), precision_used=runtime.precision, backbone=backbone_name, mode=mode,
-                  batch_size_used=batch_size, peak_lr=optimizer.param_groups[0]["peak_lr"],
-                  num_classes=len(data.classes), test_set=test_set.name, test_fingerprint=test_set.fingerprint)
+    runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
+                   precision_used=runtime.precision, backbone=backbone_name, mode=mode, batch_size_used=batch_size,
+                   peak_lr=optimizer.param_groups[0]["peak_lr"], num_classes=len(data.classes), test_set=test_set.name,
+                   test_fingerprint=test_set.fingerprint)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
         "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
-    metrics = cli.Metrics(out / "metrics.jsonl")
+    metrics = runs.Metrics(out / "metrics.jsonl")
     pretrained_at = "" if pretrained_size is None else f" (pretrained at {pretrained_size} px)"
-    print(f"{mode} {backbone_name} ResNet18{pretrained_at} + linear head at {args.image_size} px from a "
-          f"{args.cache_size} px cache, {len(labelled):,} labelled images, {test_set.name}, "
+    print(f"{mode} {backbone_name} ResNet18{pretrained_at} + linear head at {image_size} px from a "
+          f"{cache_size} px cache, {len(labelled):,} labelled images, {test_set.name}, "
           f"on {device} ({runtime.precision})")
 
     generator = devices.generator(device, args.seed)
@@ -237,10 +236,10 @@ def main(argv=None) -> None:
     test_features = None
     closed_form = {}  # a frozen backbone's features never change: the closed-form probe is fitted once, first
     if not args.finetune:
-        test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime,
+        test_features = evaluate.embed(model.backbone, test_source, test_indices, image_size, runtime,
                                        desc="embedding the test set")
         closed_form = closed_form_probe(model, images, labelled, on_device.labels, test_features, test_labels,
-                                        len(data.classes), args, runtime)
+                                        len(data.classes), image_size, args.seed, runtime)
         if not closed_form:
             print("note: no closed-form probe: choosing its penalty needs 2 labelled images per class (--labels)")
     bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
@@ -251,16 +250,16 @@ def main(argv=None) -> None:
         batches = dataset.epoch_batches(labelled, batch_size, generator)
         train_loss, train_accuracy, lrs = train_epoch(model, optimizer, on_device, batches, generator,
                                                       epoch * steps_per_epoch, args.epochs * steps_per_epoch,
-                                                      args, runtime)
+                                                      image_size, runtime)
         if not math.isfinite(train_loss):
-            raise cli.RunError(f"non-finite training loss at epoch {epoch + 1}: stopped, nothing saved. "
-                               f"Lower --lr (or --backbone-lr-factor)")
+            raise runs.RunError(f"non-finite training loss at epoch {epoch + 1}: stopped, nothing saved. "
+                                f"Lower --lr (or --backbone-lr-factor)")
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy, "lr": lrs["head"]}
         if args.finetune:
             record["backbone_lr"] = lrs["backbone"]
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             if args.finetune:  # a frozen backbone's test features were embedded once, before the loop
-                test_features = evaluate.embed(model.backbone, test_source, test_indices, args.image_size, runtime,
+                test_features = evaluate.embed(model.backbone, test_source, test_indices, image_size, runtime,
                                                desc="embedding the test set")
             model.head.eval()
             with torch.no_grad():
@@ -274,9 +273,10 @@ def main(argv=None) -> None:
         if not all(torch.equal(value, after[key]) for key, value in frozen_before.items()):
             raise RuntimeError("the frozen backbone changed during training: this is a bug")
     if not finite_state(model):
-        raise cli.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
-    save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=cli.plain_args(args),
-                    labelled_indices=labelled.tolist(), code=cli.code_version())
+        raise runs.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
+    resolved = {**runs.plain_args(args), "image_size": image_size, "cache_size": cache_size}
+    save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=resolved,
+                    labelled_indices=labelled.tolist(), code=runs.code_version())
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
                 **closed_form)
     print(f"saved {out / 'classifier.pt'}")

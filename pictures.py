@@ -24,19 +24,17 @@ import argparse
 import textwrap
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
+import torch
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-import augment  # noqa: E402
-import cli  # noqa: E402
-import dataset  # noqa: E402
-import devices  # noqa: E402
-import evaluate  # noqa: E402
-import pretrained  # noqa: E402
-from model import resnet18_backbone  # noqa: E402
+import augment
+import cli
+import dataset
+import devices
+import evaluate
+import pretrained
+import runs
+from model import resnet18_backbone
 
 DEMO = {}  # no preset beyond --demo's data: the pictures follow the checkpoint of `train.py --demo`
 DPI = 120  # as plot.py
@@ -135,8 +133,8 @@ def plot_views(path: Path, originals: torch.Tensor, pairs: list[tuple[torch.Tens
                title: str) -> None:
     """Rows: each cached image (B, 3, S, S) uint8, then its views x1, x2 of every pair (normalised floats)."""
     rows = len(originals)
-    figure = plt.figure(figsize=(THUMBNAIL * (1 + 2.2 * len(pairs)), THUMBNAIL * 1.12 * rows + 0.9),
-                        layout="constrained")
+    figure = Figure(figsize=(THUMBNAIL * (1 + 2.2 * len(pairs)), THUMBNAIL * 1.12 * rows + 0.9),
+                    layout="constrained")
     figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
     groups = figure.subfigures(1, 1 + len(pairs), width_ratios=[1] + [2] * len(pairs), wspace=0.04)
     groups[0].suptitle(f"cached ({originals.shape[-1]} px)", fontsize=10)
@@ -150,15 +148,14 @@ def plot_views(path: Path, originals: torch.Tensor, pairs: list[tuple[torch.Tens
             for row in range(rows):
                 show(axes[row, column], views[row], title=f"x{column + 1}" if row == 0 else None)
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
 
 
 def plot_neighbours(path: Path, data: dataset.ImageSet, queries: torch.Tensor, panels: dict, title: str) -> None:
     """Rows: each test image (`queries`: indices into data), then, per panel {heading: (similarities (Q, k),
     indices into data (Q, k))}, its neighbours framed by class agreement and labelled with class and similarity."""
     rows, k = len(queries), next(iter(panels.values()))[1].shape[1]
-    figure = plt.figure(figsize=(THUMBNAIL * (1 + 1.08 * k * len(panels)), THUMBNAIL * 1.3 * rows + 1.0),
-                        layout="constrained")
+    figure = Figure(figsize=(THUMBNAIL * (1 + 1.08 * k * len(panels)), THUMBNAIL * 1.3 * rows + 1.0),
+                    layout="constrained")
     figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
     groups = figure.subfigures(1, 1 + len(panels), width_ratios=[1] + [k] * len(panels), wspace=0.05)
     groups[0].suptitle("test image", fontsize=10)
@@ -175,12 +172,12 @@ def plot_neighbours(path: Path, data: dataset.ImageSet, queries: torch.Tensor, p
                      label=f"{data.classes[labels[index]]} {similarities[row, column]:.3f}",
                      title=f"#{column + 1}" if row == 0 else None)
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
 
 
 def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[str], title: str) -> None:
     """One scatter per panel {heading: ((N, 2) coordinates, (2,) variance shares)}, coloured by class."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.4), layout="constrained")
+    figure = Figure(figsize=(6 * len(panels), 5.4), layout="constrained")
+    axes = figure.subplots(1, len(panels))
     figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
     for axis, (heading, (coordinates, shares)) in zip(axes, panels.items()):
         for label, name in enumerate(classes):
@@ -193,7 +190,6 @@ def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[
         axis.grid(alpha=0.3)
         axis.legend(fontsize=9, markerscale=1.5)
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
 
 
 # ---------------------------------------------------------------- the run
@@ -202,13 +198,13 @@ def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    out = cli.writable_folder(args.out, "--out")
-    cli.writable_folder(args.cache_dir, "--cache-dir")
+    out = runs.writable_folder(args.out, "--out")
+    runs.writable_folder(args.cache_dir, "--cache-dir")
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
     checkpoint = pretrained.read(args.checkpoint)
-    image_size, cache_size = cli.pretrained_resolution(args.image_size, args.cache_size, checkpoint["args"],
-                                                       fallback_image_size=checkpoint["args"]["image_size"])
+    image_size, cache_size = pretrained.resolution(args.image_size, args.cache_size, checkpoint["args"],
+                                                   fallback_image_size=checkpoint["args"]["image_size"])
 
     data, splits = dataset.open_data(dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size))
     pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)  # its neighbours: test images

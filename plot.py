@@ -17,15 +17,14 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-import cli  # noqa: E402
-import evaluate  # noqa: E402
-from model import PROJECTION_DIM  # noqa: E402
+import cli
+import evaluate
+import figures
+import runs
+from model import PROJECTION_DIM
 
 
 
@@ -48,10 +47,10 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             print(f"skipped {folder}: its args.json is unreadable (a run still starting, or killed while writing it)")
             continue
-        records = cli.read_jsonl(folder / "metrics.jsonl")
+        records = runs.read_jsonl(folder / "metrics.jsonl")
         run = {"name": folder.name, "args": run_args,
                "epochs": [r for r in records if isinstance(r.get("epoch"), int)],
-               "final": cli.final_of(records)}
+               "final": runs.final_of(records)}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
 
@@ -89,11 +88,11 @@ def finish(figure, axes, path: Path) -> None:
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_pretraining(pretraining: list[dict], path: Path) -> None:
-    figure, (loss_axis, std_axis, knn_axis) = plt.subplots(1, 3, figsize=(15, 4.4), sharex=True)
+    figure = Figure(figsize=(15, 4.4))
+    loss_axis, std_axis, knn_axis = figure.subplots(1, 3, sharex=True)
     for run in pretraining:
         loss_axis.plot(*series(run, "loss"), label=run["name"] + last(run, "loss"))
         std_axis.plot(*series(run, "z_std"), label=run["name"] + last(run, "z_std"))
@@ -111,12 +110,13 @@ def plot_pretraining(pretraining: list[dict], path: Path) -> None:
 
 
 def plot_classifiers(classifiers: list[dict], path: Path) -> None:
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
-    used = {backbone: 0 for backbone in cli.COLOURS}
+    figure = Figure(figsize=(12, 4.4))
+    loss_axis, accuracy_axis = figure.subplots(1, 2, sharex=True)
+    used = {backbone: 0 for backbone in figures.COLOURS}
     for run in sorted(classifiers, key=lambda r: r["name"]):
         backbone, mode = run["args"]["backbone"], run["args"]["mode"]
-        colours = cli.COLOURS[backbone]
-        style = {"color": colours[used[backbone] % len(colours)], "linestyle": cli.LINESTYLES.get(mode, "-")}
+        colours = figures.COLOURS[backbone]
+        style = {"color": colours[used[backbone] % len(colours)], "linestyle": figures.LINESTYLES.get(mode, "-")}
         used[backbone] += 1
         name = f"{backbone} backbone, {mode} ({run['name']})"
         loss_axis.plot(*series(run, "train_loss"), **style, label=name + last(run, "train_loss"))
@@ -157,9 +157,9 @@ def main(argv=None) -> None:
     folders = args.runs or sorted(p.parent for p in Path("runs").glob("*/metrics.jsonl"))
     pretraining, classifiers = load_runs(folders)
     if not pretraining and not classifiers:
-        raise cli.RunError(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and "
-                           f"classifier.py first")
-    cli.writable_folder(args.out, "--out")
+        raise runs.RunError(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and "
+                            f"classifier.py first")
+    runs.writable_folder(args.out, "--out")
     written = []
     if pretraining:
         plot_pretraining(pretraining, args.out / "simsiam.png")

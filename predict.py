@@ -41,9 +41,11 @@ import dataset
 import decode
 import devices
 import evaluate
+import pretrained
+import runs
 from model import Classifier, load_checkpoint
 
-DEFAULT_CHECKPOINT = Path("runs") / cli.classifier_run_name(random=False, finetune=False) / "classifier.pt"
+DEFAULT_CHECKPOINT = Path("runs") / runs.classifier_run_name(random=False, finetune=False) / "classifier.pt"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,13 +72,13 @@ def image_files(paths: list[Path]) -> list[Path]:
     any depth, sorted; a file reached twice counts once. A path that does not exist is a RunError."""
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
-        raise cli.RunError(f"no such file or folder: {', '.join(missing)}")
+        raise runs.RunError(f"no such file or folder: {', '.join(missing)}")
     files = []
     for path in paths:
         files += sorted(file for file in path.rglob("*") if dataset.is_image_file(file)) if path.is_dir() else [path]
     if not files:
-        raise cli.RunError(f"no image files in {', '.join(map(str, paths))} (image suffixes: "
-                           f"{', '.join(sorted(dataset.IMAGE_SUFFIXES))})")
+        raise runs.RunError(f"no image files in {', '.join(map(str, paths))} (image suffixes: "
+                            f"{', '.join(sorted(dataset.IMAGE_SUFFIXES))})")
     return list(dict.fromkeys(files))
 
 
@@ -127,7 +129,7 @@ def write_csv(path: Path, classes: list[str], rows: list[list]) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise cli.RunError(f"cannot write --csv {path} ({error.strerror or error})") from None
+        raise runs.RunError(f"cannot write --csv {path} ({error.strerror or error})") from None
 
 
 @cli.reports_errors
@@ -135,20 +137,20 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     files = image_files(args.paths)
     if args.csv is not None:
-        cli.writable_folder(args.csv.parent, "--csv")
+        runs.writable_folder(args.csv.parent, "--csv")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
     checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
     classes, trained = checkpoint["classes"], checkpoint["args"]
-    image_size, cache_size = cli.pretrained_resolution(None, None, trained, trained["image_size"])
+    image_size, cache_size = pretrained.resolution(None, None, trained, trained["image_size"])
     model = Classifier(len(classes))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise cli.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
-                           f"{' '.join(str(error).split())}") from None
+        raise runs.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
+                            f"{' '.join(str(error).split())}") from None
     model = model.to(device, memory_format=runtime.memory_format).eval()
     print(f"{args.checkpoint}: {len(classes)} classes ({', '.join(classes)}) at {image_size} px from a {cache_size} px "
           f"decode, on {device} ({runtime.precision}); files: {len(files):,}")
@@ -169,7 +171,7 @@ def main(argv=None) -> None:
 
     reasons = ", ".join(f"{count:,} {kind}" for kind, count in unreadable.most_common())
     if not rows:
-        raise cli.RunError(f"none of the {len(files):,} files could be classified ({reasons}): see the lines above")
+        raise runs.RunError(f"none of the {len(files):,} files could be classified ({reasons}): see the lines above")
     if args.csv is not None:
         write_csv(args.csv, classes, rows)
     print(f"{len(rows):,} classified ({', '.join(f'{name} {per_class[name]:,}' for name in classes)}), "

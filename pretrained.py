@@ -20,6 +20,19 @@ def read(path: Path, hint: str = "train one with train.py") -> dict:
         raise CheckpointError(f"cannot use --checkpoint: {error} ({hint})") from None
 
 
+def resolution(image_size: int | None, cache_size: int | None, pretrained: dict | None,
+               fallback_image_size: int) -> tuple[int, int]:
+    """(image size, cache size) in px for a backbone pretrained with the arguments `pretrained`: an explicit flag
+    wins; otherwise the checkpoint's, so that the backbone sees the scale and the cached pixels it was pretrained
+    on (its cache size None means dataset.default_cache_size). The cache follows the checkpoint's only while the
+    image size does. Without a checkpoint, `fallback_image_size`."""
+    if image_size is None:
+        image_size = pretrained["image_size"] if pretrained is not None else fallback_image_size
+    if cache_size is None and pretrained is not None and image_size == pretrained["image_size"]:
+        cache_size = pretrained["cache_size"]
+    return image_size, cache_size or dataset.default_cache_size(image_size)
+
+
 def load_backbone(checkpoint: dict, path: Path, backbone: nn.Module | None = None) -> nn.Module:
     """`backbone` (a new random-init ResNet18 backbone when None) with the checkpoint's backbone weights, loaded
     strictly."""

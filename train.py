@@ -3,18 +3,16 @@
     python train.py --demo                                   # synthetic data, small settings, CPU
     python train.py --data data/PetImages                    # Microsoft's Cats and Dogs, 150 px, batch 256
     python train.py --data data/PetImages --resume           # continue an interrupted run from OUT/last.pt
-    python train.py --data ../shared/data/cats-vs-dogs/PetImages --image-size 64 --epochs 1 --limit 1000 --device cpu
+    python train.py --data data/PetImages --image-size 64 --epochs 1 --limit 1000 --device cpu   # CPU check
 
-Everything one step does is in this file (the optimiser, the lr schedule, the two views, the SGD step on the
-symmetric loss), with model.py (the network and D) and augment.py (the augmentations) beside it; bench.py
-times these same functions. Writes OUT/siam.pt (the SimSiam weights, for classifier.py), OUT/last.pt
-(everything --resume needs), OUT/metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy) and
-OUT/args.json.
+One step is train_epoch's loop: the lr of this step (schedule.py), two augmented views and one SGD step on the
+symmetric loss (recipe.py, which bench.py times; the network and D are in model.py). Writes OUT/siam.pt (the
+SimSiam weights, for classifier.py), OUT/last.pt (everything --resume needs), OUT/metrics.jsonl (per epoch: loss,
+z-std, lr, images/s, kNN accuracy) and OUT/args.json.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import signal
 import time
@@ -24,39 +22,38 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import augment
 import cli
 import dataset
 import devices
 import distributed
 import evaluate
+import recipe
+import runs
 import schedule
-from model import PROJECTION_DIM, D, SimSiam, finite_state, load_checkpoint, save_checkpoint, z_std
+from model import PROJECTION_DIM, SimSiam, finite_state, load_checkpoint, save_checkpoint
 
-RECIPE = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # checked on --resume
-# --demo preset, for a CPU: 32 px and a high lr, so that a couple of hundred steps visibly move the loss
-DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
+CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
+DEMO = recipe.DEMO
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_arguments(parser)
-    group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A)")
-    # 150 px and batch 256 as the original repository; the optimisation follows the paper's small-data (CIFAR-10)
-    # recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to CIFAR's 50,000
-    # than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
-    group.add_argument("--epochs", type=cli.positive(int), default=200,
+    group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A; recipe.py says why)")
+    defaults = recipe.DEFAULTS
+    group.add_argument("--epochs", type=cli.positive(int), default=defaults["epochs"],
                        help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("-b", "--batch-size", type=cli.batch_size, default=256,
+    group.add_argument("-b", "--batch-size", type=cli.batch_size, default=defaults["batch_size"],
                        help=f"images per step, over all processes (default: %(default)s; --demo: {DEMO['batch_size']})")
-    group.add_argument("--image-size", type=cli.image_size, default=150,
+    group.add_argument("--image-size", type=cli.image_size, default=defaults["image_size"],
                        help=f"side of the network's input in px (default: %(default)s; --demo: {DEMO['image_size']})")
-    group.add_argument("--lr", "--base-lr", dest="lr", type=cli.positive(float), default=0.03,
+    group.add_argument("--lr", "--base-lr", dest="lr", type=cli.positive(float), default=defaults["lr"],
                        help="base lr, as classifier.py's: peak lr = lr * batch_size / 256, cosine-decayed to 0, "
                             f"predictor fixed (default: %(default)s, the paper's CIFAR recipe; --demo: {DEMO['lr']})")
-    group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=cli.in_range(float, 0), default=5e-4,
+    group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=cli.in_range(float, 0),
+                       default=defaults["weight_decay"],
                        help="SGD weight decay (default: %(default)s, CIFAR recipe)")
-    group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=0.9,
+    group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=defaults["momentum"],
                        help="SGD momentum (default: %(default)s)")
     group = parser.add_argument_group("run")
     cli.add_output_arguments(group, Path("runs/simsiam"), resumable=True)
@@ -80,63 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cli.parse(build_parser(), argv, DEMO)
 
 
-# ---------------------------------------------------------------- the SimSiam step
-
-
-def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD over two groups at peak lr `lr`: the encoder, cosine-decayed, and the predictor, fixed (`fix_pred_lr`,
-    paper §4.3); schedule.set_lr sets their lr at every step."""
-    predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
-    encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
-    groups = [{"name": "encoder", "params": encoder, "peak_lr": lr},
-              {"name": "predictor", "params": predictor, "peak_lr": lr, "fixed": True}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           fused=devices.fused_sgd(next(model.parameters()).device))
-
-
-@functools.cache
-def compiled_view():
-    return torch.compile(augment.simsiam_view)
-
-
-def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
-          compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S)."""
-    view = compiled_view() if compiled else augment.simsiam_view
-    layout = devices.memory_format(batch.device)
-    x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
-    x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
-    return x1, x2
-
-
-def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
-             runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on the symmetric loss (paper eq. 2). Returns (loss, z-std) as detached 0-dim tensors
-    on the device: nothing here waits for the GPU."""
-    with runtime.autocast():
-        p1, p2, z1, z2 = model(x1, x2)
-        loss = D(p1, z2) / 2 + D(p2, z1) / 2
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), (z_std(z1) + z_std(z2)) / 2
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
-               generator: torch.Generator, args: argparse.Namespace,
-               runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole step: augmentation on the batch's device, then the SGD step."""
-    return sgd_step(model, optimizer, *views(batch, args.image_size, generator, args.compile), runtime)
-
-
-def match_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give every momentum buffer its parameter's memory layout: a last.pt written on a CPU (contiguous) resumes
-    into channels_last parameters on CUDA, and the fused update wants a buffer laid out as its parameter."""
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if state.get("momentum_buffer") is not None:
-                state["momentum_buffer"] = torch.empty_like(parameter).copy_(state["momentum_buffer"])
+# ---------------------------------------------------------------- an epoch, and where it stands
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -148,7 +89,8 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 @dataclass
 class EpochProgress:
     """Where an epoch stands: steps done, the augmentation stream and the running sums of its metrics. A run
-    interrupted mid-epoch saves it in last.pt, so that --resume continues with exactly the same draws."""
+    interrupted mid-epoch saves it in last.pt, so that --resume continues with exactly the same draws: on a large
+    folder an epoch is long, and a preempted job should not lose it."""
     epoch: int
     step: int
     augment_generator: torch.Generator
@@ -157,10 +99,17 @@ class EpochProgress:
     first_bad_step: torch.Tensor  # -1 while every loss is finite
 
     @classmethod
-    def start(cls, epoch: int, args: argparse.Namespace, runtime: devices.Runtime) -> EpochProgress:
-        generator = devices.generator(runtime.device, epoch_seed(args.seed, epoch, runtime.context.rank))
+    def start(cls, epoch: int, seed: int, runtime: devices.Runtime) -> EpochProgress:
+        generator = devices.generator(runtime.device, epoch_seed(seed, epoch, runtime.context.rank))
         zero = torch.zeros((), device=runtime.device)
         return cls(epoch, 0, generator, zero.clone(), zero.clone(), torch.full((), -1, device=runtime.device))
+
+    def add(self, step: int, loss: torch.Tensor, std: torch.Tensor) -> None:
+        """Count step `step` done, without waiting for the device."""
+        self.loss_sum += loss
+        self.std_sum += std
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step, self.first_bad_step)
+        self.step = step + 1
 
     def state(self) -> dict:
         """Builtins and a CPU tensor; `device` is the generator's type, whose state means nothing to another's."""
@@ -169,8 +118,8 @@ class EpochProgress:
                 "device": self.augment_generator.device.type}
 
     @classmethod
-    def restore(cls, state: dict, args: argparse.Namespace, runtime: devices.Runtime) -> EpochProgress:
-        progress = cls.start(state["epoch"], args, runtime)
+    def restore(cls, state: dict, seed: int, runtime: devices.Runtime) -> EpochProgress:
+        progress = cls.start(state["epoch"], seed, runtime)
         progress.augment_generator.set_state(state["augment_generator"])
         progress.step = state["step"]
         progress.loss_sum.fill_(state["loss_sum"])
@@ -180,7 +129,7 @@ class EpochProgress:
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_epoch: int, images: torch.Tensor,
                 indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: devices.Runtime,
-                stop: cli.StopSignals) -> dict | None:
+                stop: runs.StopSignals) -> dict | None:
     """This rank's part of one pass over the pretraining images `indices`, from `progress.step` on. Returns
     the epoch's metrics (averaged over ranks) and the first step with a non-finite loss (-1 if none), or
     None when a stop signal came first (`progress` then says where it stopped)."""
@@ -193,14 +142,11 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
                                      context.world_size, skip=first_step)
     bar = tqdm(batches, initial=first_step, total=steps_per_epoch, leave=False, disable=not context.is_main,
                desc=f"epoch {progress.epoch + 1}/{args.epochs}")
-    for step, batch in enumerate(bar, start=first_step):
+    for step, batch in enumerate(bar, start=first_step):  # batch: (B, 3, S, S) uint8, on the device
         lrs = schedule.set_lr(optimizer, progress.epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
-        loss, std = train_step(model, optimizer, batch, progress.augment_generator, args, runtime)
-        progress.loss_sum += loss
-        progress.std_sum += std
-        progress.first_bad_step = torch.where((progress.first_bad_step < 0) & ~torch.isfinite(loss), step,
-                                              progress.first_bad_step)
-        progress.step = step + 1
+        x1, x2 = recipe.views(batch, args.image_size, progress.augment_generator, args.compile)
+        loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
+        progress.add(step, loss, std)
         bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)
         if step + 1 < steps_per_epoch and stop_requested(stop, step, runtime):
             return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
@@ -215,7 +161,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
 STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (each costs a host synchronisation)
 
 
-def stop_requested(stop: cli.StopSignals, step: int, runtime: devices.Runtime) -> bool:
+def stop_requested(stop: runs.StopSignals, step: int, runtime: devices.Runtime) -> bool:
     """Whether to stop after this step: at once in one process; under torchrun, every STOP_CHECK_EVERY steps,
     when any rank has a signal, so that all stop at the same step."""
     if not runtime.context.is_distributed:
@@ -237,13 +183,53 @@ def knn_monitor(model: SimSiam, images: torch.Tensor, data: dataset.ImageSet, sp
 # ---------------------------------------------------------------- the run
 
 
+def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split: dict, args: argparse.Namespace,
+           runtime: devices.Runtime) -> EpochProgress:
+    """Load last.pt into `model` and `optimizer` (this run's lr schedule kept) and the global RNG; return where its
+    epoch stands. Refused: another held-out split, or a mid-epoch stop that cannot go on with the same draws."""
+    context, device = runtime.context, runtime.device
+    state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
+    differences = dataset.split_differences(state["split"], split)
+    if differences:
+        raise runs.RunError(f"cannot resume {last}: its held-out split was made differently "
+                            f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
+                            f"Resume with the same data options, or start a new run with another --out")
+    interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
+    if interrupted and (len(interrupted) != context.world_size or state["args"]["batch_size"] != args.batch_size):
+        raise runs.RunError(f"{last} was interrupted mid-epoch with {len(interrupted)} process(es) and batch "
+                            f"{state['args']['batch_size']}: resume it with the same, so that the epoch goes on "
+                            f"with the same batches and augmentations")
+    interrupted_on = interrupted[0].get("device", "cpu") if interrupted else device.type
+    if interrupted_on != device.type:
+        raise runs.RunError(f"{last} was interrupted mid-epoch on {interrupted_on}, whose augmentation stream "
+                            f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
+                            f"saved at an epoch's end resumes on any device)")
+    model.load_state_dict(state["model"])
+    own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
+                    for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, own in zip(optimizer.param_groups, own_schedule):  # this run's lr (--lr may have changed)
+        group.update(own)
+    recipe.match_layout(optimizer)
+    torch.set_rng_state(state["rng"])
+    changed = {key: (state["args"].get(key), getattr(args, key)) for key in CHECKED_ON_RESUME
+               if state["args"].get(key) != getattr(args, key)}
+    if changed and context.is_main:
+        print(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
+    if context.is_main:
+        runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
+    return (EpochProgress.restore(interrupted[context.rank], args.seed, runtime) if interrupted
+            else EpochProgress.start(state["epoch"], args.seed, runtime))
+
+
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
+    last = runs.resume_checkpoint(args.resume, args.out)
     context, device_name = distributed.setup(args.device)
     if context.is_main:
-        cli.prepare_out(args.out, overwrite=args.overwrite, resume_from=cli.resume_checkpoint(args))
-        cli.writable_folder(args.cache_dir, "--cache-dir")
+        runs.prepare_out(args.out, overwrite=args.overwrite, resume_from=last)
+        runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(device_name, args.precision, context)
     if args.deterministic:
@@ -258,64 +244,33 @@ def main(argv=None) -> None:
     if context.local_rank == 0:
         distributed.barrier(context)
     if args.batch_size % context.world_size or args.batch_size > len(splits.pretrain):
-        raise cli.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
-                           f"not exceed the {len(splits.pretrain)} pretraining images")
+        raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
+                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
     initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(splits.pretrain) // args.batch_size
     split = dataset.split_identity(data, splits, data_options)
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
-    progress = EpochProgress.start(0, args, runtime)
-    if (last := cli.resume_checkpoint(args)) is not None:
-        state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
-        differences = dataset.split_differences(state["split"], split)
-        if differences:
-            raise cli.RunError(f"cannot resume {last}: its held-out split was made differently "
-                               f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
-                               f"Resume with the same data options, or start a new run with another --out")
-        model.load_state_dict(state["model"])
-        own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
-                        for group in optimizer.param_groups]
-        optimizer.load_state_dict(state["optimizer"])
-        for group, own in zip(optimizer.param_groups, own_schedule):  # this run's lr (--lr may have changed)
-            group.update(own)
-        torch.set_rng_state(state["rng"])
-        match_layout(optimizer)
-        interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
-        if interrupted and (len(interrupted) != context.world_size or state["args"]["batch_size"] != args.batch_size):
-            raise cli.RunError(f"{last} was interrupted mid-epoch with {len(interrupted)} process(es) and batch "
-                               f"{state['args']['batch_size']}: resume it with the same, so that the epoch goes on "
-                               f"with the same batches and augmentations")
-        interrupted_on = interrupted[0].get("device", "cpu") if interrupted else device.type
-        if interrupted_on != device.type:
-            raise cli.RunError(f"{last} was interrupted mid-epoch on {interrupted_on}, whose augmentation stream "
-                               f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
-                               f"saved at an epoch's end resumes on any device)")
-        progress = (EpochProgress.restore(interrupted[context.rank], args, runtime) if interrupted
-                    else EpochProgress.start(state["epoch"], args, runtime))
-        changed = {key: (state["args"].get(key), getattr(args, key)) for key in RECIPE
-                   if state["args"].get(key) != getattr(args, key)}
-        if changed:
-            print_on_main(f"warning: resuming with settings that differ from the interrupted run's (was, now): "
-                          f"{changed}")
-        if context.is_main:
-            cli.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
+    optimizer = recipe.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
+    if last is None:
+        progress = EpochProgress.start(0, args.seed, runtime)
+    else:
+        progress = resume(last, model, optimizer, split, args, runtime)
         print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     wrapped_model = distributed.wrap(model, context, device)  # DDP and/or compiled; shares its weights with `model`
     wrapped_model = torch.compile(wrapped_model) if args.compile else wrapped_model
-    metrics = cli.Metrics(args.out / "metrics.jsonl")
+    metrics = runs.Metrics(args.out / "metrics.jsonl")
     print_on_main(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
-        f"({runtime.precision}) x {context.world_size} process(es), cache in "
-        f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
-        f"{steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
+                  f"({runtime.precision}) x {context.world_size} process(es), cache in "
+                  f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
+                  f"{steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
 
     def save(completed_epochs: int, **extra) -> None:
         """last.pt (and siam.pt at an epoch's end) of rank 0, never with a non-finite tensor."""
         if not finite_state(model):
-            raise cli.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
-                               f"checkpoint is kept in {args.out}. Lower --lr or check --momentum, then --resume")
-        saved = {"epoch": completed_epochs, "args": cli.plain_args(args), "split": split, "code": cli.code_version()}
+            raise runs.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
+                                f"checkpoint is kept in {args.out}. Lower --lr or check --momentum, then --resume")
+        saved = {"epoch": completed_epochs, "args": runs.plain_args(args), "split": split, "code": runs.code_version()}
         save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
                         rng=torch.get_rng_state(), **saved, **extra)
         if not extra:
@@ -324,33 +279,32 @@ def main(argv=None) -> None:
     healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
     loop_started, first_epoch = time.perf_counter(), progress.epoch
-    with cli.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
+    with runs.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
-            cli.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
-                          initial_lr=initial_lr, steps_per_epoch=steps_per_epoch,
-                          cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
-                          test_set=f"{len(splits.test):,} held-out test images",
-                          test_fingerprint=split["test_fingerprint"])
+            runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+                           initial_lr=initial_lr, steps_per_epoch=steps_per_epoch,
+                           cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
+                           test_set=f"{len(splits.test):,} held-out test images",
+                           test_fingerprint=split["test_fingerprint"])
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
-                progress = EpochProgress.start(epoch, args, runtime)
+                progress = EpochProgress.start(epoch, args.seed, runtime)
             model.train()
             record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, splits.pretrain, progress, args,
                                  runtime, stop)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-                raise cli.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
-                                   f"checkpoint is kept in {args.out}. Lower --lr or check the data, "
-                                   f"then --resume")
+                raise runs.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
+                                    f"checkpoint is kept in {args.out}. Lower --lr or check the data, then --resume")
             if record is None:  # a stop signal: save where this epoch stands, on every rank
                 rank_progress = distributed.gather(progress.state(), context)
                 if context.is_main:
                     save(epoch, progress=rank_progress)
                 distributed.cleanup(context)
                 name = signal.Signals(stop.signal_number or signal.SIGTERM).name
-                raise cli.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "
-                                      f"{args.out / 'last.pt'}; resume with --resume", stop.signal_number or 15)
+                raise runs.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "
+                                       f"{args.out / 'last.pt'}; resume with --resume", stop.signal_number or 15)
             if not context.is_main:
                 continue  # the kNN monitor, logs and checkpoints are rank 0's
             knn = knn_monitor(model, images, data, splits, args, runtime)
@@ -360,7 +314,7 @@ def main(argv=None) -> None:
                        f"kNN accuracy {knn:.4f}")
             per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # the kNN monitor included
             epochs_left = args.epochs - epoch - 1
-            left = f", about {cli.duration(per_epoch * epochs_left)} left" if epochs_left else ""
+            left = f", about {runs.duration(per_epoch * epochs_left)} left" if epochs_left else ""
             print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s{left}")
             if collapsing:
                 print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
@@ -372,7 +326,7 @@ def main(argv=None) -> None:
         if context.is_main:
             metrics.log(event="ranks", world_size=context.world_size, parameters_in_sync=in_sync)
         if not in_sync:
-            raise cli.RunError(f"the {context.world_size} processes ended with different weights: this is a bug")
+            raise runs.RunError(f"the {context.world_size} processes ended with different weights: this is a bug")
     print_on_main(f"saved {args.out / 'siam.pt'}: {summary}")
     distributed.cleanup(context)
 

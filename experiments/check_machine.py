@@ -1,8 +1,8 @@
 """A two-minute end-to-end check of a machine: does every script of the repository run here, and how fast?
 
-    python experiments/check_machine.py                       # the GPU (auto device), about two minutes
-    python experiments/check_machine.py --device cuda:1       # another GPU
-    python experiments/check_machine.py --device cpu --tiny   # CPU smoke run, as in CI
+    python -m experiments.check_machine                       # the GPU (auto device), about two minutes
+    python -m experiments.check_machine --device cuda:1       # another GPU
+    python -m experiments.check_machine --device cpu --tiny   # CPU smoke run, as in CI
 
 On the generated demo set (800 images, no download), one subprocess per step, as a user would run them:
     bench        bench.py, a few steps of the ceiling and the pipeline (no DataLoader baseline);
@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
-import cli  # noqa: E402
-import dataset  # noqa: E402
-from model import load_checkpoint  # noqa: E402
+import dataset
+import runs
+from model import load_checkpoint
 
 # (image size px, batch, data flags) of the steps; --tiny: small enough for a 2-core CPU in CI (240 of the demo's
 # images: 180 to pretrain on, 40 of them labelled, 60 held out)
@@ -94,14 +93,14 @@ class Check:
 
 def epoch_figures(run: Path) -> tuple[float, float]:
     """(images/s, peak GB) of a train.py run's last epoch."""
-    epochs = [record for record in cli.read_jsonl(run / "metrics.jsonl") if "epoch" in record]
+    epochs = [record for record in runs.read_jsonl(run / "metrics.jsonl") if "epoch" in record]
     assert epochs, f"{run / 'metrics.jsonl'} holds no epoch"
     return epochs[-1]["images_per_s"], epochs[-1]["peak_memory_gb"]
 
 
 def classifier_finished(run: Path) -> tuple[None, None]:
     """Checks that a classifier.py run left its final record with an accuracy; no figures."""
-    final = cli.final_record(run / "metrics.jsonl")
+    final = runs.final_record(run / "metrics.jsonl")
     assert final is not None, f"{run / 'metrics.jsonl'} holds no final record"
     accuracy = final["test_accuracy"]
     assert 0 <= accuracy <= 1, f"test accuracy {accuracy} out of range"

@@ -22,15 +22,20 @@ from pathlib import Path
 
 import torch
 
+import cache
 import cli
 import dataset
+import pretrained
+import recipe
+import runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 # --tiny: the demo set at 32 px on the CPU for an epoch or two, enough to run every step of an experiment in CI.
 # The classifier runs take their resolution from the pretraining (resolution_flags), hence no --image-size here.
-TINY = {"train": ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "--device", "cpu"],
-        "classifier": ["--epochs", "2", "--batch-size", "50", "--device", "cpu"],
+TINY_TRAIN = {"epochs": 2, "batch_size": 32, "image_size": 32, "device": "cpu"}
+TINY_IMAGES = 400  # of the 800 demo images: 300 to pretrain and label, 100 to test
+TINY = {"classifier": ["--epochs", "2", "--batch-size", "50", "--device", "cpu"],
         "all_labels": ["--epochs", "1", "--device", "cpu"]}
 # A classifier on every non-test image with its label. Batch 256 instead of 50: ~88 steps per epoch instead of
 # ~450 on 22,500 images. Base lr 0.01, a peak of 0.01 at batch 256 (classifier.py's default base lr 0.05 would
@@ -44,20 +49,33 @@ SUPERVISED = ["--random", "--finetune", *ALL_LABELS]
 # ---------------------------------------------------------------- what every run gets
 
 
-def data_flags(data: Path, tiny: bool, runs_dir: Path) -> list[str]:
-    """The data flags of every run of an experiment, identical in each so that all hold out the same test
-    split: the demo set with a cache of its own under --tiny, else `data` (relative to the repository root,
-    where the runs start)."""
-    if tiny:  # 400 of the 800 demo images: 300 to pretrain and label, 100 to test
-        return ["--demo", "--limit", "400", "--cache-dir", str(runs_dir / "cache")]
-    return ["--data", str(REPOSITORY / data)]
+def data_options(data: Path, tiny: bool, runs_dir: Path, image_size: int, **splits) -> dataset.DataOptions:
+    """The data of every run of an experiment, identical in each so that all hold out the same test split: under
+    --tiny, TINY_IMAGES of the demo set (its --demo split unless `splits` say otherwise) with a cache of its own;
+    else `data`, relative to the repository root, where the runs start."""
+    if tiny:
+        return dataset.DataOptions(REPOSITORY / data, runs_dir / "cache", image_size, demo=True,
+                                   **{"limit": TINY_IMAGES, **cli.DEMO_SPLITS, **splits})
+    return dataset.DataOptions(REPOSITORY / data, cache.default_cache_dir(), image_size, **splits)
+
+
+def data_flags(options: dataset.DataOptions) -> list[str]:
+    """The flags that give a script the images and the split of `options` (their labels are each run's own)."""
+    source = ["--demo", "--cache-dir", str(options.cache_dir)] if options.demo else ["--data", str(options.data)]
+    return [*source, *(["--limit", str(options.limit)] if options.limit else []),
+            "--split-seed", str(options.split_seed), "--test-fraction", str(options.test_fraction)]
+
+
+def resolution(checkpoint: dict) -> tuple[int, int]:
+    """(image size, cache size) in px of a SimSiam checkpoint's pretraining, for every classifier run: the SimSiam
+    backbone is probed at the scale it learned (as classifier.py does by itself), and the random backbone sees
+    the same pixels, so the runs differ only in the weights."""
+    return pretrained.resolution(None, None, checkpoint["args"], checkpoint["args"]["image_size"])
 
 
 def resolution_flags(checkpoint: dict) -> list[str]:
-    """--image-size and --cache-size of a SimSiam checkpoint's pretraining, for every classifier run: the SimSiam
-    backbone is probed at the scale it learned (as classifier.py does by itself), and the random backbone sees
-    the same pixels, so the runs differ only in the weights."""
-    image_size, cache_size = cli.pretrained_resolution(None, None, checkpoint["args"], checkpoint["args"]["image_size"])
+    """resolution() as classifier.py's flags."""
+    image_size, cache_size = resolution(checkpoint)
     return ["--image-size", str(image_size), "--cache-size", str(cache_size)]
 
 
@@ -67,14 +85,14 @@ def resolution_flags(checkpoint: dict) -> list[str]:
 def run(command: list[str], log: Path, threads: int | None = None) -> float:
     """Run a repository script (`command` = script and arguments) from the repository root, its output into
     `log`, with `threads` CPU threads for torch (its default, all cores, when None); seconds taken. Raises
-    cli.RunError with the end of the log when it fails."""
+    runs.RunError with the end of the log when it fails."""
     started = time.perf_counter()
     environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log, "w") as file:
         finished = subprocess.run([sys.executable, *command], cwd=REPOSITORY, stdout=file, stderr=subprocess.STDOUT,
                                   env=environment)
     if finished.returncode:
-        raise cli.RunError(f"failed ({finished.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
+        raise runs.RunError(f"failed ({finished.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -127,12 +145,21 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-size", type=cli.positive(int), default=None, help="train.py --cache-size (px)")
 
 
+def pretraining_options(args: argparse.Namespace) -> dict:
+    """The pretraining options that differ from train.py's defaults: TINY_TRAIN's under --tiny, then those given."""
+    given = {key: getattr(args, key) for key in ("epochs", "image_size", "batch_size", "cache_size")}
+    return {**(TINY_TRAIN if args.tiny else {}), **{key: value for key, value in given.items() if value is not None}}
+
+
 def pretraining_flags(args: argparse.Namespace) -> list[str]:
-    """train.py's flags for the pretraining options that were given; TINY's settings under --tiny."""
-    given = {"--epochs": args.epochs, "--image-size": args.image_size, "--batch-size": args.batch_size,
-             "--cache-size": args.cache_size}
-    flags = [text for flag, value in given.items() if value is not None for text in (flag, str(value))]
-    return [*(TINY["train"] if args.tiny else []), *flags]  # later flags win in argparse
+    """train.py's flags for pretraining_options."""
+    return [text for key, value in pretraining_options(args).items()
+            for text in ("--" + key.replace("_", "-"), str(value))]
+
+
+def pretraining_settings(args: argparse.Namespace) -> dict:
+    """What train.py will run with: its defaults (recipe.DEFAULTS, device auto), then pretraining_options."""
+    return {**recipe.DEFAULTS, "device": "auto", **pretraining_options(args)}
 
 
 def pretrain(data: list[str], out: Path, flags: list[str], log: Path) -> tuple[list[str], float]:
@@ -148,25 +175,22 @@ DEMO_IMAGES = 2 * dataset.DEMO_PER_CLASS
 DEMO_PRETRAINING_IMAGES = round(DEMO_IMAGES * (1 - cli.DEMO_SPLITS["test_fraction"]))  # the most a demo batch holds
 
 
-def measured_throughput(train_args: argparse.Namespace, runs_dir: Path) -> float:
+def measured_throughput(settings: dict, runs_dir: Path) -> float:
     """images/s of train.py's own pipeline at the pretraining's image size, batch and device on this machine, from
     a short bench.py run on the demo set (generated images: the real data is not decoded for it; the batch at most
     the demo's pretraining images)."""
     out = runs_dir / "throughput.json"
     run(["bench.py", "--demo", "--no-baseline", "--cache-dir", str(runs_dir / "cache"), "--steps", "10",
-         "--warmup", "3", "--image-size", str(train_args.image_size),
-         "--batch-size", str(min(train_args.batch_size, DEMO_PRETRAINING_IMAGES)), "--device", train_args.device,
-         "--precision", train_args.precision, "--json", str(out)], runs_dir / "throughput.log")
+         "--warmup", "3", "--image-size", str(settings["image_size"]),
+         "--batch-size", str(min(settings["batch_size"], DEMO_PRETRAINING_IMAGES)), "--device", settings["device"],
+         "--json", str(out)], runs_dir / "throughput.log")
     return json.loads(out.read_text())["pipeline_images_per_s"]
 
 
-def pretraining_images(train_args: argparse.Namespace) -> int:
-    """How many images one pretraining epoch of these train.py arguments sees, from the file list alone."""
-    if train_args.demo:
-        total = min(train_args.limit or DEMO_IMAGES, DEMO_IMAGES)
-    else:
-        total = min(len(dataset.find_images(train_args.data)[0]), train_args.limit or math.inf)
-    return round(total * (1 - train_args.test_fraction))
+def pretraining_images(options: dataset.DataOptions) -> int:
+    """How many images one pretraining epoch on the data `options` sees, from the file list alone."""
+    total = DEMO_IMAGES if options.demo else len(dataset.find_images(options.data)[0])
+    return round(min(total, options.limit or math.inf) * (1 - options.test_fraction))
 
 
 # Rough costs of one image relative to one SimSiam image (two views, forward and backward, predictor included),
@@ -181,10 +205,10 @@ def estimate(images_per_s: float, pretraining_images: int, classifier_images: di
     throughput of the SimSiam step; decoding, evaluation and process start-up are not included."""
     parts = []
     if pretraining_images:
-        parts.append(f"pretraining {cli.duration(pretraining_images / images_per_s)}")
+        parts.append(f"pretraining {runs.duration(pretraining_images / images_per_s)}")
     if classifier_images:
         classifier_s = sum(RELATIVE_COST[mode] * n for mode, n in classifier_images.items()) / images_per_s
-        parts.append(f"classifier runs about {cli.duration(classifier_s)} one after another")
+        parts.append(f"classifier runs about {runs.duration(classifier_s)} one after another")
     return (f"estimated from {images_per_s:,.0f} SimSiam images/s measured now: {', '.join(parts)} (decoding, "
             f"evaluation and start-up not included)")
 
@@ -200,13 +224,13 @@ def shown(command: list[str], runs_dir: Path, runs: Path) -> str:
 def final_record(run_dir: Path) -> dict:
     """The final record of a classifier run: test_accuracy, num_test and, for frozen runs,
     closed_form_accuracy and its penalty, folds and cross-validation scores."""
-    return cli.final_record(run_dir / "metrics.jsonl")
+    return runs.final_record(run_dir / "metrics.jsonl")
 
 
 def pretraining_summary(folder: Path) -> dict:
     """Epochs, final and lowest z-std (the collapse metric), final kNN accuracy and median images/s of a
     train.py run folder."""
-    epochs = [record for record in cli.read_jsonl(folder / "metrics.jsonl") if "epoch" in record]
+    epochs = [record for record in runs.read_jsonl(folder / "metrics.jsonl") if "epoch" in record]
     return {"pretrain_epochs": len(epochs), "final_z_std": epochs[-1]["z_std"],
             "min_z_std": min(record["z_std"] for record in epochs),
             "final_knn_accuracy": epochs[-1]["knn_accuracy"],

@@ -1,9 +1,9 @@
 """The headline experiment: what 250 labels buy with SimSiam pretraining, on held-out images.
 
-    python experiments/headline.py --data /tmp/PetImages            # train.py's defaults
-    python experiments/headline.py --data /tmp/PetImages --epochs 100 --image-size 96 --cache-size 110 -b 512
-    python experiments/headline.py --data /tmp/PetImages --checkpoint runs/simsiam/siam.pt   # no pretraining
-    python experiments/headline.py --tiny                            # CPU smoke run on the --demo set (CI)
+    python -m experiments.headline --data /tmp/PetImages            # train.py's defaults
+    python -m experiments.headline --data /tmp/PetImages --epochs 100 --image-size 96 --cache-size 110 -b 512
+    python -m experiments.headline --data /tmp/PetImages --checkpoint runs/simsiam/siam.pt   # no pretraining
+    python -m experiments.headline --tiny                            # CPU smoke run on the --demo set (CI)
 
 Before starting it prints the estimated wall time from the throughput it measures (bench.py on the demo set).
 Run again after a failure or a kill, it reuses every run that finished and resumes an unfinished pretraining.
@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))  # the repository's shared modules, and experiments/ as a package
-import cli  # noqa: E402
-from experiments import common  # noqa: E402
-from experiments.common import SUPERVISED  # noqa: E402
-import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
-import pretrained  # noqa: E402
+import cli
+from experiments import common
+from experiments.common import SUPERVISED
+import runs
+import pretrained
 
 ROWS = [  # (name, random backbone, fine-tuned, the key of the runs' final record it reports)
     ("random init, linear probe", True, False, "test_accuracy"),
@@ -66,18 +64,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     runs_dir = (REPOSITORY / args.runs).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    data = common.data_flags(args.data, args.tiny, runs_dir)
-
-    pretraining = common.pretraining_flags(args)
-    train_args = train.parse_args([*data, *pretraining])
+    settings = common.pretraining_settings(args)
+    options = common.data_options(args.data, args.tiny, runs_dir, settings["image_size"])
+    data, pretraining = common.data_flags(options), common.pretraining_flags(args)
     classifier_extra = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs),
                                                                     "--eval-every", "10"]
     supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs),
                                                                     "--eval-every", "5"]
-    non_test = common.pretraining_images(train_args)
-    labelled_epochs = int(classifier_extra[1]) * train_args.labels * len(args.label_seeds)
-    print(common.estimate(common.measured_throughput(train_args, runs_dir),
-                          0 if args.checkpoint else train_args.epochs * non_test,
+    non_test = common.pretraining_images(options)
+    labelled_epochs = int(classifier_extra[1]) * options.labels * len(args.label_seeds)
+    print(common.estimate(common.measured_throughput(settings, runs_dir),
+                          0 if args.checkpoint else settings["epochs"] * non_test,
                           {"frozen": 2 * labelled_epochs,
                            "finetune": 2 * labelled_epochs + int(supervised_extra[1]) * non_test}), flush=True)
 
@@ -92,7 +89,7 @@ def main(argv=None) -> None:
     jobs = []  # ((random, finetune), seed, out, command)
     for random, finetune in RUNS:
         for seed in args.label_seeds:
-            out = runs_dir / f"{cli.classifier_run_name(random, finetune)}-labels{seed}"
+            out = runs_dir / f"{runs.classifier_run_name(random, finetune)}-labels{seed}"
             backbone = ["--random"] if random else ["--checkpoint", str(checkpoint_path)]
             mode = ["--finetune"] if finetune else []
             jobs.append(((random, finetune), seed, out, ["classifier.py", *data, *resolution, *backbone, *mode,

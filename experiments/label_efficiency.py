@@ -1,9 +1,9 @@
 """Label efficiency: held-out test accuracy against the number of labelled images, over a random and a SimSiam
 backbone, frozen (linear probe, and the closed-form probe beside it) and fine-tuned.
 
-    python experiments/label_efficiency.py --data /tmp/PetImages          # one GPU: pretrains, then 124 runs
-    python experiments/label_efficiency.py --data /tmp/PetImages --checkpoint runs/headline/simsiam/siam.pt
-    python experiments/label_efficiency.py --tiny                          # CPU smoke run on the --demo set (CI)
+    python -m experiments.label_efficiency --data /tmp/PetImages          # one GPU: pretrains, then 124 runs
+    python -m experiments.label_efficiency --data /tmp/PetImages --checkpoint runs/headline/simsiam/siam.pt
+    python -m experiments.label_efficiency --tiny                          # CPU smoke run on the --demo set (CI)
 
 Runs the repository's own scripts, as headline.py does:
     1. train.py with its defaults, once; or --checkpoint, an existing siam.pt, checked first to hold out the
@@ -21,25 +21,22 @@ classifier.py's --seed 0, as in headline.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))  # the repository's shared modules, and experiments/ as a package
-import matplotlib  # noqa: E402
+from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
+from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter  # noqa: E402
-
-import cli  # noqa: E402
-import dataset  # noqa: E402
-from experiments import common  # noqa: E402
-import pretrained  # noqa: E402
-import train  # noqa: E402  (its parser: the pretraining's resolved settings, for the estimate)
+import cli
+import dataset
+from experiments import common
+import figures
+import pretrained
+import runs
 
 BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
 MODES = {"frozen": "linear probe", "finetune": "fine-tuned"}
@@ -109,15 +106,14 @@ def label_seeds(num_labels: int, rule: list[tuple[int | None, int]]) -> int:
     return next(seeds for up_to, seeds in rule if up_to is None or num_labels <= up_to)
 
 
-def held_out_split(flags: list[str], checkpoint: dict, path: Path) -> tuple[dataset.ImageSet, dataset.Splits]:
-    """The images and splits that the classifier runs will see, read from the same data and resolution flags
+def held_out_split(options: dataset.DataOptions, checkpoint: dict,
+                   path: Path) -> tuple[dataset.ImageSet, dataset.Splits]:
+    """The images and splits that the classifier runs will see: the data `options` at the checkpoint's resolution
     (the cache the pretraining built); refuses a checkpoint pretrained with another test split before any run
     starts, as classifier.py would in each."""
-    parser = argparse.ArgumentParser()
-    cli.add_data_arguments(parser)
-    parser.add_argument("--image-size", type=int)
-    # the split only: each size draws its own labels
-    options = dataset.DataOptions.from_args(parser.parse_args([*flags, "--labels", "1"]))
+    image_size, cache_size = common.resolution(checkpoint)
+    # the split only (labels=1): each size draws its own labels
+    options = dataclasses.replace(options, image_size=image_size, cache_size=cache_size, labels=1)
     data, splits = dataset.open_data(options, verbose=False)
     pretrained.check_test_split(checkpoint, path, data, splits.test, dataset.split_identity(data, splits, options))
     return data, splits
@@ -154,12 +150,12 @@ def classifier_runs(sizes: list[int], args: argparse.Namespace, common_flags: li
     sized = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs), "--eval-every", "10"]
     everything = [*common.ALL_LABELS, *(common.TINY["all_labels"] if args.tiny else
                                         ["--epochs", str(args.all_labels_epochs), "--eval-every", "5"])]
-    runs = []
+    planned = []
     for labels in [None, *sorted(sizes, reverse=True)]:
         for seed in [None] if labels is None else range(label_seeds(labels, args.seed_rule)):
             for mode in ("finetune", "frozen"):
                 for backbone in BACKBONES:
-                    name = cli.classifier_run_name(backbone == "random", mode == "finetune", labels is None)
+                    name = runs.classifier_run_name(backbone == "random", mode == "finetune", labels is None)
                     out = runs_dir / (name if labels is None else f"{name}-{labels}-labels-seed{seed}")
                     training = everything if labels is None else ["--labels", str(labels), "--label-seed",
                                                                   str(seed), *sized]
@@ -167,8 +163,8 @@ def classifier_runs(sizes: list[int], args: argparse.Namespace, common_flags: li
                                *(["--random"] if backbone == "random" else ["--checkpoint", str(checkpoint)]),
                                *(["--finetune"] if mode == "finetune" else []), *training,
                                "--out", str(out), "--overwrite"]
-                    runs.append(Run(backbone, mode, labels, seed, out, command))
-    return runs
+                    planned.append(Run(backbone, mode, labels, seed, out, command))
+    return planned
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -189,15 +185,16 @@ def summarise(records: list[dict]) -> list[dict]:
 def plot(summary: list[dict], chance: float, num_test: int, data_name: str, rule: str, path: Path) -> None:
     """Test accuracy against labelled images (log x): per backbone x mode the mean over label seeds with a
     min-max band, the closed-form probe of the frozen runs dotted, the supervised bound and chance level."""
-    figure, axis = plt.subplots(figsize=(11, 7.5))
+    figure = Figure(figsize=(11, 7.5))
+    axis = figure.subplots()
     for backbone, backbone_name in BACKBONES.items():
-        colour = cli.COLOURS[backbone][0]
+        colour = figures.COLOURS[backbone][0]
         for mode, mode_name in MODES.items():
             rows = [row for row in summary if (row["backbone"], row["mode"]) == (backbone, mode)]
             x, accuracy = [row["labels"] for row in rows], [row["test_accuracy"] for row in rows]
             axis.fill_between(x, [a["min"] for a in accuracy], [a["max"] for a in accuracy], color=colour,
                               alpha=0.12, linewidth=0)
-            axis.plot(x, [a["mean"] for a in accuracy], color=colour, linestyle=cli.LINESTYLES[mode], marker="o",
+            axis.plot(x, [a["mean"] for a in accuracy], color=colour, linestyle=figures.LINESTYLES[mode], marker="o",
                       linewidth=2, label=f"{backbone_name}, {mode_name}")
         closed_form = [(row["labels"], row["closed_form_accuracy"]["mean"]) for row in summary
                        if row["backbone"] == backbone and row["closed_form_accuracy"] is not None]
@@ -224,7 +221,6 @@ def plot(summary: list[dict], chance: float, num_test: int, data_name: str, rule
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9)  # a column per backbone
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def describe_rule(rule: list[tuple[int | None, int]]) -> str:
@@ -256,15 +252,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     runs_dir = (REPOSITORY / args.runs).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    data = [*common.data_flags(args.data, args.tiny, runs_dir), "--split-seed", str(args.split_seed),
-            "--test-fraction", str(args.test_fraction), *(["--limit", str(args.limit)] if args.limit else [])]
-
-    pretraining = common.pretraining_flags(args)
-    train_args = train.parse_args([*data, *pretraining])
-    images_per_s = common.measured_throughput(train_args, runs_dir)
+    settings = common.pretraining_settings(args)
+    options = common.data_options(args.data, args.tiny, runs_dir, settings["image_size"], split_seed=args.split_seed,
+                                  test_fraction=args.test_fraction, **({"limit": args.limit} if args.limit else {}))
+    data, pretraining = common.data_flags(options), common.pretraining_flags(args)
+    images_per_s = common.measured_throughput(settings, runs_dir)
     if args.checkpoint is None:
-        print(common.estimate(images_per_s, train_args.epochs * common.pretraining_images(train_args), {}),
-              flush=True)
+        print(common.estimate(images_per_s, settings["epochs"] * common.pretraining_images(options), {}), flush=True)
         simsiam = runs_dir / "simsiam"
         train_command, pretrain_s = common.pretrain(data, simsiam, pretraining, runs_dir / "train.log")
         checkpoint_path = simsiam / "siam.pt"
@@ -272,22 +266,22 @@ def main(argv=None) -> None:
         checkpoint_path = (REPOSITORY / args.checkpoint).resolve()
     checkpoint = pretrained.read(checkpoint_path)
     common_flags = [*data, *common.resolution_flags(checkpoint)]  # every run: same split, same pixels
-    images, splits = held_out_split(common_flags, checkpoint, checkpoint_path)
+    images, splits = held_out_split(options, checkpoint, checkpoint_path)
     sizes, skipped = fitting_sizes(args.sizes, images, args.test_fraction, args.split_seed)
     test_counts = images.labels[splits.test].bincount(minlength=len(images.classes))
     chance = (test_counts.max() / len(splits.test)).item()  # always guessing the largest class
     print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} non-test images to label "
           f"({', '.join(images.classes)}); sizes {sizes} and all" + "".join(f"\nnote: {note}" for note in skipped))
 
-    runs = classifier_runs(sizes, args, common_flags, checkpoint_path, runs_dir)
+    planned = classifier_runs(sizes, args, common_flags, checkpoint_path, runs_dir)
     classifier_images = {"frozen": 0, "finetune": 0}
-    for run in runs:
+    for run in planned:
         classifier_images[run.mode] += int(run.command[run.command.index("--epochs") + 1]) * (
             run.labels or len(splits.pretrain))
     print(common.estimate(images_per_s, 0, classifier_images), flush=True)
-    seconds = common.run_all([(run.command, run.out.with_suffix(".log")) for run in runs], args.parallel)
+    seconds = common.run_all([(run.command, run.out.with_suffix(".log")) for run in planned], args.parallel)
     records = []
-    for run, run_s in zip(runs, seconds):
+    for run, run_s in zip(planned, seconds):
         final = common.final_record(run.out)
         records.append({"backbone": run.backbone, "mode": run.mode, "labels": run.labels or len(splits.pretrain),
                         "all_labels": run.labels is None, "seed": run.seed, "test_accuracy": final["test_accuracy"],
@@ -314,7 +308,7 @@ def main(argv=None) -> None:
     (results / "label-efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(summary, chance, len(splits.test), "the demo set" if args.tiny else args.data.name,
          describe_rule(args.seed_rule), results / "label-efficiency.png")
-    common.copy_small_files([*([simsiam] if args.checkpoint is None else []), *(run.out for run in runs)],
+    common.copy_small_files([*([simsiam] if args.checkpoint is None else []), *(run.out for run in planned)],
                             results / "label-efficiency")
     print(table(summary))
     print(f"wrote {results / 'label-efficiency.json'}, {results / 'label-efficiency.png'}")

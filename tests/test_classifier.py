@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import classifier
+import runs
 import schedule
-import cli
 import dataset
 import devices
 import evaluate
@@ -27,7 +27,7 @@ def run_classifier(data, out, *extra) -> list[dict]:
     """classifier.main on `data` with FAST settings and a cache beside it; the records of its metrics.jsonl."""
     classifier.main(["--data", str(data), "--cache-dir", str(data.parent / "cache"), "--out", str(out), *FAST,
                      *extra])
-    return cli.read_jsonl(out / "metrics.jsonl")
+    return runs.read_jsonl(out / "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +96,15 @@ def test_explicit_image_size_wins_with_a_note(pretrained, tmp_path, capsys):
                                                (["--random", "--image-size", "64"], 64)])
 def test_resolution_without_a_checkpoint(flags, image_size):
     """With --random there is no checkpoint to follow: 150 px, 32 px under --demo, or the flag; the cache 8/7."""
-    args = classifier.resolve_resolution(classifier.parse_args(flags), None)
-    assert (args.image_size, args.cache_size) == (image_size, dataset.default_cache_size(image_size))
+    resolved = classifier.resolution(classifier.parse_args(flags), None)
+    assert resolved == (image_size, dataset.default_cache_size(image_size))
 
 
 def test_frozen_run_reports_the_closed_form_probe(class_tree, tmp_path, capsys):
     """A frozen run's final record holds the closed-form probe, cross-validated on the 4 labelled images per class
     (4 folds), and it is printed on the line before `test accuracy: 0.xxxx`."""
     run_classifier(class_tree, tmp_path / "frozen", "--random", "--image-size", "32")
-    final = cli.final_record(tmp_path / "frozen" / "metrics.jsonl")
+    final = runs.final_record(tmp_path / "frozen" / "metrics.jsonl")
     assert 0 <= final["closed_form_accuracy"] <= 1 and 0 <= final["closed_form_cv_accuracy"] <= 1
     assert final["closed_form_penalty"] > 0 and final["closed_form_folds"] == 4
     *_, closed_form_line, last_line = capsys.readouterr().out.strip().splitlines()
@@ -116,7 +116,7 @@ def test_frozen_run_reports_the_closed_form_probe(class_tree, tmp_path, capsys):
 def test_finetuned_run_has_no_closed_form_probe(class_tree, tmp_path, capsys):
     """With --finetune the closed-form probe would measure the backbone before fine-tuning: it is not fitted."""
     run_classifier(class_tree, tmp_path / "finetune", "--random", "--image-size", "32", "--finetune")
-    final = cli.final_record(tmp_path / "finetune" / "metrics.jsonl")
+    final = runs.final_record(tmp_path / "finetune" / "metrics.jsonl")
     assert not any(key.startswith("closed_form") for key in final)
     assert "closed-form" not in capsys.readouterr().out
 
@@ -125,12 +125,13 @@ def test_closed_form_probe_fits_the_labelled_images(class_tree, tmp_path):
     """The closed-form probe is evaluate.logistic_probe on the evaluation view of the images in labelled.json,
     tested on the held-out split: refitting it on the saved backbone gives the recorded accuracy."""
     run_classifier(class_tree, tmp_path / "frozen", "--random", "--image-size", "32")
-    final = cli.final_record(tmp_path / "frozen" / "metrics.jsonl")
+    final = runs.final_record(tmp_path / "frozen" / "metrics.jsonl")
     labelled = torch.tensor(json.loads((tmp_path / "frozen" / "labelled.json").read_text())["indices"])
     args = classifier.parse_args(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--random",
                                   "--image-size", "32", *FAST])
-    args = classifier.resolve_resolution(args, None)
-    data, splits = dataset.open_data(dataset.DataOptions.from_args(args), verbose=False)
+    image_size, cache_size = classifier.resolution(args, None)
+    data, splits = dataset.open_data(dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size),
+                                     verbose=False)
     model = Classifier(len(data.classes))
     model.load_state_dict(load_checkpoint(tmp_path / "frozen" / "classifier.pt", "classifier")["model"])
     runtime = devices.make_runtime("cpu", "fp32")

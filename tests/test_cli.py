@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import classifier
-import cli
 import plot
+import runs
 import train
 from model import load_checkpoint
 
@@ -59,7 +59,7 @@ def test_resume_from_a_path_continues_into_a_new_folder(class_tree, tmp_path, ca
 
 def test_duration_reads_like_a_person_would_say_it():
     """Durations are printed in s, min or h."""
-    assert [cli.duration(s) for s in (45, 192, 5400 * 2)] == ["45 s", "3.2 min", "3.0 h"]
+    assert [runs.duration(s) for s in (45, 192, 5400 * 2)] == ["45 s", "3.2 min", "3.0 h"]
 
 
 def test_results_table_and_test_set_warning(tmp_path, capsys):

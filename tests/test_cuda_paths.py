@@ -12,12 +12,13 @@ import torch
 
 import bench
 import classifier
-import cli
 import dataset
 import devices
 import evaluate
 import pictures
 import predict
+import recipe
+import runs
 import train
 from emulated_cuda import CudaTensor, emulated_cuda
 from model import SimSiam, load_checkpoint
@@ -145,8 +146,8 @@ def test_views_draw_from_a_generator_on_the_gpu(gpu):
     """The two views of a GPU batch come out on the GPU in channels_last, drawn from a generator there, and equal
     the CPU's views from the same seed (the augmentation is the same code on both)."""
     batch = host_images()
-    x1, x2 = train.views(batch.to(CUDA), 16, devices.generator(CUDA, 5))
-    c1, c2 = train.views(batch, 16, torch.Generator().manual_seed(5))
+    x1, x2 = recipe.views(batch.to(CUDA), 16, devices.generator(CUDA, 5))
+    c1, c2 = recipe.views(batch, 16, torch.Generator().manual_seed(5))
     assert x1.device == CUDA and x1.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(x1.cpu(), c1) and torch.equal(x2.cpu(), c2)
 
@@ -164,12 +165,12 @@ def test_sgd_step_on_the_gpu_uses_bf16_channels_last_and_fused_sgd(gpu):
     torch.manual_seed(0)
     runtime = devices.make_runtime("cuda")
     model = SimSiam().to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = train.make_optimizer(model, 0.05, 0.9, 5e-4)
+    optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
     assert optimizer.defaults["fused"] is True
     dtypes = first_conv_dtypes(model)
     before = [p.detach().cpu().clone() for p in model.parameters()]
-    x1, x2 = train.views(host_images(8).to(runtime.device), 32, devices.generator(runtime.device, 0))
-    loss, std = train.sgd_step(model, optimizer, x1, x2, runtime)
+    x1, x2 = recipe.views(host_images(8).to(runtime.device), 32, devices.generator(runtime.device, 0))
+    loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
     assert loss.device == CUDA and torch.isfinite(loss).item() and 0 < std.item() < 1
     assert dtypes == [torch.bfloat16, torch.bfloat16]
     assert all(not torch.equal(p.detach().cpu(), b) for p, b in zip(model.parameters(), before) if p.dim() > 1)
@@ -181,11 +182,11 @@ def test_cpu_step_in_bf16_and_channels_last():
     torch.manual_seed(0)
     runtime = devices.Runtime(torch.device("cpu"), "bf16")
     model = SimSiam().to(memory_format=torch.channels_last)
-    optimizer = train.make_optimizer(model, 0.05, 0.9, 5e-4)
+    optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
     dtypes = first_conv_dtypes(model)
     x1, x2 = (x.contiguous(memory_format=torch.channels_last)
-              for x in train.views(host_images(8), 32, torch.Generator().manual_seed(0)))
-    loss, _ = train.sgd_step(model, optimizer, x1, x2, runtime)
+              for x in recipe.views(host_images(8), 32, torch.Generator().manual_seed(0)))
+    loss, _ = recipe.sgd_step(model, optimizer, x1, x2, runtime)
     assert torch.isfinite(loss) and dtypes == [torch.bfloat16, torch.bfloat16]
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -245,7 +246,7 @@ def test_train_on_the_gpu_end_to_end(pretrained_on_gpu):
     weights_only=True."""
     record = json.loads((pretrained_on_gpu / "args.json").read_text())
     assert record["device"] == "cuda:0" and record["precision_used"] == "bf16" and record["cache_on"] == "cuda"
-    epoch = cli.read_jsonl(pretrained_on_gpu / "metrics.jsonl")[-1]
+    epoch = runs.read_jsonl(pretrained_on_gpu / "metrics.jsonl")[-1]
     assert epoch["epoch"] == 1 and all(abs(epoch[key]) < 10 for key in ("loss", "z_std", "knn_accuracy"))
     state = load_checkpoint(pretrained_on_gpu / "siam.pt", "simsiam")
     assert all(value.device.type == "cpu" for value in state["model"].values())
@@ -267,7 +268,7 @@ def test_classifier_frozen_and_finetuned_on_the_gpu(pretrained_on_gpu, class_tre
         classifier.main(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                          "--checkpoint", str(pretrained_on_gpu / "siam.pt"), "--epochs", "2", "--batch-size", "6",
                          *SMALL, "--device", "cuda", *mode])
-        final = cli.final_record(out / "metrics.jsonl")
+        final = runs.final_record(out / "metrics.jsonl")
         assert 0 <= final["test_accuracy"] <= 1
         assert ("closed_form_accuracy" in final) == (not mode)
     assert "test accuracy:" in capsys.readouterr().out
@@ -311,18 +312,18 @@ def test_epoch_end_checkpoint_from_a_cpu_resumes_on_the_gpu(class_tree, tmp_path
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     torch.save({**state, "epoch": 1}, tmp_path / "run" / "last.pt")
     seen = []
-    real = train.match_layout
+    real = recipe.match_layout
 
     def observed(optimizer):
         real(optimizer)
         seen.extend(all(optimizer.state[p]["momentum_buffer"].stride() == p.stride() for p in group["params"])
                     for group in optimizer.param_groups)
 
-    monkeypatch.setattr(train, "match_layout", observed)
+    monkeypatch.setattr(recipe, "match_layout", observed)
     with emulated_cuda():
         train.main(train_args(class_tree, tmp_path, "run", "--epochs", "2", "--device", "cuda", "--resume"))
     assert seen == [True, True]
-    assert [record["epoch"] for record in cli.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert [record["epoch"] for record in runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 
 def test_mid_epoch_checkpoint_from_a_cpu_is_refused_on_the_gpu(class_tree, tmp_path, monkeypatch, capsys):
@@ -331,8 +332,7 @@ def test_mid_epoch_checkpoint_from_a_cpu_is_refused_on_the_gpu(class_tree, tmp_p
     train.main(train_args(class_tree, tmp_path, "run", "--epochs", "2", "--device", "cpu"))
     last = tmp_path / "run" / "last.pt"
     state = torch.load(last, weights_only=True)
-    args = train.parse_args(train_args(class_tree, tmp_path, "run"))
-    progress = train.EpochProgress.start(1, args, devices.make_runtime("cpu"))
+    progress = train.EpochProgress.start(1, 0, devices.make_runtime("cpu"))
     progress.step = 1
     torch.save({**state, "epoch": 1, "progress": [progress.state()]}, last)
     capsys.readouterr()

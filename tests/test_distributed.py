@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-import cli
 import dataset
+import recipe
+import runs
 import schedule
 import train
 from model import D, SimSiam, load_checkpoint
@@ -40,7 +41,7 @@ def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> 
     torch.manual_seed(SETTINGS["seed"])
     model = SimSiam()
     initial_lr = SETTINGS["base_lr"] * SETTINGS["batch_size"] / 256
-    optimizer = train.make_optimizer(model, initial_lr, 0.9, 5e-4)
+    optimizer = recipe.make_optimizer(model, initial_lr, 0.9, 5e-4)
     order = torch.Generator().manual_seed(train.epoch_seed(0, 0))
     generators = [torch.Generator().manual_seed(train.epoch_seed(0, 0, rank)) for rank in range(processes)]
     total_steps = len(splits.pretrain) // SETTINGS["batch_size"]  # one epoch
@@ -49,7 +50,7 @@ def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> 
         schedule.set_lr(optimizer, step, total_steps)
         optimizer.zero_grad()
         for rank, generator in enumerate(generators):
-            x1, x2 = train.views(data.images[indices[rank * share:(rank + 1) * share]], 32, generator)
+            x1, x2 = recipe.views(data.images[indices[rank * share:(rank + 1) * share]], 32, generator)
             p1, p2, z1, z2 = model(x1, x2)
             ((D(p1, z2) / 2 + D(p2, z1) / 2) / processes).backward()
         optimizer.step()
@@ -68,7 +69,7 @@ def test_two_processes_match_gradient_accumulation(class_tree, tmp_path):
     of a single process computing each global batch as two accumulated half-batches."""
     out = launch(class_tree, tmp_path, 2)
     assert len(list(tmp_path.rglob("siam.pt"))) == 1 and len(list(tmp_path.rglob("metrics.jsonl"))) == 1
-    records = cli.read_jsonl(out / "metrics.jsonl")
+    records = runs.read_jsonl(out / "metrics.jsonl")
     assert [r.get("epoch") for r in records if "epoch" in r] == [1]
     assert records[-1] == {**records[-1], "event": "ranks", "world_size": 2, "parameters_in_sync": True}
     trained = load_checkpoint(out / "siam.pt", "simsiam")["model"]

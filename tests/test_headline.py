@@ -2,35 +2,26 @@
 trains."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import classifier
-import cli
-from experiments import common
+import runs
+from experiments import common, headline
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def load_headline():
-    """experiments/headline.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("headline", REPOSITORY / "experiments" / "headline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_headline_tiny(tmp_path):
     """--tiny with pretraining flags: prints its estimate first, pretrains as asked, runs every classifier row for
     each label seed and the supervised bound, and writes the JSON summary, the markdown table and the small files
     (no checkpoints)."""
-    finished = subprocess.run([sys.executable, str(REPOSITORY / "experiments" / "headline.py"), "--tiny", "--runs",
+    finished = subprocess.run([sys.executable, "-m", "experiments.headline", "--tiny", "--runs",
                                str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--label-seeds", "0",
                                "1", "--parallel", "2", "--epochs", "3", "--image-size", "32"],
-                              check=True, capture_output=True, text=True, timeout=600)
+                              cwd=REPOSITORY, check=True, capture_output=True, text=True, timeout=600)
     assert finished.stdout.startswith("estimated from ") and "pretraining" in finished.stdout.splitlines()[0]
     summary = json.loads((tmp_path / "results" / "headline.json").read_text())
     assert [row["row"] for row in summary["rows"]] == ["random init, linear probe", "SimSiam, linear probe",
@@ -52,11 +43,10 @@ def test_supervised_bound_trains(tmp_path):
     """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's 600 non-test labels
     (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when the head's lr
     is above its stability limit (0.1 went from 0.81 to 1.30 at epoch 3), and the last is below the first."""
-    headline = load_headline()
     out = tmp_path / "supervised"
     classifier.main([*headline.SUPERVISED, "--demo", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                      "--epochs", "8", "--image-size", "32", "--device", "cpu", "--workers", "2"])
-    losses = [record["train_loss"] for record in cli.read_jsonl(out / "metrics.jsonl") if "train_loss" in record]
+    losses = [record["train_loss"] for record in runs.read_jsonl(out / "metrics.jsonl") if "train_loss" in record]
     assert len(losses) == 8 and max(losses[1:]) < losses[0]
 
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import evaluate
-import cli
 import pictures
+import pretrained
 import train
 
 TINY = ["--image-size", "32", "--labels", "12", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
@@ -67,8 +67,8 @@ def test_resolution_follows_the_checkpoint_unless_a_flag_says_otherwise():
     """Image and cache size come from the checkpoint's arguments (a None cache size meaning 8/7 of the image
     size); an explicit --image-size wins and takes 8/7 of itself as cache, an explicit --cache-size wins too."""
     def resolve(image_size=None, cache_size=None, pretrained_cache=44):
-        return cli.pretrained_resolution(image_size, cache_size, {"image_size": 32, "cache_size": pretrained_cache},
-                                         fallback_image_size=150)
+        return pretrained.resolution(image_size, cache_size, {"image_size": 32, "cache_size": pretrained_cache},
+                                     fallback_image_size=150)
 
     assert resolve() == (32, 44)
     assert resolve(pretrained_cache=None) == (32, 37)

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import classifier
-import cli
 import dataset
 import devices
 import evaluate
 import predict
+import runs
 from conftest import write_image
 from model import Classifier, load_checkpoint, save_checkpoint
 
@@ -158,7 +158,7 @@ def test_accuracy_on_the_test_split_is_the_classifiers_test_accuracy(trained, ca
     run_predict(checkpoint_path, *test_files)
     found = predictions(capsys.readouterr().out)
     correct = sum(found[str(file)][0] == file.parent.name for file in test_files)
-    recorded_accuracy = cli.final_record(checkpoint_path.parent / "metrics.jsonl")["test_accuracy"]  # float32
+    recorded_accuracy = runs.final_record(checkpoint_path.parent / "metrics.jsonl")["test_accuracy"]  # float32
     assert correct / len(test_files) == pytest.approx(recorded_accuracy, abs=1e-6)
 
 

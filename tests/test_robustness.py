@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 import classifier
-import cli
 import dataset
 import decode
+import recipe
+import runs
 import train
 from conftest import write_image
 from model import Classifier, load_checkpoint, save_checkpoint
@@ -170,8 +171,8 @@ def test_non_finite_loss_stops_the_run(class_tree, tmp_path, monkeypatch, capsys
             "--batch-size", "16", "--image-size", "32", "--labels", "6", "--device", "cpu", "--save-every", "1"]
     train.main([*args, "--epochs", "1"])
     good = load_checkpoint(tmp_path / "run" / "last.pt", "simsiam")
-    real_D = train.D
-    monkeypatch.setattr(train, "D", lambda p, z: real_D(p, z) * torch.nan)
+    real_D = recipe.D
+    monkeypatch.setattr(recipe, "D", lambda p, z: real_D(p, z) * torch.nan)
     with pytest.raises(SystemExit) as exit_info:
         train.main([*args, "--epochs", "3", "--resume"])
     assert exit_info.value.code == 2 and "non-finite loss at epoch 2, step 1" in capsys.readouterr().err
@@ -185,7 +186,7 @@ def test_collapse_alarm(class_tree, tmp_path, capsys):
                 "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--labels", "6", "--device", "cpu",
                 "--collapse-fraction", "2"])  # healthy z-std is 1/sqrt(d), so a threshold of twice that fires
     assert "collapsing" in capsys.readouterr().out
-    assert cli.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["collapse_warning"] is True
+    assert runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["collapse_warning"] is True
 
 
 def train_command(data: Path, tmp_path: Path, out: str, *extra) -> list[str]:

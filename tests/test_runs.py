@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import classifier
-import cli
 import devices
 import plot
+import recipe
+import runs
 import train
 from model import load_checkpoint
 
@@ -59,7 +60,7 @@ def test_overwrite_replaces_the_run(class_tree, tmp_path):
     train.main(train_args(class_tree, tmp_path))
     (tmp_path / "run" / "notes.txt").write_text("mine")
     train.main(train_args(class_tree, tmp_path, "run", "--overwrite"))
-    assert [r["epoch"] for r in cli.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert [r["epoch"] for r in runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only run files are deleted
 
 
@@ -70,7 +71,7 @@ def test_classifier_refuses_a_folder_holding_a_run(class_tree, tmp_path, capsys)
     assert exit_status(classifier.main, classifier_args(class_tree, tmp_path, "probe")) == 2
     assert "--overwrite" in capsys.readouterr().err
     classifier.main(classifier_args(class_tree, tmp_path, "probe", "--overwrite"))
-    assert len([r for r in cli.read_jsonl(tmp_path / "probe" / "metrics.jsonl") if "epoch" in r]) == 1
+    assert len([r for r in runs.read_jsonl(tmp_path / "probe" / "metrics.jsonl") if "epoch" in r]) == 1
 
 
 def test_resume_without_a_checkpoint_is_refused(class_tree, tmp_path, capsys):
@@ -81,7 +82,7 @@ def test_resume_without_a_checkpoint_is_refused(class_tree, tmp_path, capsys):
 
 def test_default_classifier_folder_names_all_labels():
     """The default folder of an --all-labels run differs from the 250-label run's of the same backbone."""
-    assert cli.classifier_run_name(True, True, all_labels=True) != cli.classifier_run_name(True, True)
+    assert runs.classifier_run_name(True, True, all_labels=True) != runs.classifier_run_name(True, True)
 
 
 # ---------------------------------------------------------------- 2. the held-out split can never leak
@@ -132,14 +133,14 @@ def test_out_of_range_settings_are_refused_by_argparse(main, flag, value, capsys
 def test_non_finite_weights_are_never_saved(class_tree, tmp_path, monkeypatch, capsys):
     """A NaN that reaches the model's state but not the loss (a BatchNorm statistic) stops the run with
     exit 2 before any checkpoint is written."""
-    real_step = train.sgd_step
+    real_step = recipe.sgd_step
 
     def poisoned_step(model, optimizer, x1, x2, runtime):
         result = real_step(model, optimizer, x1, x2, runtime)
         next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.fill_(float("nan"))
         return result
 
-    monkeypatch.setattr(train, "sgd_step", poisoned_step)
+    monkeypatch.setattr(recipe, "sgd_step", poisoned_step)
     assert exit_status(train.main, train_args(class_tree, tmp_path)) == 2
     assert "non-finite weights" in capsys.readouterr().err
     assert not (tmp_path / "run" / "siam.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
@@ -216,9 +217,9 @@ def test_signal_saves_the_step_and_resume_is_bit_identical(class_tree, tmp_path,
     whole = load_checkpoint(tmp_path / "whole" / "siam.pt", "simsiam")["model"]
     resumed = load_checkpoint(tmp_path / "stopped" / "siam.pt", "simsiam")["model"]
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
-    records = cli.read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
+    records = runs.read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
-    whole_records = cli.read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    whole_records = runs.read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     assert [r["loss"] for r in records] == [r["loss"] for r in whole_records]
 
 
@@ -226,10 +227,10 @@ def test_interrupted_state_round_trips(class_tree, tmp_path):
     """EpochProgress.state() and restore() give back the step, the sums and the augmentation stream."""
     args = train.parse_args(train_args(class_tree, tmp_path))
     runtime = devices.make_runtime("cpu", "fp32")
-    progress = train.EpochProgress.start(1, args, runtime)
+    progress = train.EpochProgress.start(1, args.seed, runtime)
     torch.rand(3, generator=progress.augment_generator)  # move the stream on
     progress.step, progress.loss_sum, progress.std_sum = 5, torch.tensor(-2.5), torch.tensor(0.1)
-    restored = train.EpochProgress.restore(progress.state(), args, runtime)
+    restored = train.EpochProgress.restore(progress.state(), args.seed, runtime)
     assert (restored.epoch, restored.step) == (1, 5)
     assert restored.loss_sum.item() == -2.5 and restored.std_sum.item() == pytest.approx(0.1)
     assert torch.equal(torch.rand(4, generator=restored.augment_generator),
@@ -242,8 +243,7 @@ def test_mid_epoch_resume_needs_the_same_batches(class_tree, tmp_path, capsys):
     train.main(train_args(class_tree, tmp_path, "run", "--epochs", "2"))
     last = tmp_path / "run" / "last.pt"
     state = torch.load(last, weights_only=True)
-    progress = train.EpochProgress.start(1, train.parse_args(train_args(class_tree, tmp_path)),
-                                         devices.make_runtime("cpu", "fp32"))
+    progress = train.EpochProgress.start(1, 0, devices.make_runtime("cpu", "fp32"))
     progress.step = 1
     torch.save({**state, "epoch": 1, "progress": [progress.state()]}, last)
     capsys.readouterr()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import classifier
-import cli
 import plot
+import runs
 import train
 from conftest import SHARED_PETIMAGES
 from model import load_checkpoint
@@ -32,7 +32,7 @@ def run_classifier(tmp_path, data, name, *extra) -> str:
 def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
     """train -> classifier (random, SimSiam, fine-tuned) -> plot leave every promised file."""
     run_train(tmp_path, class_tree)
-    records = cli.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")
+    records = runs.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"loss", "z_std", "lr", "images_per_s", "knn_accuracy"} <= set(records[0])
     assert json.loads((tmp_path / "simsiam" / "args.json").read_text())["epochs"] == 2
@@ -41,7 +41,7 @@ def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
             run_classifier(tmp_path, class_tree, "finetune", "--finetune")]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: 0.")
     for out in outs:
-        assert len(cli.read_jsonl(out / "metrics.jsonl")) == 4  # 3 epochs and the final record
+        assert len(runs.read_jsonl(out / "metrics.jsonl")) == 4  # 3 epochs and the final record
         labelled = json.loads((out / "labelled.json").read_text())
         assert len(labelled["indices"]) == 12 and len(labelled["files"]) == 12
     plot.main([str(tmp_path / name) for name in ("simsiam", "random", "probe", "finetune")]
@@ -89,7 +89,7 @@ def test_resumed_run_equals_uninterrupted(class_tree, tmp_path, monkeypatch):
     run_train(tmp_path, class_tree, *args, "--resume")
     resumed = load_checkpoint(resumed_dir / "siam.pt", "simsiam")["model"]
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
-    assert [r["epoch"] for r in cli.read_jsonl(resumed_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["epoch"] for r in runs.read_jsonl(resumed_dir / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_classifier_refuses_a_checkpoint_with_another_test_split(class_tree, tmp_path, capsys):
@@ -118,7 +118,7 @@ def test_classifier_evaluates_on_another_folder(class_tree, tmp_path):
             (other / name).mkdir(parents=True, exist_ok=True)
             (other / name / f"{i}.jpg").write_bytes((class_tree / name / f"{i}.jpg").read_bytes())
     out = run_classifier(tmp_path, class_tree, "other-test", "--random", "--test-data", str(other))
-    assert cli.read_jsonl(out / "metrics.jsonl")[-1]["num_test"] == 8
+    assert runs.read_jsonl(out / "metrics.jsonl")[-1]["num_test"] == 8
 
 
 @pytest.mark.skipif(not SHARED_PETIMAGES.is_dir(), reason="../shared/data not present")
@@ -131,7 +131,7 @@ def test_chain_on_real_photos(tmp_path):
     classifier.main(["--data", str(SHARED_PETIMAGES), "--cache-dir", str(tmp_path / "cache"), "--out",
                      str(tmp_path / "probe"), "--checkpoint", str(tmp_path / "simsiam" / "siam.pt"),
                      "--epochs", "2", "--batch-size", "20", "--image-size", "32", "--device", "cpu", *args])
-    final = cli.read_jsonl(tmp_path / "probe" / "metrics.jsonl")[-1]
+    final = runs.read_jsonl(tmp_path / "probe" / "metrics.jsonl")[-1]
     assert final["num_test"] == 30 and 0 <= final["test_accuracy"] <= 1
 
 
@@ -141,14 +141,14 @@ def test_resume_warns_about_changed_settings(class_tree, tmp_path, capsys):
     run_train(tmp_path, class_tree, "--epochs", "2", "--resume")
     out = capsys.readouterr().out
     assert "resumed from" in out and "warning: resuming with settings" in out and "'epochs': (1, 2)" in out
-    assert [r["epoch"] for r in cli.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in runs.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")] == [1, 2]
 
 
 def test_runs_record_the_code_version(class_tree, tmp_path):
     """args.json and siam.pt name the git commit of the code and whether the tree had changes."""
     run_train(tmp_path, class_tree, "--epochs", "1")
     recorded = json.loads((tmp_path / "simsiam" / "args.json").read_text())["code"]
-    assert recorded == cli.code_version() == load_checkpoint(tmp_path / "simsiam" / "siam.pt", "simsiam")["code"]
+    assert recorded == runs.code_version() == load_checkpoint(tmp_path / "simsiam" / "siam.pt", "simsiam")["code"]
     assert recorded["commit"] is None or len(recorded["commit"]) == 40
 
 

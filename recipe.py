@@ -1,0 +1,69 @@
+"""The SimSiam pretraining recipe and its step, the code that train.py runs and bench.py times: the defaults, the
+optimiser, two augmented views of a uint8 batch, and one SGD step on the symmetric loss (paper, Algorithm 1). The
+network and D are in model.py, the augmentations in augment.py."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import augment
+import devices
+from model import D, SimSiam, z_std
+
+# train.py's defaults. 150 px and batch 256 as the original repository; the optimisation follows the paper's
+# small-data (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
+# CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
+DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150,  # image size in px
+            "lr": 0.03, "weight_decay": 5e-4, "momentum": 0.9}  # base lr: peak lr = lr * batch_size / 256
+# --demo, for a CPU: 32 px and a high lr, so that a couple of hundred steps visibly move the loss
+DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
+
+
+def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over two groups at peak lr `lr`: the encoder, cosine-decayed, and the predictor, fixed (`fix_pred_lr`,
+    paper §4.3); schedule.set_lr sets their lr at every step."""
+    predictor = list(model.predictor.parameters())  # a list, not a set: the order must survive --resume
+    encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
+    groups = [{"name": "encoder", "params": encoder, "peak_lr": lr},
+              {"name": "predictor", "params": predictor, "peak_lr": lr, "fixed": True}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           fused=devices.fused_sgd(next(model.parameters()).device))
+
+
+@functools.cache
+def compiled_view():
+    return torch.compile(augment.simsiam_view)
+
+
+def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
+          compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S), on its device."""
+    view = compiled_view() if compiled else augment.simsiam_view
+    layout = devices.memory_format(batch.device)
+    x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    return x1, x2
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
+             runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the symmetric loss (paper eq. 2; the stop-gradient is inside D). Returns (loss, z-std) as
+    detached 0-dim tensors on the device: nothing here waits for the GPU."""
+    with runtime.autocast():
+        p1, p2, z1, z2 = model(x1, x2)  # p: (B, 2048) predictions, z: (B, 2048) projections
+        loss = D(p1, z2) / 2 + D(p2, z1) / 2
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (z_std(z1) + z_std(z2)) / 2
+
+
+def match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every momentum buffer its parameter's memory layout: a last.pt written on a CPU (contiguous) resumes
+    into channels_last parameters on CUDA, and the fused update wants a buffer laid out as its parameter."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if state.get("momentum_buffer") is not None:
+                state["momentum_buffer"] = torch.empty_like(parameter).copy_(state["momentum_buffer"])
