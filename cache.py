@@ -3,7 +3,8 @@
 
 A cache folder, named after its data folder, resolution and a key of the file list:
     images.u8     the kept images, in file order
-    meta.json     the kept and skipped files, the shape, byte count and a digest of sampled rows
+    meta.json     the kept and skipped files, each kept photo's shorter side and content hash (of its file's
+                  bytes: the leak rule's identity of a photo), the shape, byte count and a digest of sampled rows
     skipped.txt   each undecodable file and why
 It is built in a staging folder renamed into place when complete, checked against meta.json on every open and
 rebuilt when damaged; a killed build's staging folder is removed by the next run. A dead decoding process, a
@@ -59,20 +60,23 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def _decode_into(task: tuple[int, str]) -> tuple[int, int, str | None]:
-    """(index, the photo's shorter side in px, None) once its row is written, or (index, 0, why it failed)."""
+def _decode_into(task: tuple[int, str]) -> tuple[int, int, int, str | None]:
+    """(index, the photo's shorter side in px, its content hash, None) once its row is written, or (index, 0, 0,
+    why it failed)."""
     index, path = task
     try:
-        _worker_array[index] = decode.decode_image(Path(path), _worker_array.shape[-1]).transpose(2, 0, 1)
-        return index, decode.shorter_side(Path(path)), None
+        square, side, content = decode.decode_file(Path(path), _worker_array.shape[-1])
+        _worker_array[index] = square.transpose(2, 0, 1)
+        return index, side, content, None
     except Exception as error:  # any undecodable file is skipped and reported, never fatal
-        return index, 0, decode.failure_kind(Path(path), error)
+        return index, 0, 0, decode.failure_kind(Path(path), error)
 
 
 def decode_all(root: Path, files: list[str], array_path: Path, shape: tuple,
-               workers: int) -> tuple[dict[int, str], dict[int, int]]:
+               workers: int) -> tuple[dict[int, str], dict[int, tuple[int, int]]]:
     """Decode each file into its row of the (N, 3, S, S) array at `array_path` on `workers` processes, with a
-    progress bar; returns the failures (index -> kind) and the decoded photos' shorter sides (index -> px).
+    progress bar; returns the failures (index -> kind) and, for the decoded photos, index -> (shorter side in px,
+    content hash).
     A process that dies (killed for memory, SIGBUS) raises BrokenProcessPool instead of losing its images and
     leaving the build waiting for ever."""
     tasks = [(index, str(root / name)) for index, name in enumerate(files)]
@@ -81,18 +85,18 @@ def decode_all(root: Path, files: list[str], array_path: Path, shape: tuple,
                                initargs=(str(array_path), shape, os.getpid()))
     chunksize = max(1, min(64, len(tasks) // (4 * workers)))  # 64 amortises the messages; less keeps all busy
     failures: dict[int, str] = {}
-    sides: dict[int, int] = {}
+    decoded: dict[int, tuple[int, int]] = {}
     try:
         results = pool.map(_decode_into, tasks, chunksize=chunksize)
-        for index, side, failure in tqdm(results, total=len(tasks), desc=f"decoding {root.name} at {shape[-1]} px",
-                                         unit="img", mininterval=0.5):
+        for index, side, content, failure in tqdm(results, total=len(tasks), unit="img", mininterval=0.5,
+                                                  desc=f"decoding {root.name} at {shape[-1]} px"):
             if failure:
                 failures[index] = failure
             else:
-                sides[index] = side
+                decoded[index] = side, content
     finally:
         pool.shutdown(cancel_futures=True)  # after an error or Ctrl-C, only the chunks already running finish
-    return failures, sides
+    return failures, decoded
 
 
 # ---------------------------------------------------------------- the cache on disk: staging, leftovers, checks
@@ -156,8 +160,8 @@ def cache_problem(folder: Path, files: list[str], size: int) -> str | None:
         meta = json.loads((folder / "meta.json").read_bytes())
         shape, expected_bytes, digest = tuple(meta["shape"]), meta["bytes"], meta["digest"]
         listed = sorted([*meta["files"], *meta["skipped"]])
-        if len(meta["sides"]) != len(meta["files"]):
-            raise ValueError("one shorter side per kept file")
+        if not len(meta["sides"]) == len(meta["hashes"]) == len(meta["files"]):
+            raise ValueError("one shorter side and one content hash per kept file")
     except FileNotFoundError:
         return "meta.json missing"
     except (OSError, ValueError, KeyError, TypeError):
@@ -251,12 +255,13 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
         staging.mkdir(parents=True, exist_ok=True)
         array_path = staging / "images.u8"
         reserve(array_path, needed)
-        failures, sides = decode_all(root, files, array_path, shape, workers)
+        failures, decoded = decode_all(root, files, array_path, shape, workers)
         kept = [index for index in range(len(files)) if index not in failures]
         kept_shape = compact(array_path, shape, kept)
         meta = {"version": decode.VERSION, "root": str(root), "size": size, "shape": kept_shape,
                 "bytes": math.prod(kept_shape), "digest": content_digest(array_path, kept_shape),
-                "files": [files[i] for i in kept], "sides": [sides[i] for i in kept],
+                "files": [files[i] for i in kept], "sides": [decoded[i][0] for i in kept],
+                "hashes": [decoded[i][1] for i in kept],  # decode.content_hash of each kept file
                 "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
         # json's ensure_ascii (the default) writes a name that is not UTF-8 as \udcXX escapes, read back unchanged
         (staging / "meta.json").write_text(json.dumps(meta))

@@ -132,6 +132,7 @@ class TestSet(NamedTuple):
     labels: torch.Tensor  # (M,) in the training data's class numbering
     name: str  # for the console: "400 held-out test images"
     fingerprint: str  # names the test set in args.json, so that plot.py never mixes two on one axis
+    hashes: torch.Tensor  # (M,) content hashes, checked against a SimSiam backbone's pretraining images
 
 
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> TestSet:
@@ -139,7 +140,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
     training classes."""
     if args.test_data is None:
         return TestSet(data.images, splits.test, data.labels[splits.test], f"{len(splits.test):,} held-out test images",
-                       dataset.fingerprint(data.files, splits.test))
+                       dataset.fingerprint(data.files, splits.test), data.hashes[splits.test])
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
     unknown = sorted(set(other.classes) - set(data.classes))
@@ -150,7 +151,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     everything = torch.arange(len(other.files))
     return TestSet(other.images, everything, mapping[other.labels], f"{len(everything):,} images of {args.test_data}",
-                   dataset.fingerprint([str(other.root / name) for name in other.files], everything))
+                   dataset.fingerprint([str(other.root / name) for name in other.files], everything), other.hashes)
 
 
 def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,
@@ -208,8 +209,7 @@ def main(argv=None) -> None:
     model = Classifier(len(data.classes))
     if checkpoint is not None:
         pretrained.load_backbone(checkpoint, args.checkpoint, model.backbone)
-        if args.test_data is None:
-            pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)
+        pretrained.check_unseen(checkpoint, args.checkpoint, test_set.hashes)
     model = model.to(device, memory_format=runtime.memory_format)
     model.backbone.requires_grad_(args.finetune)
     frozen_before = None if args.finetune else {k: v.clone() for k, v in model.backbone.state_dict().items()}

@@ -4,6 +4,8 @@ scripts' data flags ask (`open_data`), batches of indices, and the synthetic dem
 Layouts read:
     ROOT/<class>/<image>        one sub-folder per class, as Microsoft's archive unpacks (PetImages/Cat, ...)
     ROOT/<class>.<n>.<ext>      Kaggle's flat layout (train/cat.0.jpg, train/dog.0.jpg): class = name prefix
+    ROOT/<image>                loose photos (IMG_0001.jpg ...): unlabelled, for pretraining
+    ROOT/**/<image>             with unlabelled=True: every photo under ROOT, whatever its sub-folders, unlabelled
 Every image is decoded once into the cache, so no bad file can stop an epoch.
 """
 from __future__ import annotations
@@ -62,9 +64,17 @@ def likely_root(root: Path) -> Path | None:
         if len(inside) > 1:
             return None
         candidate = inside[0] if inside else root.parent
-        return candidate if len(subfolders(candidate)) >= 2 else None
+        return candidate if holds_classes(candidate) else None
     except OSError:  # an unreadable neighbour: no suggestion
         return None
+
+
+def holds_classes(folder: Path) -> bool:
+    """Whether `folder` has two or more sub-folders and every one holds image files of its own: a plausible
+    ROOT/<class>/ folder, not a home or project folder whose every sibling (code, caches, plots) would become a
+    class."""
+    inside = subfolders(folder)
+    return len(inside) >= 2 and all(any(is_image_file(path) for path in sub.iterdir()) for sub in inside)
 
 
 def flat_layout(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -73,21 +83,44 @@ def flat_layout(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     names = [path.name for path in sorted(root.iterdir()) if is_image_file(path)]
     odd = [name for name in names if not KAGGLE_NAME.fullmatch(name)]
     if odd:
-        suggestion = likely_root(root)
-        advice = f"did you mean --data {suggestion}?" if suggestion else "put the images in one folder per class"
+        suggestion = likely_root(root)  # PetImages for PetImages/Cat, only when it holds class folders of images
+        advice = (f"did you mean --data {suggestion}?" if suggestion else
+                  "train.py pretrains on loose photos as they are, unlabelled")
         raise DataError(f"{root} has no class folders and {len(odd):,} of its {len(names):,} images are not named "
-                        f"<class>.<n>.<ext> (e.g. {odd[0]!r}); images are read as {LAYOUTS}: {advice}")
+                        f"<class>.<n>.<ext> (e.g. {odd[0]!r}), so it has no labels; labels are read from {LAYOUTS}: "
+                        f"{advice}")
     class_of = {name: KAGGLE_NAME.fullmatch(name)[1].lower() for name in names}
     classes = sorted(set(class_of.values()))
     return classes, [(name, classes.index(class_of[name])) for name in names]
 
 
-def find_images(root: Path, min_classes: int = 2) -> tuple[list[str], list[int], list[str]]:
-    """(files relative to root, labels, class names) in sorted order, for either layout. A folder that fits
-    neither, or holds fewer than `min_classes` classes, is a DataError saying what was found."""
+def loose_photos(root: Path) -> bool:
+    """Whether `root` holds photos and no sub-folder, not all named <class>.<n>.<ext>: a folder without labels."""
+    if subfolders(root):
+        return False
+    names = [path.name for path in root.iterdir() if is_image_file(path)]
+    return bool(names) and not all(KAGGLE_NAME.fullmatch(name) for name in names)
+
+
+def every_photo(root: Path) -> list[str]:
+    """Every image file under `root`, relative to it, sorted; hidden files and folders are left out."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*")
+                  if is_image_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts))
+
+
+def find_images(root: Path, min_classes: int = 2,
+                unlabelled: bool | None = False) -> tuple[list[str], list[int], list[str]]:
+    """(files relative to root, labels, class names) in sorted order, for any of the layouts. Unlabelled
+    (`unlabelled` True, or None and a folder of loose photos): every photo, label 0 and no class. A folder that
+    fits no layout, or holds fewer than `min_classes` classes, is a DataError saying what was found."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} not found: {DOWNLOAD_HINT.replace('DIR', str(root))}")
+    if unlabelled or (unlabelled is None and loose_photos(root)):
+        files = every_photo(root)
+        if not files:
+            raise DataError(f"no images in {root} (image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        return files, [0] * len(files), []
     folders = subfolders(root)
     if folders:  # one sub-folder per class
         classes = [folder.name for folder in folders]
@@ -129,14 +162,15 @@ class ImageSet:
     skipped: dict[str, str]  # file -> why it was skipped
     cache_path: Path
     source_sides: torch.Tensor  # (N,) int64: each photo's shorter side in px before it was resized to S
+    hashes: torch.Tensor  # (N,) int64: decode.content_hash of each file, the photo's identity whatever its name
 
 
 def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
-                workers: int | None = None, min_classes: int = 2) -> ImageSet:
-    """The decoded images of `root` at `size` px, from the cache, building it first if it is absent and
-    rebuilding it, with a one-line warning on stderr, if it fails its check."""
+                workers: int | None = None, min_classes: int = 2, unlabelled: bool | None = False) -> ImageSet:
+    """The decoded images of `root` (find_images) at `size` px, from the cache, building it first if it is absent
+    and rebuilding it, with a one-line warning on stderr, if it fails its check."""
     root = Path(root).resolve()
-    files, labels, classes = find_images(root, min_classes)
+    files, labels, classes = find_images(root, min_classes, unlabelled)
     files, labels = seeded_subset(files, labels, limit, seed)
     folder, meta = cache.open_cache(root, files, size, cache_dir, workers)
     label_of = dict(zip(files, labels))
@@ -150,14 +184,15 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     return ImageSet(root=root, images=torch.from_numpy(array), classes=classes, files=kept,
                     labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
                     skipped=meta["skipped"], cache_path=folder,
-                    source_sides=torch.tensor(meta["sides"], dtype=torch.int64))
+                    source_sides=torch.tensor(meta["sides"], dtype=torch.int64),
+                    hashes=torch.tensor(meta["hashes"], dtype=torch.int64))
 
 
 def describe(data: ImageSet) -> str:
     """The start-up lines: how many images, per class, how many skipped and where they are listed, where the
     cache is, and how many photos the cache had to enlarge (a crop of them is then a stretched small patch)."""
     counts = torch.bincount(data.labels, minlength=len(data.classes)).tolist()
-    per_class = ", ".join(f"{name} {count:,}" for name, count in zip(data.classes, counts))
+    per_class = ", ".join(f"{name} {count:,}" for name, count in zip(data.classes, counts)) or "unlabelled"
     side = data.images.shape[-1]
     line = f"{data.root}: {len(data.files):,} images ({per_class}) at {side} px in {data.cache_path}"
     if data.skipped:
@@ -184,28 +219,38 @@ class Splits:
 
 
 def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, num_labels: int,
-                seed: int, label_seed: int, class_names: list[str] | None = None) -> Splits:
+                seed: int, label_seed: int, class_names: list[str] | None = None,
+                hashes: torch.Tensor | None = None) -> Splits:
     """Deterministic from (seed, label_seed): the test split is stratified and depends on `seed` only, so
-    every script and every label draw holds out the same images; the labelled subset is drawn from the rest."""
+    every script and every label draw holds out the same images; the labelled subset is drawn from the rest.
+    With the content `hashes`, a copy of a test image (under another name, or in another class) is left out of
+    both pretraining and labels. Without classes (unlabelled photos), nothing is held out."""
+    if num_classes == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return Splits(test=empty, labelled=empty, pretrain=torch.arange(len(labels)))
     split_generator = torch.Generator().manual_seed(seed)
     label_generator = torch.Generator().manual_seed(label_seed)
     per_class_labels = [num_labels // num_classes + (c < num_labels % num_classes) for c in range(num_classes)]
-    test, labelled, rest = [], [], []
+    test, others = [], []
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=split_generator)]
         num_test = max(1, round(test_fraction * len(members))) if test_fraction > 0 else 0
-        if len(members) < num_test + per_class_labels[c] + 1:
-            name = class_names[c] if class_names else str(c)
-            raise DataError(f"class {name!r} has {len(members)} usable images; the test split ({num_test}) and "
-                            f"the labelled subset ({per_class_labels[c]}) need more: add images or lower "
-                            f"--labels / --test-fraction")
         test.append(members[:num_test])
-        others = members[num_test:]
-        labelled.append(others[torch.randperm(len(others), generator=label_generator)[:per_class_labels[c]]])
-        rest.append(others)
+        others.append(members[num_test:])
+    if hashes is not None:
+        held_out = hashes[torch.cat(test)]
+        others = [rest[~torch.isin(hashes[rest], held_out)] for rest in others]
+    labelled = []
+    for c, rest in enumerate(others):
+        if len(rest) < per_class_labels[c] + 1:
+            name = class_names[c] if class_names else str(c)
+            raise DataError(f"class {name!r} has {len(test[c]) + len(rest)} usable images (copies of test images "
+                            f"not counted); the test split ({len(test[c])}) and the labelled subset "
+                            f"({per_class_labels[c]}) need more: add images or lower --labels / --test-fraction")
+        labelled.append(rest[torch.randperm(len(rest), generator=label_generator)[:per_class_labels[c]]])
     return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
-                  pretrain=torch.cat(rest).sort().values)
+                  pretrain=torch.cat(others).sort().values)
 
 
 def fingerprint(files: list[str], indices: torch.Tensor) -> str:
@@ -214,12 +259,14 @@ def fingerprint(files: list[str], indices: torch.Tensor) -> str:
 
 
 SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed": "--split-seed",
-                  "test_fraction": "--test-fraction", "limit": "--limit", "classes": "the classes"}
+                  "test_fraction": "--test-fraction", "limit": "--limit", "classes": "the classes",
+                  "monitor_data": "--monitor-data", "pretraining_fingerprint": "the pretraining images"}
 
 
 def split_identity(data: ImageSet, splits: Splits, options: DataOptions) -> dict:
     """Everything that defines the held-out split, recorded in every SimSiam checkpoint: --resume refuses a
-    mismatch (the earlier epochs may have trained on the new test images), classifier.py checks the test set."""
+    mismatch (the earlier epochs may have trained on the new test images). The evaluations check content instead
+    (pretrained.check_unseen)."""
     return {"data": str(data.root), "files_fingerprint": fingerprint(data.files, torch.arange(len(data.files))),
             "seed": options.split_seed, "test_fraction": options.test_fraction, "limit": options.limit,
             "classes": data.classes, "test_fingerprint": fingerprint(data.files, splits.test)}
@@ -245,6 +292,7 @@ class DataOptions:
     image_size: int  # px the network sees; the cache is decoded at cache_size, by default 8/7 of it
     cache_size: int | None = None
     demo: bool = False  # the generated demo set instead of `data`
+    unlabelled: bool | None = False  # True: every photo under `data`, unlabelled; None: so when they are loose
     download_url: str = download.DEFAULT_URL
     download: bool = False  # (after download_url, whose default reads the module of this name)
     limit: int | None = None
@@ -271,9 +319,10 @@ def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Spl
         download.download_dataset(options.data.parent, options.download_url)
     root = make_demo_images(options.cache_dir / DEMO_FOLDER) if options.demo else options.data
     cache_size = options.cache_size or default_cache_size(options.image_size)
-    data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers)
+    data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers,
+                       unlabelled=options.unlabelled and not options.demo)
     splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,
-                         options.label_seed, data.classes)
+                         options.label_seed, data.classes, data.hashes)
     if verbose:
         print(describe(data))
         print(f"splits: {len(splits.pretrain):,} pretraining (labels unused), {len(splits.labelled):,} labelled, "

@@ -116,10 +116,22 @@ def finite_state(model: nn.Module) -> bool:
 
 
 def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra: Any) -> None:
-    """Write a checkpoint atomically: a temporary file in the same folder, flushed, then os.replace."""
+    """Write a checkpoint of `kind` atomically: the unwrapped model's state dict and `extra`."""
+    atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind, "arch": ARCH,
+                 "model": unwrap(model).state_dict(), **extra}, path)
+
+
+def export_backbone(model: SimSiam, path: Path) -> None:
+    """The backbone's weights alone, in torchvision's own key format (conv1.weight, layer1.0.bn1.bias, ...), on the
+    CPU: torchvision.models.resnet18().load_state_dict(torch.load(path), strict=False) misses only fc.weight and
+    fc.bias."""
+    atomic_save({key: value.cpu() for key, value in unwrap(model).backbone.state_dict().items()}, path)
+
+
+def atomic_save(state: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, flushed and synced, then os.replace: a kill at any
+    moment leaves either the old file or the new one."""
     path = Path(path)
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind, "arch": ARCH,
-             "model": unwrap(model).state_dict(), **extra}
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:

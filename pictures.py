@@ -207,7 +207,7 @@ def main(argv=None) -> None:
                                                    fallback_image_size=checkpoint["args"]["image_size"])
 
     data, splits = dataset.open_data(dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size))
-    pretrained.check_test_split(checkpoint, args.checkpoint, data, splits.test)  # its neighbours: test images
+    pretrained.check_unseen(checkpoint, args.checkpoint, data.hashes[splits.test])  # its neighbours: test images
     images = dataset.cache_on_device(data.images, device)
     choose = torch.Generator().manual_seed(args.seed)  # which images are pictured
     bank = splits.pretrain

@@ -1,5 +1,5 @@
 """A SimSiam checkpoint's backbone, for the scripts that evaluate it (classifier.py, pictures.py, the experiments):
-read, put into a ResNet18, and checked against the data it is evaluated on, in one place each."""
+read, its resolution, put into a ResNet18, and checked never to have seen the test images, in one place each."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +12,16 @@ from model import CheckpointError, backbone_state, load_checkpoint, resnet18_bac
 
 
 def read(path: Path, hint: str = "train one with train.py") -> dict:
-    """The SimSiam checkpoint at `path` (train.py's siam.pt or last.pt) with its arguments and split record, before
-    any data is decoded; a CheckpointError that ends with `hint` otherwise."""
+    """The SimSiam checkpoint at `path` (train.py's siam.pt or last.pt) with its arguments and the content hashes
+    of its pretraining images, before any data is decoded; a CheckpointError that ends with `hint` otherwise."""
     try:
-        return load_checkpoint(path, kind="simsiam", needs=("args", "split"))
+        checkpoint = load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
     except CheckpointError as error:
         raise CheckpointError(f"cannot use --checkpoint: {error} ({hint})") from None
+    hashes = checkpoint["pretraining_hashes"]
+    if not (isinstance(hashes, torch.Tensor) and hashes.dtype == torch.int64 and hashes.dim() == 1):
+        raise CheckpointError(f"cannot use --checkpoint {path}: its pretraining_hashes are not a 1-d int64 tensor")
+    return checkpoint
 
 
 def resolution(image_size: int | None, cache_size: int | None, pretrained: dict | None,
@@ -44,14 +48,14 @@ def load_backbone(checkpoint: dict, path: Path, backbone: nn.Module | None = Non
     return backbone
 
 
-def check_test_split(checkpoint: dict, path: Path, data: dataset.ImageSet, test: torch.Tensor,
-                     current: dict | None = None) -> None:
-    """Refuse a backbone whose pretraining may have seen the test images `test` of `data`: its recorded test split
-    must be this one. With the `current` split identity (dataset.split_identity), the refusal names the settings
-    that differ."""
-    if dataset.fingerprint(data.files, test) == checkpoint["split"]["test_fingerprint"]:
-        return
-    differences = "; ".join(dataset.split_differences(checkpoint["split"], current)) if current else ""
-    raise CheckpointError(f"{path} was pretrained with another test split ({differences or checkpoint['split']}), "
-                          f"so its pretraining may have seen these test images: use the data, --split-seed, "
-                          f"--test-fraction and --limit it was trained with")
+def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
+    """Refuse a backbone whose pretraining saw any of the test images, by content: the checkpoint's recorded
+    pretraining hashes against the test images' (decode.content_hash), whichever folder they come from and under
+    whichever name."""
+    seen = checkpoint["pretraining_hashes"]
+    count = int(torch.isin(test_hashes, seen).sum())
+    if count:
+        raise CheckpointError(f"{count:,} of the {len(test_hashes):,} test images were among the {len(seen):,} "
+                              f"images {path} was pretrained on (compared by content, whatever their names), so its "
+                              f"test accuracy would not be held out: evaluate with the data options it was "
+                              f"pretrained with, or on images it never saw")

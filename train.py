@@ -3,21 +3,25 @@
     python train.py --demo                                   # synthetic data, small settings, CPU
     python train.py --data data/PetImages                    # Microsoft's Cats and Dogs, 150 px, batch 256
     python train.py --data data/PetImages --resume           # continue an interrupted run from OUT/last.pt
+    python train.py --data myphotos --monitor-data data/PetImages --out runs/mine   # your own unlabelled photos
     python train.py --data data/PetImages --image-size 64 --epochs 1 --limit 1000 --device cpu   # CPU check
 
 One step is train_epoch's loop: the lr of this step (schedule.py), two augmented views and one SGD step on the
 symmetric loss (recipe.py, which bench.py times; the network and D are in model.py). Writes OUT/siam.pt (the
-SimSiam weights, for classifier.py), OUT/last.pt (everything --resume needs), OUT/metrics.jsonl (per epoch: loss,
-z-std, lr, images/s, kNN accuracy) and OUT/args.json.
+SimSiam weights and the content hashes of the images they were pretrained on, for classifier.py), OUT/backbone.pt
+(the ResNet18 backbone in torchvision's key format), OUT/last.pt (everything --resume needs), OUT/metrics.jsonl
+(per epoch: loss, z-std, lr, images/s, kNN accuracy) and OUT/args.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -30,7 +34,7 @@ import evaluate
 import recipe
 import runs
 import schedule
-from model import PROJECTION_DIM, SimSiam, finite_state, load_checkpoint, save_checkpoint
+from model import PROJECTION_DIM, SimSiam, export_backbone, finite_state, load_checkpoint, save_checkpoint
 
 CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
 DEMO = recipe.DEMO
@@ -39,6 +43,15 @@ DEMO = recipe.DEMO
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_arguments(parser)
+    group = parser.add_argument_group("unlabelled photos")
+    group.add_argument("--unlabelled", action="store_true",
+                       help="read every photo under --data, whatever its sub-folders, as unlabelled (a folder of "
+                            "loose photos is read so anyway): no label is read and nothing is held out")
+    group.add_argument("--monitor-data", type=Path, default=None, metavar="LABELLED",
+                       help="a labelled folder for the kNN monitor: its held-out split (--split-seed, "
+                            "--test-fraction) is the queries, its labelled subset (--labels) the bank; pretraining "
+                            "photos that are copies of its test images are left out. Default: --data itself when "
+                            "it is labelled, else no monitor")
     group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A; recipe.py says why)")
     defaults = recipe.DEFAULTS
     group.add_argument("--epochs", type=cli.positive(int), default=defaults["epochs"],
@@ -171,13 +184,61 @@ def stop_requested(stop: runs.StopSignals, step: int, runtime: devices.Runtime) 
     return distributed.any_rank(stop.signal_number is not None, runtime.device, runtime.context)
 
 
-def knn_monitor(model: SimSiam, images: torch.Tensor, data: dataset.ImageSet, splits: dataset.Splits,
-                args: argparse.Namespace, runtime: devices.Runtime) -> float:
-    """kNN accuracy of the backbone's features: the labelled subset is the bank, the test split the queries."""
+class Monitor(NamedTuple):
+    """The kNN monitor's labelled images: the bank is the labelled subset, the queries the held-out split."""
+    images: torch.Tensor  # (N, 3, S, S) uint8 cache, on the device when it fits
+    data: dataset.ImageSet
+    splits: dataset.Splits
+
+
+def knn_monitor(model: SimSiam, monitor: Monitor, args: argparse.Namespace, runtime: devices.Runtime) -> float:
+    """kNN accuracy of the backbone's features on the monitor's held-out split."""
+    images, labels, splits = monitor.images, monitor.data.labels, monitor.splits
     bank = evaluate.embed(model.backbone, images, splits.labelled, args.image_size, runtime)
     queries = evaluate.embed(model.backbone, images, splits.test, args.image_size, runtime)
-    return evaluate.knn_accuracy(bank, data.labels[splits.labelled], queries, data.labels[splits.test],
-                                 len(data.classes), args.knn_k).item()
+    return evaluate.knn_accuracy(bank, labels[splits.labelled], queries, labels[splits.test],
+                                 len(monitor.data.classes), args.knn_k).item()
+
+
+def leave_out_copies(pretrain: torch.Tensor, data: dataset.ImageSet, monitor: Monitor, say) -> torch.Tensor:
+    """The pretraining indices less the photos that are copies (by content) of --monitor-data's test images, so
+    that the monitor's queries, and a classifier's later test on that folder, were never pretrained on."""
+    copies = torch.isin(data.hashes[pretrain], monitor.data.hashes[monitor.splits.test])
+    if copies.any():
+        say(f"note: {int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of --monitor-data's "
+            f"test images: left out of pretraining")
+    return pretrain[~copies]
+
+
+def log_epoch(metrics: runs.Metrics, epoch: int, record: dict, knn: float | None, seconds_left: float,
+              args: argparse.Namespace) -> str:
+    """Append the epoch's record to metrics.jsonl and print its line (and a collapse warning); returns the
+    summary that the last line repeats."""
+    healthy_std = 1 / math.sqrt(PROJECTION_DIM)
+    collapsing = record["z_std"] < args.collapse_fraction * healthy_std
+    metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
+    summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f})"
+               + ("" if knn is None else f", kNN accuracy {knn:.4f}"))
+    left = f", about {runs.duration(seconds_left)} left" if epoch + 1 < args.epochs else ""
+    print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s{left}")
+    if collapsing:
+        print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
+              f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
+    return summary
+
+
+def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs: int, recorded: dict,
+         **progress) -> None:
+    """OUT/last.pt, and at an epoch's end (no `progress`) OUT/siam.pt and OUT/backbone.pt; never a non-finite
+    tensor. `recorded`: what every checkpoint holds besides the weights (args, split, pretraining hashes)."""
+    if not finite_state(model):
+        raise runs.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
+                            f"checkpoint is kept in {out}. Lower --lr or check --momentum, then --resume")
+    save_checkpoint(out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+                    epoch=completed_epochs, **recorded, **progress)
+    if not progress:
+        save_checkpoint(out / "siam.pt", "simsiam", model, epoch=completed_epochs, **recorded)
+        export_backbone(model, out / "backbone.pt")
 
 
 # ---------------------------------------------------------------- the run
@@ -238,17 +299,32 @@ def main(argv=None) -> None:
     print_on_main = print if context.is_main else (lambda *_, **__: None)  # one line per run, not per rank
 
     if context.local_rank != 0:
-        distributed.barrier(context)  # local rank 0 builds the cache (or the demo set) first
-    data_options = dataset.DataOptions.from_args(args)
-    data, splits = dataset.open_data(data_options, verbose=context.is_main)
+        distributed.barrier(context)  # local rank 0 builds the caches (or the demo set) first
+    options = dataset.DataOptions.from_args(args, unlabelled=args.unlabelled or None)  # None: as the folder is
+    data, splits = dataset.open_data(options, verbose=context.is_main)
+    if args.monitor_data is not None:
+        monitor_options = dataclasses.replace(options, data=args.monitor_data, demo=False, unlabelled=False)
+        monitor_data, monitor_splits = dataset.open_data(monitor_options, verbose=context.is_main)
     if context.local_rank == 0:
         distributed.barrier(context)
-    if args.batch_size % context.world_size or args.batch_size > len(splits.pretrain):
-        raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
-                            f"not exceed the {len(splits.pretrain)} pretraining images")
     images = dataset.cache_on_device(data.images, device)
-    initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(splits.pretrain) // args.batch_size
-    split = dataset.split_identity(data, splits, data_options)
+    pretrain, monitor = splits.pretrain, None
+    if args.monitor_data is not None:
+        monitor = Monitor(dataset.cache_on_device(monitor_data.images, device), monitor_data, monitor_splits)
+        pretrain = leave_out_copies(pretrain, data, monitor, print_on_main)
+    elif data.classes:
+        monitor = Monitor(images, data, splits)
+    else:
+        print_on_main(f"no kNN monitor: {data.root} has no labels (pass --monitor-data LABELLED for one); the loss "
+                      f"and z-std are logged as always")
+    if args.batch_size % context.world_size or args.batch_size > len(pretrain):
+        raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
+                            f"not exceed the {len(pretrain)} pretraining images")
+    initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(pretrain) // args.batch_size
+    split = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
+             "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
+    recorded = {"args": runs.plain_args(args), "split": split, "pretraining_hashes": data.hashes[pretrain],
+                "code": runs.code_version()}
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
@@ -265,32 +341,21 @@ def main(argv=None) -> None:
                   f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
                   f"{steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
 
-    def save(completed_epochs: int, **extra) -> None:
-        """last.pt (and siam.pt at an epoch's end) of rank 0, never with a non-finite tensor."""
-        if not finite_state(model):
-            raise runs.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
-                                f"checkpoint is kept in {args.out}. Lower --lr or check --momentum, then --resume")
-        saved = {"epoch": completed_epochs, "args": runs.plain_args(args), "split": split, "code": runs.code_version()}
-        save_checkpoint(args.out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(),
-                        rng=torch.get_rng_state(), **saved, **extra)
-        if not extra:
-            save_checkpoint(args.out / "siam.pt", "simsiam", model, **saved)
-
-    healthy_std = 1 / math.sqrt(PROJECTION_DIM)
     summary = "nothing to do: the run had already finished"
     loop_started, first_epoch = time.perf_counter(), progress.epoch
     with runs.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
             runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
-                           initial_lr=initial_lr, steps_per_epoch=steps_per_epoch,
-                           cache_on=images.device.type, world_size=context.world_size, num_classes=len(data.classes),
+                           initial_lr=initial_lr, steps_per_epoch=steps_per_epoch, cache_on=images.device.type,
+                           cache_resolution=data.images.shape[-1], world_size=context.world_size,
+                           num_classes=len(data.classes), num_pretraining=len(pretrain),
                            test_set=f"{len(splits.test):,} held-out test images",
                            test_fingerprint=split["test_fingerprint"])
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args.seed, runtime)
             model.train()
-            record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, splits.pretrain, progress, args,
+            record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, pretrain, progress, args,
                                  runtime, stop)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
@@ -300,27 +365,18 @@ def main(argv=None) -> None:
             if record is None:  # a stop signal: save where this epoch stands, on every rank
                 rank_progress = distributed.gather(progress.state(), context)
                 if context.is_main:
-                    save(epoch, progress=rank_progress)
+                    save(args.out, model, optimizer, epoch, recorded, progress=rank_progress)
                 distributed.cleanup(context)
                 name = signal.Signals(stop.signal_number or signal.SIGTERM).name
                 raise runs.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "
                                        f"{args.out / 'last.pt'}; resume with --resume", stop.signal_number or 15)
             if not context.is_main:
                 continue  # the kNN monitor, logs and checkpoints are rank 0's
-            knn = knn_monitor(model, images, data, splits, args, runtime)
-            collapsing = record["z_std"] < args.collapse_fraction * healthy_std
-            metrics.log(epoch=epoch + 1, **record, knn_accuracy=knn, collapse_warning=collapsing)
-            summary = (f"loss {record['loss']:.4f}, z-std {record['z_std']:.4f} (healthy {healthy_std:.4f}), "
-                       f"kNN accuracy {knn:.4f}")
+            knn = None if monitor is None else knn_monitor(model, monitor, args, runtime)
             per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # the kNN monitor included
-            epochs_left = args.epochs - epoch - 1
-            left = f", about {runs.duration(per_epoch * epochs_left)} left" if epochs_left else ""
-            print(f"epoch {epoch + 1}/{args.epochs}: {summary}, {record['images_per_s']:,.0f} images/s{left}")
-            if collapsing:
-                print(f"warning: z-std {record['z_std']:.4f} is below {args.collapse_fraction} x 1/sqrt(d) = "
-                      f"{args.collapse_fraction * healthy_std:.4f}: the representation is collapsing")
+            summary = log_epoch(metrics, epoch, record, knn, per_epoch * (args.epochs - epoch - 1), args)
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-                save(epoch + 1)
+                save(args.out, model, optimizer, epoch + 1, recorded)
     if context.is_distributed:
         in_sync = distributed.parameters_in_sync(model, context)
         if context.is_main:

@@ -115,7 +115,7 @@ def held_out_split(options: dataset.DataOptions, checkpoint: dict,
     # the split only (labels=1): each size draws its own labels
     options = dataclasses.replace(options, image_size=image_size, cache_size=cache_size, labels=1)
     data, splits = dataset.open_data(options, verbose=False)
-    pretrained.check_test_split(checkpoint, path, data, splits.test, dataset.split_identity(data, splits, options))
+    pretrained.check_unseen(checkpoint, path, data.hashes[splits.test])
     return data, splits
 
 
@@ -126,7 +126,8 @@ def fitting_sizes(sizes: list[int], data: dataset.ImageSet, test_fraction: float
     fitting, notes = [], []
     for size in sorted(set(sizes)):
         try:
-            dataset.make_splits(data.labels, len(data.classes), test_fraction, size, split_seed, 0, data.classes)
+            dataset.make_splits(data.labels, len(data.classes), test_fraction, size, split_seed, 0, data.classes,
+                                data.hashes)
             fitting.append(size)
         except dataset.DataError as error:
             notes.append(f"{size:,} labels skipped: {error}")

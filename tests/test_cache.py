@@ -153,14 +153,14 @@ def test_interrupted_build_leaves_nothing(class_tree, cache_dir, monkeypatch):
 def test_dead_decoding_process_is_a_data_error(class_tree, cache_dir, monkeypatch):
     """A decoding process killed mid-build (as by the OOM killer) is a CacheError saying so, not a hang, and
     leaves no staging folder."""
-    real_decode = decode.decode_image
+    real_decode = decode.decode_file
 
     def killed_on_seven(path, size):
         if path.name == "7.jpg":
             os.kill(os.getpid(), signal.SIGKILL)
         return real_decode(path, size)
 
-    monkeypatch.setattr(decode, "decode_image", killed_on_seven)
+    monkeypatch.setattr(decode, "decode_file", killed_on_seven)
     with deadline(60), pytest.raises(cache.CacheError, match="a decoding process died .* --workers"):
         dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert list(cache_dir.iterdir()) == []
@@ -177,7 +177,7 @@ def test_decoding_processes_exit_with_the_main_one(class_tree, tmp_path):
             open(os.path.join({str(tmp_path)!r}, f"worker-{{os.getpid()}}"), "w").close()
             time.sleep(0.5)
             raise ValueError("not decoded")
-        decode.decode_image = slow
+        decode.decode_file = slow
         dataset.load_images({str(class_tree)!r}, 24, {str(tmp_path / "cache")!r}, workers=2)
     """)
     main = subprocess.Popen([sys.executable, "-c", script], cwd=REPOSITORY, stderr=subprocess.DEVNULL,
@@ -217,14 +217,14 @@ def test_full_disk_during_the_build_is_a_data_error(class_tree, cache_dir, monke
 @needs_fork
 def test_file_deleted_during_the_build_is_skipped(class_tree, cache_dir, monkeypatch):
     """A file deleted between the listing and its decoding is skipped as 'vanished'; the build goes on."""
-    real_decode = decode.decode_image
+    real_decode = decode.decode_file
 
     def deleted_first(path, size):
         if path.parent.name == "Dog" and path.name == "3.jpg":
             path.unlink()
         return real_decode(path, size)
 
-    monkeypatch.setattr(decode, "decode_image", deleted_first)
+    monkeypatch.setattr(decode, "decode_file", deleted_first)
     data = dataset.load_images(class_tree, 24, cache_dir, workers=2)
     assert data.skipped == {"Dog/3.jpg": "vanished"} and len(data.files) == 59
 
@@ -280,6 +280,20 @@ def test_one_class_folder_given_as_data_suggests_its_parent(class_tree):
     """--data at PetImages/Cat, whose photos are loose files: a DataError suggesting PetImages."""
     with pytest.raises(dataset.DataError, match=rf"did you mean --data {re.escape(str(class_tree))}\?$"):
         dataset.find_images(class_tree / "Cat")
+
+
+def test_no_suggestion_that_would_make_a_project_folder_the_classes(tmp_path):
+    """Loose photos inside a project folder (code, plots, other photos beside them): the parent is not offered as
+    --data, since following that would make every sibling folder a class."""
+    for i in range(3):
+        write_image(tmp_path / "project" / "myphotos" / f"IMG_{i}.jpg", seed=i)
+        write_image(tmp_path / "project" / "results" / f"plot{i}.png", seed=10 + i)
+    (tmp_path / "project" / "code").mkdir()
+    (tmp_path / "project" / "code" / "train.py").write_text("")
+    with pytest.raises(dataset.DataError) as refused:
+        dataset.find_images(tmp_path / "project" / "myphotos")
+    assert "did you mean" not in str(refused.value) and "train.py pretrains on loose photos" in str(refused.value)
+    assert dataset.find_images(tmp_path / "project" / "myphotos", unlabelled=None)[2] == []  # train.py reads them
 
 
 def test_kaggle_names_of_one_class_are_refused(tmp_path):

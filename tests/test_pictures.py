@@ -44,14 +44,14 @@ def test_pictures_writes_three_readable_pngs(class_tree, tmp_path, capsys):
 
 
 def test_checkpoint_with_another_test_split_is_refused(class_tree, tmp_path, capsys):
-    """A checkpoint pretrained with another test split (here --split-seed 1) is refused in one line, exit 2,
-    and no picture is written."""
+    """A checkpoint pretrained with another test split (here --split-seed 1) pretrained on some of these test
+    images: refused in one line giving their count, exit 2, and no picture is written."""
     run_train(tmp_path, class_tree)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_pictures(tmp_path, class_tree, "--split-seed", "1")
     error = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and "test split" in error
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and " test images were among the " in error
     assert not list((tmp_path / "plots").glob("*.png"))
 
 
