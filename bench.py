@@ -5,7 +5,7 @@
     (c) baseline: the usual kind, PIL decode + torchvision transforms in DataLoader workers (one per core),
                   both views, same resolution and batch, then the same step.
 
-    python bench.py --data /tmp/PetImages --device cuda --json results/bench-h200.json   # 150 px, batch 256, bf16
+    python bench.py --data data/PetImages --device cuda --json results/bench-h200.json   # 150 px, batch 256, bf16
     python bench.py --demo --device cpu --image-size 48 --batch-size 16 --steps 3 --warmup 1   # CPU smoke run
 
 Prints a table (images/s, seconds per 25,000-image epoch, peak memory, ratios b/a and b/c) and writes the same

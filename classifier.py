@@ -13,8 +13,9 @@ only the head trains. Random and pretrained backbones go through the same code; 
 run also fits the closed-form probe (L2 logistic regression on the backbone's features, its penalty chosen by
 cross-validation on the labelled images), which has no learning rate or epochs to tune. The input resolution
 and the cache follow the checkpoint's unless --image-size or --cache-size say otherwise.
-Writes OUT/metrics.jsonl (per epoch: train loss and accuracy, the lr of every group, test accuracy; then a final
-record), OUT/labelled.json (the exact labelled images), OUT/classifier.pt and OUT/args.json; prints the
+The test set is evaluated once, at the end: per epoch only what may guide a choice is shown and logged.
+Writes OUT/metrics.jsonl (per epoch: train loss and accuracy, the lr of every group; then a final record with
+the test accuracy), OUT/labelled.json (the exact labelled images), OUT/classifier.pt and OUT/args.json; prints the
 closed-form probe's accuracy (frozen runs) and then `test accuracy: 0.xxxx` last.
 """
 from __future__ import annotations
@@ -77,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("run")
     group.add_argument("--all-labels", action="store_true",
                        help="train on every non-test image with its label (the supervised upper bound)")
-    group.add_argument("--eval-every", type=cli.positive(int), default=1, help="epochs between test evaluations")
     group.add_argument("--test-data", type=Path, default=None,
                        help="evaluate on every image of this labelled folder instead of the held-out split")
     cli.add_output_arguments(group, None, resumable=False,
@@ -183,8 +183,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     backbone_name = "random" if args.random else "simsiam"
     mode = "finetune" if args.finetune else "frozen"
-    out = runs.prepare_out(args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune,
-                                                                               args.all_labels), args.overwrite)
+    out = args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune, args.all_labels)
+    replaced = runs.check_out(out, args.overwrite)  # the old run's files go once every check has passed
     runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
@@ -201,6 +201,9 @@ def main(argv=None) -> None:
 
     options = dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size)
     data, splits = dataset.open_data(options)
+    if not args.all_labels and args.labels < len(data.classes):
+        raise runs.RunError(f"--labels {args.labels} leaves a class of the {len(data.classes)} without a labelled "
+                            f"image: the head needs one of each, so --labels {len(data.classes)} or more")
     images = dataset.cache_on_device(data.images, device)
     test_set = evaluation_set(args, data, splits)
     test_source = dataset.cache_on_device(test_set.images, device) if args.test_data else images
@@ -218,6 +221,7 @@ def main(argv=None) -> None:
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
     optimizer = make_optimizer(model, args, batch_size)
 
+    runs.start_run(out, replaced)
     runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
                    precision_used=runtime.precision, backbone=backbone_name, mode=mode, batch_size_used=batch_size,
                    peak_lr=optimizer.param_groups[0]["peak_lr"], num_classes=len(data.classes), test_set=test_set.name,
@@ -233,7 +237,6 @@ def main(argv=None) -> None:
 
     generator = devices.generator(device, args.seed)
     on_device = dataclasses.replace(data, images=images, labels=data.labels.to(device))
-    test_features = None
     closed_form = {}  # a frozen backbone's features never change: the closed-form probe is fitted once, first
     if not args.finetune:
         test_features = evaluate.embed(model.backbone, test_source, test_indices, image_size, runtime,
@@ -243,7 +246,7 @@ def main(argv=None) -> None:
         if not closed_form:
             print("note: no closed-form probe: choosing its penalty needs 2 labelled images per class (--labels)")
     bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
-    for epoch in bar:
+    for epoch in bar:  # what may guide a choice is shown: the labelled images' loss; the test set comes once, last
         model.train()
         if not args.finetune:
             model.backbone.eval()  # frozen: BatchNorm statistics must not move
@@ -257,16 +260,14 @@ def main(argv=None) -> None:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy, "lr": lrs["head"]}
         if args.finetune:
             record["backbone_lr"] = lrs["backbone"]
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            if args.finetune:  # a frozen backbone's test features were embedded once, before the loop
-                test_features = evaluate.embed(model.backbone, test_source, test_indices, image_size, runtime,
-                                               desc="embedding the test set")
-            model.head.eval()
-            with torch.no_grad():
-                test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
-            record["test_accuracy"] = test_accuracy
-            bar.set_postfix(train_loss=f"{train_loss:.3f}", test_accuracy=f"{test_accuracy:.3f}")
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", train_accuracy=f"{train_accuracy:.3f}")
         metrics.log(**record)
+    if args.finetune:  # a frozen backbone's test features were embedded once, before the loop
+        test_features = evaluate.embed(model.backbone, test_source, test_indices, image_size, runtime,
+                                       desc="embedding the test set")
+    model.head.eval()
+    with torch.no_grad():
+        test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
 
     if frozen_before is not None:
         after = model.backbone.state_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import functools
 import math
 import os
@@ -31,6 +32,7 @@ def reports_errors(main):
     line and exit status 130; a bug still shows its traceback."""
     @functools.wraps(main)
     def run(argv=None):
+        show_odd_names()
         try:
             return main(argv)
         except ERRORS as error:
@@ -43,6 +45,17 @@ def reports_errors(main):
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
     return run
+
+
+def show_odd_names() -> None:
+    """Let stdout and stderr print file names that are not valid UTF-8 (lone surrogates in Python) as dataset.shown
+    does, instead of raising UnicodeEncodeError at the first print of one."""
+    def escape(error: UnicodeEncodeError) -> tuple[str, int]:
+        return dataset.shown(error.object[error.start:error.end]), error.end
+    codecs.register_error("shown", escape)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="shown")
 
 
 # ---------------------------------------------------------------- arguments

@@ -254,8 +254,15 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
 
 
 def fingerprint(files: list[str], indices: torch.Tensor) -> str:
-    """A short hash naming a set of images, to check that two runs held out the same test split."""
-    return hashlib.sha1("\n".join(sorted(files[i] for i in indices.tolist())).encode()).hexdigest()[:16]
+    """A short hash naming a set of images, to check that two runs held out the same test split. Names are
+    hashed as the bytes the OS gave (os.fsencode), so a name that is not valid UTF-8 works too."""
+    return hashlib.sha1(b"\n".join(sorted(os.fsencode(files[i]) for i in indices.tolist()))).hexdigest()[:16]
+
+
+def shown(name: str) -> str:
+    """A file or class name for people (consoles, figures): the bytes of a name that is not valid UTF-8, which
+    Python holds as lone surrogates, shown as \\xNN escapes (caf\\xe9.jpg)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed": "--split-seed",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -120,6 +121,21 @@ def fits(nbytes: int, device: torch.device, reserve_bytes: int) -> bool:
         return False
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes + reserve_bytes <= free
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a step can still use on `device`: CUDA's free memory; on a CPU the host's available memory (Linux's
+    MemAvailable); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:

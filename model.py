@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,76 @@ def atomic_save(state: dict, path: Path) -> None:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0o600 would hide the checkpoint from the group
         os.replace(temporary, path)
+    except OSError as error:  # a full disk or quota, a folder gone: the previous file is untouched
+        Path(temporary).unlink(missing_ok=True)
+        kept = f"the previous {path} is kept" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write {path} ({error.strerror or error}): it needs about "
+                              f"{tensor_bytes(state) / 1e6:,.0f} MB in {path.parent}, which has "
+                              f"{shutil.disk_usage(path.parent).free / 1e6:,.0f} MB free; {kept}. Free space "
+                              f"there and run again (a training run continues with --resume)") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def tensor_bytes(value) -> int:
+    """The bytes of every tensor in a nested state: about what a checkpoint of it takes on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(map(tensor_bytes, value.values()))
+    return sum(map(tensor_bytes, value)) if isinstance(value, (list, tuple)) else 0
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+PROGRESS_KEYS = {"epoch", "step", "augment_generator", "loss_sum", "std_sum"}
+# The form of every entry a checkpoint may hold: (what it must be, the check). load_checkpoint applies it once.
+ENTRIES = {
+    "model": ("a state dict of tensors", lambda v: isinstance(v, dict) and all(
+        isinstance(t, torch.Tensor) for t in v.values())),
+    "epoch": ("a count of epochs", is_count),
+    "args": ("a record of the run's arguments", lambda v: isinstance(v, dict)),
+    "split": ("a record of the held-out split", lambda v: isinstance(v, dict) and isinstance(
+        v.get("test_fingerprint"), str)),
+    "optimizer": ("an optimiser state", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) for g in v["param_groups"])),
+    "rng": ("the CPU generator's state", lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+            and v.shape == torch.get_rng_state().shape),
+    "progress": ("each process's place in its epoch", lambda v: isinstance(v, list) and all(
+        isinstance(p, dict) and PROGRESS_KEYS <= p.keys() and is_count(p["epoch"]) and is_count(p["step"])
+        for p in v)),
+    "pretraining_hashes": ("a 1-d int64 tensor of content hashes", lambda v: isinstance(v, torch.Tensor)
+                           and v.dtype == torch.int64 and v.dim() == 1),
+    "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+    "labelled_indices": ("a list of indices", lambda v: isinstance(v, list) and all(map(is_count, v))),
+}
+# The arguments each kind's readers use, and their form
+ARGUMENTS = {"simsiam": {"image_size": int, "batch_size": int, "cache_size": (int, type(None)), "seed": int},
+             "classifier": {"image_size": int, "cache_size": int}}
+
+
+def schema_problem(state: dict, kind: str) -> str | None:
+    """What in a checkpoint's entries does not have the form its readers expect (ENTRIES, ARGUMENTS), or None."""
+    for key, (form, fits) in ENTRIES.items():
+        if key in state and not fits(state[key]):
+            return f"its {key!r} entry is not {form}"
+    for key, types in ARGUMENTS.get(kind, {}).items():
+        if "args" in state and not (isinstance(state["args"].get(key), types) and not isinstance(
+                state["args"].get(key), bool)):
+            return f"its 'args' lack {key!r} as {' or '.join(t.__name__ for t in as_tuple(types))}"
+    return None
+
+
+def as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
 def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
-    """Read a checkpoint of `kind` holding the entries `needs` (besides "model") without unpickling code;
-    raise CheckpointError saying what is wrong."""
+    """Read a checkpoint of `kind` holding the entries `needs` (besides "model") without unpickling code, each
+    entry checked for its form (ENTRIES); raise CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -178,6 +241,8 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
         raise CheckpointError(f"{path}: a {kind} checkpoint without {', '.join(repr(key) for key in missing)}"
                               + (" (siam.pt holds the weights only: --resume reads last.pt)"
                                  if "optimizer" in missing else ""))
+    if (problem := schema_problem(state, kind)) is not None:
+        raise CheckpointError(f"{path}: {problem}: damaged, or not written by this repository's {kind} code")
     return state
 
 

@@ -161,7 +161,7 @@ def plot_neighbours(path: Path, data: dataset.ImageSet, queries: torch.Tensor, p
     groups[0].suptitle("test image", fontsize=10)
     labels = data.labels.tolist()
     for axis, index in zip(groups[0].subplots(rows, 1, squeeze=False)[:, 0], queries.tolist()):
-        show(axis, displayable(data.images[index:index + 1])[0], label=data.classes[labels[index]])
+        show(axis, displayable(data.images[index:index + 1])[0], label=dataset.shown(data.classes[labels[index]]))
     for group, (heading, (similarities, neighbours)) in zip(groups[1:], panels.items()):
         group.suptitle(wrapped(heading, THUMBNAIL * k, 10), fontsize=10)
         axes = group.subplots(rows, k, squeeze=False)
@@ -169,7 +169,7 @@ def plot_neighbours(path: Path, data: dataset.ImageSet, queries: torch.Tensor, p
             for column, index in enumerate(neighbours[row].tolist()):
                 show(axes[row, column], displayable(data.images[index:index + 1])[0],
                      frame=AGREE if labels[index] == labels[query] else DISAGREE,
-                     label=f"{data.classes[labels[index]]} {similarities[row, column]:.3f}",
+                     label=f"{dataset.shown(data.classes[labels[index]])} {similarities[row, column]:.3f}",
                      title=f"#{column + 1}" if row == 0 else None)
     figure.savefig(path, dpi=DPI)
 
@@ -182,7 +182,7 @@ def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[
     for axis, (heading, (coordinates, shares)) in zip(axes, panels.items()):
         for label, name in enumerate(classes):
             points = coordinates[labels == label]
-            axis.scatter(points[:, 0], points[:, 1], s=14, alpha=0.7, color=f"C{label}", label=name,
+            axis.scatter(points[:, 0], points[:, 1], s=14, alpha=0.7, color=f"C{label}", label=dataset.shown(name),
                          edgecolors="none")
         axis.set_title(f"{heading}\nPC1 {shares[0]:.0%} + PC2 {shares[1]:.0%} of the variance", fontsize=10)
         axis.set(xlabel="principal component 1", ylabel="principal component 2")

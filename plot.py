@@ -5,10 +5,11 @@ and what it lacked (the collapse metric, kNN accuracy during pretraining, held-o
     python plot.py runs/simsiam runs/classifier-random-frozen runs/classifier-simsiam-frozen --out figures
 
 Writes OUT/simsiam.png (loss, z-std against 1/sqrt(d), kNN accuracy per epoch) and OUT/classifier.png
-(train loss and test accuracy per epoch, random against SimSiam backbones on shared axes, chance level, each
-run's final value in its legend entry; a title says so when the runs were tested on different test sets), then
-prints the finished classifier runs as a table: backbone, probe, test accuracy ± its standard error, test images.
-Reads only the files runs leave: args.json and metrics.jsonl.
+(training loss and accuracy on the labelled images per epoch, random against SimSiam backbones on shared axes,
+each run's final test accuracy in its legend entry; a warning says so when the runs were tested on different
+test sets), then prints the finished classifier runs as a table: backbone, probe, test accuracy ± its standard
+error, test images. Reads only the files runs leave, args.json and metrics.jsonl; a run whose files are not what
+runs write is skipped with one line naming the file and the field.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure  # drawn to files without pyplot, so no bac
 from matplotlib.ticker import MaxNLocator
 
 import cli
+import dataset
 import evaluate
 import figures
 import runs
@@ -35,9 +37,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+NUMBERS = ("loss", "z_std", "knn_accuracy", "lr", "images_per_s", "train_loss", "train_accuracy", "test_accuracy",
+           "closed_form_accuracy")  # the per-epoch and final fields plot.py draws or tabulates
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_problem(run_args, records: list[dict]) -> str | None:
+    """Why a run's files are not what train.py or classifier.py write, naming the file and the field, or None."""
+    if not isinstance(run_args, dict):
+        return f"args.json holds a {type(run_args).__name__}, not an object"
+    if "backbone" in run_args and (run_args["backbone"] not in figures.COLOURS
+                                   or not isinstance(run_args.get("mode"), str)):
+        return f"args.json fields 'backbone', 'mode' are {run_args.get('backbone')!r}, {run_args.get('mode')!r}"
+    for record in records:
+        for field in NUMBERS:
+            value = record.get(field, 0)
+            if not (is_number(value) or (field == "knn_accuracy" and value is None)):  # None: no monitor
+                return f"metrics.jsonl field {field!r} is {value!r}, not a number"
+    final = runs.final_of(records)
+    if final is not None and not (is_number(final.get("test_accuracy")) and isinstance(final.get("num_test"), int)
+                                  and final["num_test"] > 0):
+        return "metrics.jsonl final record lacks 'test_accuracy' or 'num_test' as numbers"
+    return None
+
+
 def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     """(SimSiam runs, classifier runs), each {"name", "args", "epochs": [per-epoch records], "final": the
-    classifier's closing record or None}."""
+    classifier's closing record or None}. A run whose files are not what runs write is skipped, said in one line."""
     pretraining, classifiers = [], []
     for folder in folders:
         if not (folder / "metrics.jsonl").is_file() or not (folder / "args.json").is_file():
@@ -48,16 +77,18 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
             print(f"skipped {folder}: its args.json is unreadable (a run still starting, or killed while writing it)")
             continue
         records = runs.read_jsonl(folder / "metrics.jsonl")
-        run = {"name": folder.name, "args": run_args,
-               "epochs": [r for r in records if isinstance(r.get("epoch"), int)],
-               "final": runs.final_of(records)}
+        if (problem := run_problem(run_args, records)) is not None:
+            print(f"skipped {folder}: its {problem}")
+            continue
+        run = {"name": dataset.shown(folder.name), "args": run_args,
+               "epochs": [r for r in records if isinstance(r.get("epoch"), int)], "final": runs.final_of(records)}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
 
 
 def series(run: dict, key: str) -> tuple[list[int], list[float]]:
-    """(epochs, values) of the records that hold `key`."""
-    records = [r for r in run["epochs"] if key in r]
+    """(epochs, values) of the records that hold a value of `key` (a kNN accuracy is None without a monitor)."""
+    records = [r for r in run["epochs"] if r.get(key) is not None]
     return [r["epoch"] for r in records], [r[key] for r in records]
 
 
@@ -68,10 +99,10 @@ def last(run: dict, key: str) -> str:
 
 
 def test_sets_note(runs: list[dict]) -> str:
-    """A warning for a title when the runs were evaluated on different test sets (their accuracies are then not
-    comparable), else ""."""
+    """A warning when the runs were evaluated on different test sets (their accuracies are then not comparable),
+    else ""."""
     fingerprints = {run["args"].get("test_fingerprint") for run in runs}
-    return "\nWARNING: these runs were evaluated on different test sets" if len(fingerprints) > 1 else ""
+    return "WARNING: these runs were evaluated on different test sets" if len(fingerprints) > 1 else ""
 
 
 def chance_line(axis, runs: list[dict]) -> None:
@@ -81,22 +112,28 @@ def chance_line(axis, runs: list[dict]) -> None:
         axis.axhline(1 / classes.pop(), color="grey", linestyle=":", label="chance")
 
 
-def finish(figure, axes, path: Path) -> None:
+def finish(figure, axes, path: Path, note: str = "") -> None:
+    """Grid, whole-number epochs, legends and the figure-wide `note` (a warning), then the PNG at `path`."""
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axis.legend(fontsize=8)
+    if note:
+        figure.suptitle(note, color="tab:red")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+MARKER = {"marker": "o", "markersize": 3}  # so that a run of one epoch is a visible point, not an invisible line
 
 
 def plot_pretraining(pretraining: list[dict], path: Path) -> None:
     figure = Figure(figsize=(15, 4.4))
     loss_axis, std_axis, knn_axis = figure.subplots(1, 3, sharex=True)
     for run in pretraining:
-        loss_axis.plot(*series(run, "loss"), label=run["name"] + last(run, "loss"))
-        std_axis.plot(*series(run, "z_std"), label=run["name"] + last(run, "z_std"))
-        knn_axis.plot(*series(run, "knn_accuracy"), label=run["name"] + last(run, "knn_accuracy"))
+        loss_axis.plot(*series(run, "loss"), **MARKER, label=run["name"] + last(run, "loss"))
+        std_axis.plot(*series(run, "z_std"), **MARKER, label=run["name"] + last(run, "z_std"))
+        knn_axis.plot(*series(run, "knn_accuracy"), **MARKER, label=run["name"] + last(run, "knn_accuracy"))
     loss_axis.axhline(-1, color="black", linewidth=0.5)
     loss_axis.set(title="SimSiam loss (minimum -1)", xlabel="epoch", ylabel="D(p1, z2)/2 + D(p2, z1)/2")
     std_axis.axhline(1 / math.sqrt(PROJECTION_DIM), color="tab:green", linestyle=":",
@@ -104,9 +141,8 @@ def plot_pretraining(pretraining: list[dict], path: Path) -> None:
     std_axis.set(title="collapse metric: std of l2-normalised z (0 = collapsed)", xlabel="epoch", ylabel="z-std",
                  ylim=(0, 1.5 / math.sqrt(PROJECTION_DIM)))
     chance_line(knn_axis, pretraining)
-    knn_axis.set(title="kNN accuracy, test split (bank: labelled subset)" + test_sets_note(pretraining),
-                 xlabel="epoch", ylabel="accuracy")
-    finish(figure, (loss_axis, std_axis, knn_axis), path)
+    knn_axis.set(title="kNN accuracy, test split (bank: labelled subset)", xlabel="epoch", ylabel="accuracy")
+    finish(figure, (loss_axis, std_axis, knn_axis), path, test_sets_note(pretraining))
 
 
 def plot_classifiers(classifiers: list[dict], path: Path) -> None:
@@ -119,15 +155,16 @@ def plot_classifiers(classifiers: list[dict], path: Path) -> None:
         style = {"color": colours[used[backbone] % len(colours)], "linestyle": figures.LINESTYLES.get(mode, "-")}
         used[backbone] += 1
         name = f"{backbone} backbone, {mode} ({run['name']})"
-        loss_axis.plot(*series(run, "train_loss"), **style, label=name + last(run, "train_loss"))
-        accuracy_axis.plot(*series(run, "test_accuracy"), **style, label=name + last(run, "test_accuracy"))
+        tested = "" if run["final"] is None else f"; test {run['final']['test_accuracy']:.3f}"
+        loss_axis.plot(*series(run, "train_loss"), **style, **MARKER, label=name + last(run, "train_loss"))
+        accuracy_axis.plot(*series(run, "train_accuracy"), **style, **MARKER,
+                           label=name + last(run, "train_accuracy") + tested)
     chance_line(accuracy_axis, classifiers)
-    loss_axis.set(title="classifier training loss (labelled subset)", xlabel="epoch", ylabel="cross-entropy")
+    loss_axis.set(title="training loss (labelled images)", xlabel="epoch", ylabel="cross-entropy")
     test_set = classifiers[0]["args"].get("test_set", "held-out split")
-    note = test_sets_note(classifiers)
-    accuracy_axis.set(title=f"test accuracy ({'several test sets' if note else test_set}){note}",
+    accuracy_axis.set(title=f"training accuracy; legend: test accuracy once, at the end ({test_set})",
                       xlabel="epoch", ylabel="accuracy")
-    finish(figure, (loss_axis, accuracy_axis), path)
+    finish(figure, (loss_axis, accuracy_axis), path, test_sets_note(classifiers))
 
 
 def results_table(classifiers: list[dict]) -> list[str]:
@@ -168,9 +205,12 @@ def main(argv=None) -> None:
         plot_classifiers(classifiers, args.out / "classifier.png")
         written.append(args.out / "classifier.png")
     print("wrote " + ", ".join(str(path) for path in written))
+    for name in {"simsiam.png", "classifier.png"} - {path.name for path in written}:
+        if (args.out / name).exists():
+            print(f"note: {args.out / name} is left from an earlier plot.py: none of these runs is drawn in it")
     table = results_table(classifiers)
     if table:
-        print("\n" + "\n".join(table) + test_sets_note(classifiers))
+        print("\n" + "\n".join(table) + ("\n" + test_sets_note(classifiers) if test_sets_note(classifiers) else ""))
 
 
 if __name__ == "__main__":

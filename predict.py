@@ -122,7 +122,7 @@ def write_csv(path: Path, classes: list[str], rows: list[list]) -> None:
     """path,class,probability,probability_<class>... and `rows`, written to a temporary file, then renamed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
+        with open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:  # names as given
             writer = csv.writer(file)
             writer.writerow(["path", "class", "probability", *(f"probability_{name}" for name in classes)])
             writer.writerows(rows)
@@ -142,6 +142,10 @@ def main(argv=None) -> None:
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
+    if not args.checkpoint.is_file():
+        raise runs.RunError(f"{args.checkpoint}: no such checkpoint file: train a classifier first (python "
+                            f"classifier.py --data data/PetImages, after train.py), or pass --checkpoint "
+                            f"RUN/classifier.pt")
     checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
     classes, trained = checkpoint["classes"], checkpoint["args"]
     image_size, cache_size = pretrained.resolution(None, None, trained, trained["image_size"])

@@ -15,13 +15,9 @@ def read(path: Path, hint: str = "train one with train.py") -> dict:
     """The SimSiam checkpoint at `path` (train.py's siam.pt or last.pt) with its arguments and the content hashes
     of its pretraining images, before any data is decoded; a CheckpointError that ends with `hint` otherwise."""
     try:
-        checkpoint = load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
+        return load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
     except CheckpointError as error:
         raise CheckpointError(f"cannot use --checkpoint: {error} ({hint})") from None
-    hashes = checkpoint["pretraining_hashes"]
-    if not (isinstance(hashes, torch.Tensor) and hashes.dtype == torch.int64 and hashes.dim() == 1):
-        raise CheckpointError(f"cannot use --checkpoint {path}: its pretraining_hashes are not a 1-d int64 tensor")
-    return checkpoint
 
 
 def resolution(image_size: int | None, cache_size: int | None, pretrained: dict | None,

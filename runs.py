@@ -28,6 +28,11 @@ class Interrupted(Exception):
         self.exit_status = 128 + signal_number
 
 
+def count(number: int, noun: str) -> str:
+    """"1 epoch", "20 epochs": a count and its noun, for people."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     """A duration for people: 45 s, 3.2 min, 1.5 h."""
     if seconds < 90:
@@ -37,14 +42,18 @@ def duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- the run folder
 
-RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "classifier.pt", "labelled.json")  # what runs write
+RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
+             "labelled.json")  # what runs write
 
 
-def writable_folder(folder: Path, flag: str) -> Path:
-    """Create `folder` and check it can be written, before any work starts."""
+def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
+    """Check that `folder` can be written, before any work starts: created when `create`, else probed in it or
+    its nearest existing parent, so that a command refused later leaves no empty folder behind."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probed = next(path for path in (folder, *folder.parents) if path.exists())
+        probe = probed / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -52,22 +61,28 @@ def writable_folder(folder: Path, flag: str) -> Path:
     return folder
 
 
-def prepare_out(out: Path, overwrite: bool = False, resume_from: Path | None = None) -> Path:
-    """The run folder, checked before any work: a folder that holds another run is refused unless the run
-    continues it (`resume_from` its last.pt) or replaces it (`overwrite`: its run files are deleted first,
-    nothing else)."""
+def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = None) -> list[str]:
+    """Check the run folder before any work, changing nothing: a folder that holds another run is refused unless
+    the run continues it (`resume_from` its last.pt) or replaces it (`overwrite`). Returns the files that the run
+    replaces, which start_run deletes once every other check has passed."""
     held = [name for name in RUN_FILES if (out / name).exists()]
     if resume_from is not None and not resume_from.is_file():
         raise RunError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
     continues_out = resume_from is not None and resume_from.resolve() == (out / "last.pt").resolve()
-    if held and not continues_out:
-        if not overwrite:
-            offer = "continue it with --resume, " if "last.pt" in held else ""
-            raise RunError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
-                           f"--overwrite to replace it")
-        for name in held:
-            (out / name).unlink()
-    return writable_folder(out, "--out")
+    if held and not continues_out and not overwrite:
+        offer = "continue it with --resume, " if "last.pt" in held else ""
+        raise RunError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
+                       f"--overwrite to replace it")
+    writable_folder(out, "--out", create=False)
+    return [] if continues_out else held
+
+
+def start_run(out: Path, replaced: list[str]) -> None:
+    """Create the run folder and delete the files of the run it replaces (check_out): called just before the
+    first step, when the data, the checkpoint and the settings have all passed their checks."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in replaced:
+        (out / name).unlink(missing_ok=True)
 
 
 def resume_checkpoint(resume: Path | bool | None, out: Path) -> Path | None:

@@ -34,7 +34,8 @@ import evaluate
 import recipe
 import runs
 import schedule
-from model import PROJECTION_DIM, SimSiam, export_backbone, finite_state, load_checkpoint, save_checkpoint
+from model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, finite_state, load_checkpoint,
+                   save_checkpoint)
 
 CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
 DEMO = recipe.DEMO
@@ -142,10 +143,11 @@ class EpochProgress:
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_epoch: int, images: torch.Tensor,
                 indices: torch.Tensor, progress: EpochProgress, args: argparse.Namespace, runtime: devices.Runtime,
-                stop: runs.StopSignals) -> dict | None:
+                stop: runs.StopSignals, announce: bool = False) -> dict | None:
     """This rank's part of one pass over the pretraining images `indices`, from `progress.step` on. Returns
     the epoch's metrics (averaged over ranks) and the first step with a non-finite loss (-1 if none), or
-    None when a stop signal came first (`progress` then says where it stopped)."""
+    None when a stop signal came first (`progress` then says where it stopped). With `announce`, a long run on
+    a CPU says after its first steps what it will cost (cost_note)."""
     context = runtime.context
     # where the cache is, so that no index crosses between host and GPU; the same global order on every rank
     order_generator = devices.generator(images.device, epoch_seed(args.seed, progress.epoch))
@@ -161,6 +163,9 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
         loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
         progress.add(step, loss, std)
         bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)
+        if announce and step == first_step + TIMED_STEPS - 1:
+            steps_left = steps_per_epoch * (args.epochs - progress.epoch) - step - 1
+            tqdm.write(cost_note((time.perf_counter() - started) / TIMED_STEPS * steps_left, runtime.device))
         if step + 1 < steps_per_epoch and stop_requested(stop, step, runtime):
             return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
     seconds = time.perf_counter() - started
@@ -169,6 +174,19 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
             "images_per_s": (steps_per_epoch - first_step) * args.batch_size / seconds, "epoch_s": seconds,
             "peak_memory_gb": devices.peak_memory_gb(runtime.device),
             "bad_step": int(progress.first_bad_step)}
+
+
+TIMED_STEPS = 3  # steps a CPU run times before it says what the whole run will cost
+LONG_RUN_S = 30 * 60
+
+
+def cost_note(seconds_left: float, device: torch.device) -> str:
+    """What the rest of a run costs on `device`, and, when that is long, the settings of a CPU-sized run."""
+    note = f"on {devices.describe(device)} the rest of this run takes about {runs.duration(seconds_left)}"
+    if seconds_left > LONG_RUN_S:
+        note += ("; the defaults are sized for a GPU, a CPU-sized run is --image-size 64 --epochs 1 --limit 1000 "
+                 "(under a minute on 2 cores)")
+    return note
 
 
 STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (each costs a host synchronisation)
@@ -244,6 +262,16 @@ def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs
 # ---------------------------------------------------------------- the run
 
 
+def check_memory(image_size: int, batch_size: int, runtime: devices.Runtime) -> None:
+    """Refuse, before any decoding, a step that cannot fit in the device's free memory, with what would fit."""
+    needed, free = recipe.step_bytes(image_size, batch_size, runtime.precision), devices.free_memory(runtime.device)
+    if free is not None and needed > free:
+        fitting = free // recipe.step_bytes(image_size, 1, runtime.precision)
+        raise runs.RunError(f"one step at --image-size {image_size} and {batch_size} images per process needs about "
+                            f"{needed / 1e9:,.1f} GB of {runtime.device} memory, {free / 1e9:,.1f} GB free: pass a "
+                            f"smaller --image-size or --batch-size (at {image_size} px about {fitting} images fit)")
+
+
 def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split: dict, args: argparse.Namespace,
            runtime: devices.Runtime) -> EpochProgress:
     """Load last.pt into `model` and `optimizer` (this run's lr schedule kept) and the global RNG; return where its
@@ -268,7 +296,11 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split: dict, 
     model.load_state_dict(state["model"])
     own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
                     for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{last}: its 'optimizer' state does not fit this model's optimiser "
+                              f"({' '.join(str(error).split())})") from None
     for group, own in zip(optimizer.param_groups, own_schedule):  # this run's lr (--lr may have changed)
         group.update(own)
     recipe.match_layout(optimizer)
@@ -288,8 +320,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     last = runs.resume_checkpoint(args.resume, args.out)
     context, device_name = distributed.setup(args.device)
+    replaced = []  # the files of a run that --overwrite replaces, once every check has passed
     if context.is_main:
-        runs.prepare_out(args.out, overwrite=args.overwrite, resume_from=last)
+        replaced = runs.check_out(args.out, overwrite=args.overwrite, resume_from=last)
         runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(device_name, args.precision, context)
@@ -297,6 +330,7 @@ def main(argv=None) -> None:
         devices.use_deterministic_algorithms()
     device = runtime.device
     print_on_main = print if context.is_main else (lambda *_, **__: None)  # one line per run, not per rank
+    check_memory(args.image_size, args.batch_size // context.world_size, runtime)
 
     if context.local_rank != 0:
         distributed.barrier(context)  # local rank 0 builds the caches (or the demo set) first
@@ -338,13 +372,14 @@ def main(argv=None) -> None:
     metrics = runs.Metrics(args.out / "metrics.jsonl")
     print_on_main(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
                   f"({runtime.precision}) x {context.world_size} process(es), cache in "
-                  f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {args.epochs} epochs of "
-                  f"{steps_per_epoch} steps, batch {args.batch_size}, lr {initial_lr:g}")
+                  f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {runs.count(args.epochs, 'epoch')} of "
+                  f"{runs.count(steps_per_epoch, 'step')}, batch {args.batch_size}, lr {initial_lr:g}")
 
     summary = "nothing to do: the run had already finished"
     loop_started, first_epoch = time.perf_counter(), progress.epoch
     with runs.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
+            runs.start_run(args.out, replaced)
             runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
                            initial_lr=initial_lr, steps_per_epoch=steps_per_epoch, cache_on=images.device.type,
                            cache_resolution=data.images.shape[-1], world_size=context.world_size,
@@ -356,7 +391,8 @@ def main(argv=None) -> None:
                 progress = EpochProgress.start(epoch, args.seed, runtime)
             model.train()
             record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, pretrain, progress, args,
-                                 runtime, stop)
+                                 runtime, stop, announce=context.is_main and device.type == "cpu"
+                                 and epoch == first_epoch and steps_per_epoch - progress.step >= TIMED_STEPS)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+import cli
 import dataset
 import runs
 from model import load_checkpoint
@@ -118,25 +119,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@cli.reports_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    runs = (REPOSITORY / args.runs).resolve()
-    runs.mkdir(parents=True, exist_ok=True)
+    runs_dir = runs.writable_folder((REPOSITORY / args.runs).resolve(), "--runs")
     image_size, batch_size, subset = SETTINGS[args.tiny]
-    data = ["--demo", *subset, "--cache-dir", str(runs / "cache"), "--device", args.device]
+    data = ["--demo", *subset, "--cache-dir", str(runs_dir / "cache"), "--device", args.device]
     pretraining = [*data, "--image-size", str(image_size), "--batch-size", str(batch_size), "--epochs", "2",
                    "--deterministic", "--overwrite"]
-    check = Check(runs)
+    check = Check(runs_dir)
     started = time.perf_counter()
 
     def bench_figures():
-        result = json.loads((runs / "bench.json").read_text())
+        result = json.loads((runs_dir / "bench.json").read_text())
         return result["pipeline_images_per_s"], result["peak_memory_gb"]
 
     check.step("bench", ["bench.py", *data, "--image-size", str(image_size), "--batch-size", str(batch_size),
-                         "--steps", "5", "--warmup", "2", "--no-baseline", "--json", str(runs / "bench.json")],
+                         "--steps", "5", "--warmup", "2", "--no-baseline", "--json", str(runs_dir / "bench.json")],
                measure=bench_figures)
-    whole, stopped = runs / "pretrain", runs / "stopped"
+    whole, stopped = runs_dir / "pretrain", runs_dir / "stopped"
     pretrained = check.step("pretrain", ["train.py", *pretraining, "--out", str(whole)],
                             measure=lambda: epoch_figures(whole))
 
@@ -163,18 +164,18 @@ def main(argv=None) -> int:
     else:
         check.skip("resume", "the stop failed")
 
-    frozen = runs / "frozen"
+    frozen = runs_dir / "frozen"
     if pretrained:
         classifier = [*data, "--checkpoint", str(whole / "siam.pt"), "--epochs", "3", "--overwrite"]
         check.step("frozen", ["classifier.py", *classifier, "--out", str(frozen)],
                    measure=lambda: classifier_finished(frozen))
-        check.step("finetune", ["classifier.py", *classifier, "--finetune", "--out", str(runs / "finetune")],
-                   measure=lambda: classifier_finished(runs / "finetune"))
+        check.step("finetune", ["classifier.py", *classifier, "--finetune", "--out", str(runs_dir / "finetune")],
+                   measure=lambda: classifier_finished(runs_dir / "finetune"))
     else:
         check.skip("frozen", "no pretrained backbone")
         check.skip("finetune", "no pretrained backbone")
     if (frozen / "classifier.pt").is_file():
-        photos = runs / "cache" / dataset.DEMO_FOLDER / "disc"
+        photos = runs_dir / "cache" / dataset.DEMO_FOLDER / "disc"
         check.step("predict", ["predict.py", str(photos), "--checkpoint", str(frozen / "classifier.pt"),
                                "--device", args.device])
     else:

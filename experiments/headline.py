@@ -1,8 +1,8 @@
 """The headline experiment: what 250 labels buy with SimSiam pretraining, on held-out images.
 
-    python -m experiments.headline --data /tmp/PetImages            # train.py's defaults
-    python -m experiments.headline --data /tmp/PetImages --epochs 100 --image-size 96 --cache-size 110 -b 512
-    python -m experiments.headline --data /tmp/PetImages --checkpoint runs/simsiam/siam.pt   # no pretraining
+    python -m experiments.headline --data data/PetImages            # train.py's defaults
+    python -m experiments.headline --data data/PetImages --epochs 100 --image-size 96 --cache-size 110 --batch-size 512
+    python -m experiments.headline --data data/PetImages --checkpoint runs/simsiam/siam.pt   # no pretraining
     python -m experiments.headline --tiny                            # CPU smoke run on the --demo set (CI)
 
 Before starting it prints the estimated wall time from the throughput it measures (bench.py on the demo set).
@@ -47,30 +47,38 @@ RUNS = list(dict.fromkeys((random, finetune) for _, random, finetune, _ in ROWS)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/tmp/PetImages"), help="the image folder")
-    parser.add_argument("--runs", type=Path, default=Path("runs/headline"), help="where the runs go")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where the small files go")
-    parser.add_argument("--label-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=4, help="classifier runs at a time (they share the GPU)")
-    parser.add_argument("--classifier-epochs", type=int, default=100)
-    parser.add_argument("--supervised-epochs", type=int, default=15)
+    parser.add_argument("--data", type=Path, default=Path("data/PetImages"),
+                        help="the image folder, relative to the repository root (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/headline"),
+                        help="where the runs go (default: %(default)s)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="where the small files go (default: %(default)s)")
+    parser.add_argument("--label-seeds", type=cli.seed, nargs="+", default=[0, 1, 2],
+                        help="one labelled subset per seed, each its own run folder (default: %(default)s)")
+    parser.add_argument("--parallel", type=cli.positive(int), default=4,
+                        help="classifier runs at a time (they share the GPU; default: %(default)s)")
+    parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
+                        help="epochs of each 250-label classifier run (default: %(default)s)")
+    parser.add_argument("--supervised-epochs", type=cli.positive(int), default=15,
+                        help="epochs of the supervised bound on every non-test label (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
     common.add_pretraining_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(set(args.label_seeds)) < len(args.label_seeds):  # two runs would race for one folder
+        parser.error(f"--label-seeds must differ from each other, got {' '.join(map(str, args.label_seeds))}")
+    return args
 
 
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs_dir = (REPOSITORY / args.runs).resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = runs.writable_folder((REPOSITORY / args.runs).resolve(), "--runs")
+    runs.writable_folder((REPOSITORY / args.results).resolve(), "--results")
     settings = common.pretraining_settings(args)
     options = common.data_options(args.data, args.tiny, runs_dir, settings["image_size"])
     data, pretraining = common.data_flags(options), common.pretraining_flags(args)
-    classifier_extra = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs),
-                                                                    "--eval-every", "10"]
-    supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs),
-                                                                    "--eval-every", "5"]
+    classifier_extra = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]
+    supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs)]
     non_test = common.pretraining_images(options)
     labelled_epochs = int(classifier_extra[1]) * options.labels * len(args.label_seeds)
     print(common.estimate(common.measured_throughput(settings, runs_dir),

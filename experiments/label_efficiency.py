@@ -1,8 +1,8 @@
 """Label efficiency: held-out test accuracy against the number of labelled images, over a random and a SimSiam
 backbone, frozen (linear probe, and the closed-form probe beside it) and fine-tuned.
 
-    python -m experiments.label_efficiency --data /tmp/PetImages          # one GPU: pretrains, then 124 runs
-    python -m experiments.label_efficiency --data /tmp/PetImages --checkpoint runs/headline/simsiam/siam.pt
+    python -m experiments.label_efficiency --data data/PetImages          # one GPU: pretrains, then 124 runs
+    python -m experiments.label_efficiency --data data/PetImages --checkpoint runs/headline/simsiam/siam.pt
     python -m experiments.label_efficiency --tiny                          # CPU smoke run on the --demo set (CI)
 
 Runs the repository's own scripts, as headline.py does:
@@ -59,7 +59,7 @@ def seed_rule_step(text: str) -> tuple[int | None, int]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("data and pretraining (paths relative to the repository root)")
-    group.add_argument("--data", type=Path, default=Path("/tmp/PetImages"),
+    group.add_argument("--data", type=Path, default=Path("data/PetImages"),
                        help="the image folder (default: %(default)s)")
     group.add_argument("--split-seed", type=cli.seed, default=0,
                        help="seed of the held-out test split, the same in every run (default: %(default)s)")
@@ -148,9 +148,9 @@ def classifier_runs(sizes: list[int], args: argparse.Namespace, common_flags: li
                     runs_dir: Path) -> list[Run]:
     """Every classifier run of the sweep, the longest first (all labels, then the largest sizes, fine-tuned
     before frozen), so that the pool does not end waiting on one long run."""
-    sized = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs), "--eval-every", "10"]
+    sized = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]
     everything = [*common.ALL_LABELS, *(common.TINY["all_labels"] if args.tiny else
-                                        ["--epochs", str(args.all_labels_epochs), "--eval-every", "5"])]
+                                        ["--epochs", str(args.all_labels_epochs)])]
     planned = []
     for labels in [None, *sorted(sizes, reverse=True)]:
         for seed in [None] if labels is None else range(label_seeds(labels, args.seed_rule)):
@@ -251,8 +251,8 @@ def table(summary: list[dict]) -> str:
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs_dir = (REPOSITORY / args.runs).resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = runs.writable_folder((REPOSITORY / args.runs).resolve(), "--runs")
+    runs.writable_folder((REPOSITORY / args.results).resolve(), "--results")
     settings = common.pretraining_settings(args)
     options = common.data_options(args.data, args.tiny, runs_dir, settings["image_size"], split_seed=args.split_seed,
                                   test_fraction=args.test_fraction, **({"limit": args.limit} if args.limit else {}))

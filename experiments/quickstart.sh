@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole job in one command: set up .venv, pretrain SimSiam, train the 250-label classifier over a random
-# and over the SimSiam backbone, plot, and print the results table and what to run next.
+# and over the SimSiam backbone, plot, and print the results table and what to run next. Its runs go to
+# runs/demo/ (the --demo set) or runs/quickstart/ (your photos), never where the pipeline's own runs go.
 #   bash experiments/quickstart.sh                     # data/PetImages when it is there, else the --demo set
-#   bash experiments/quickstart.sh --data DIR [FLAGS]  # your photos; FLAGS go to train.py and classifier.py
+#   bash experiments/quickstart.sh --data DIR [FLAGS]  # your photos; FLAGS go to train.py and classifier.py,
+#                                                      # and those of the data and the device to pictures.py too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
@@ -12,30 +14,42 @@ if [ "${1:-}" = "--data" ]; then
 elif [ -d data/PetImages ]; then
   data=(--data data/PetImages)
 else
-  echo "data/PetImages not found: running on the synthetic --demo set (see README, Data)"; data=(--demo)
+  echo "data/PetImages not found: running on the synthetic --demo set (see docs/data.md)"; data=(--demo)
 fi
+[ "${data[0]}" = "--demo" ] && out=runs/demo || out=runs/quickstart
+# the flags that also reach pictures.py: those that choose the data, its split and the device
+shared=() rest=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cache-dir|--limit|--workers|--split-seed|--test-fraction|--labels|--label-seed|--device|--precision)
+      shared+=("$1" "$2"); rest+=("$1" "$2"); shift 2 ;;
+    *) rest+=("$1"); shift ;;
+  esac
+done
+set -- "${rest[@]+"${rest[@]}"}"
 # --overwrite: a second quick start replaces the first one's runs
-$python train.py "${data[@]}" --overwrite "$@"
-$python classifier.py "${data[@]}" --random --overwrite "$@"
-$python classifier.py "${data[@]}" --overwrite "$@"
-$python plot.py runs/simsiam runs/classifier-random-frozen runs/classifier-simsiam-frozen
-$python pictures.py "${data[@]}"
-cat <<EOF
+$python train.py "${data[@]}" --out $out/simsiam --overwrite "$@"
+$python classifier.py "${data[@]}" --random --out $out/classifier-random-frozen --overwrite "$@"
+$python classifier.py "${data[@]}" --checkpoint $out/simsiam/siam.pt --out $out/classifier-simsiam-frozen \
+  --overwrite "$@"
+$python plot.py $out/simsiam $out/classifier-random-frozen $out/classifier-simsiam-frozen --out $out/plots
+$python pictures.py "${data[@]}" --checkpoint $out/simsiam/siam.pt --out $out/plots "${shared[@]+"${shared[@]}"}"
+cat <<END
 
-Plots: runs/plots/simsiam.png (loss, collapse metric, kNN), runs/plots/classifier.png (probes),
-       runs/plots/views.png, neighbours.png, features.png (what the backbone learned).
-EOF
-if [ "${data[0]}" = "--demo" ]; then cat <<EOF
+Plots: $out/plots/simsiam.png (loss, collapse metric, kNN), $out/plots/classifier.png (probes),
+       $out/plots/views.png, neighbours.png, features.png (what the backbone learned).
+END
+if [ "${data[0]}" = "--demo" ]; then cat <<END
 What this shows: the whole chain running on this machine, and what each file and plot looks like. What it does
 not show: that SimSiam pays. A few hundred SimSiam steps on a CPU are far too few, so on the demo set the two
 probes differ by noise, either way round. The evidence has to come from a GPU run on real photos (README,
 Results).
-EOF
+END
 fi
-cat <<EOF
-Next, on real photos (a GPU; see README, Pipeline):
+cat <<END
+Next, on real photos (a GPU; on a CPU see docs/cpu.md):
   source .venv/bin/activate
   python train.py --data data/PetImages --download     # fetch Microsoft's archive (787 MB) and pretrain
   python classifier.py --data data/PetImages --random  # and without --random; then python plot.py
-  python predict.py my-photo.jpg                       # classify a photo with runs/classifier-simsiam-frozen
-EOF
+  python predict.py my-photo.jpg --checkpoint $out/classifier-simsiam-frozen/classifier.pt   # a photo, now
+END
