@@ -137,7 +137,7 @@ def main(argv=None) -> None:
         defaults = recipe.DEFAULTS
         optimizer = recipe.make_optimizer(model, schedule.peak_lr(defaults["lr"], args.batch_size),
                                           defaults["momentum"], defaults["weight_decay"])
-        step_model = torch.compile(model) if args.compile else model
+        timed_model = torch.compile(model) if args.compile else model
 
         started = time.perf_counter()
         reopened = dataset.load_images(data.root, data.images.shape[-1], temporary_cache, args.limit, args.split_seed,
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
 
         def pipeline_step():
             x1, x2 = recipe.views(next(batches), args.image_size, augment_generator, args.compile)
-            recipe.sgd_step(step_model, optimizer, x1, x2, runtime)
+            recipe.sgd_step(timed_model, optimizer, x1, x2, runtime)
 
         pipeline_step()
         devices.synchronize(device)
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
         batch = next(batches)
         x1, x2 = recipe.views(batch, args.image_size, augment_generator)
         devices.reset_peak_memory(device)
-        ceiling = images_per_s(lambda: recipe.sgd_step(step_model, optimizer, x1, x2, runtime),
+        ceiling = images_per_s(lambda: recipe.sgd_step(timed_model, optimizer, x1, x2, runtime),
                                args.steps, args.warmup, args.batch_size, device)
         ceiling_memory = devices.peak_memory_gb(device)
 
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
         pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
         pipeline_memory = devices.peak_memory_gb(device)  # on the GPU this includes the resident cache
 
-        baseline = None if args.no_baseline else baseline_images_per_s(data, splits, step_model, optimizer, args,
+        baseline = None if args.no_baseline else baseline_images_per_s(data, splits, timed_model, optimizer, args,
                                                                        runtime)
     finally:
         shutil.rmtree(temporary_cache, ignore_errors=True)

@@ -162,8 +162,8 @@ def plot_classifiers(classifiers: list[dict], path: Path) -> None:
     chance_line(accuracy_axis, classifiers)
     loss_axis.set(title="training loss (labelled images)", xlabel="epoch", ylabel="cross-entropy")
     test_set = classifiers[0]["args"].get("test_set", "held-out split")
-    accuracy_axis.set(title=f"training accuracy; legend: test accuracy once, at the end ({test_set})",
-                      xlabel="epoch", ylabel="accuracy")
+    accuracy_axis.set(title=f"training accuracy (labelled images)\nlegend: test accuracy at the end, "
+                            f"{test_set}", xlabel="epoch", ylabel="accuracy")
     finish(figure, (loss_axis, accuracy_axis), path, test_sets_note(classifiers))
 
 

@@ -218,13 +218,14 @@ def knn_monitor(model: SimSiam, monitor: Monitor, args: argparse.Namespace, runt
                                  len(monitor.data.classes), args.knn_k).item()
 
 
-def leave_out_copies(pretrain: torch.Tensor, data: dataset.ImageSet, monitor: Monitor, say) -> torch.Tensor:
+def leave_out_copies(pretrain: torch.Tensor, data: dataset.ImageSet, monitor: Monitor,
+                     print_on_main) -> torch.Tensor:
     """The pretraining indices less the photos that are copies (by content) of --monitor-data's test images, so
     that the monitor's queries, and a classifier's later test on that folder, were never pretrained on."""
     copies = torch.isin(data.hashes[pretrain], monitor.data.hashes[monitor.splits.test])
     if copies.any():
-        say(f"note: {int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of --monitor-data's "
-            f"test images: left out of pretraining")
+        print_on_main(f"note: {int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of "
+                      f"--monitor-data's test images: left out of pretraining")
     return pretrain[~copies]
 
 
@@ -272,13 +273,13 @@ def check_memory(image_size: int, batch_size: int, runtime: devices.Runtime) -> 
                             f"smaller --image-size or --batch-size (at {image_size} px about {fitting} images fit)")
 
 
-def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split: dict, args: argparse.Namespace,
+def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record: dict, args: argparse.Namespace,
            runtime: devices.Runtime) -> EpochProgress:
     """Load last.pt into `model` and `optimizer` (this run's lr schedule kept) and the global RNG; return where its
     epoch stands. Refused: another held-out split, or a mid-epoch stop that cannot go on with the same draws."""
     context, device = runtime.context, runtime.device
     state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
-    differences = dataset.split_differences(state["split"], split)
+    differences = dataset.split_differences(state["split"], split_record)
     if differences:
         raise runs.RunError(f"cannot resume {last}: its held-out split was made differently "
                             f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
@@ -355,9 +356,9 @@ def main(argv=None) -> None:
         raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
                             f"not exceed the {len(pretrain)} pretraining images")
     initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(pretrain) // args.batch_size
-    split = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
+    split_record = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
              "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
-    recorded = {"args": runs.plain_args(args), "split": split, "pretraining_hashes": data.hashes[pretrain],
+    recorded = {"args": runs.plain_args(args), "split": split_record, "pretraining_hashes": data.hashes[pretrain],
                 "code": runs.code_version()}
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
@@ -365,7 +366,7 @@ def main(argv=None) -> None:
     if last is None:
         progress = EpochProgress.start(0, args.seed, runtime)
     else:
-        progress = resume(last, model, optimizer, split, args, runtime)
+        progress = resume(last, model, optimizer, split_record, args, runtime)
         print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     wrapped_model = distributed.wrap(model, context, device)  # DDP and/or compiled; shares its weights with `model`
     wrapped_model = torch.compile(wrapped_model) if args.compile else wrapped_model
@@ -385,7 +386,7 @@ def main(argv=None) -> None:
                            cache_resolution=data.images.shape[-1], world_size=context.world_size,
                            num_classes=len(data.classes), num_pretraining=len(pretrain),
                            test_set=f"{len(splits.test):,} held-out test images",
-                           test_fingerprint=split["test_fingerprint"])
+                           test_fingerprint=split_record["test_fingerprint"])
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args.seed, runtime)

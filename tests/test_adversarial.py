@@ -213,3 +213,26 @@ def test_names_that_are_not_utf8_go_through_every_script(tmp_path, capsys):
     assert "caf\\xe9-0.jpg" in out and "Chi\\xe9n" in out  # printed with the odd byte shown, not a crash
     labelled = json.loads((tmp_path / "runs" / "probe" / "labelled.json").read_text())
     assert sorted(labelled["classes"]) == sorted(["Cat", os.fsdecode(b"Chi\xe9n")])
+
+
+# ---------------------------------------------------------------- the experiments' own flags
+
+
+def test_experiment_flags_that_cannot_work_are_refused(tmp_path, capsys):
+    """Two equal label seeds (two runs racing for one folder), --parallel 0, and a --runs or --results that names
+    an existing file: each refused in one line, exit 2, before any run starts."""
+    from experiments import headline, label_efficiency
+
+    for argv in (["--tiny", "--label-seeds", "0", "0"], ["--tiny", "--parallel", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            headline.parse_args(argv)
+        assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        label_efficiency.parse_args(["--tiny", "--parallel", "0"])
+    assert stop.value.code == 2
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    for main, flag in [(headline.main, "--runs"), (headline.main, "--results"), (label_efficiency.main, "--runs")]:
+        error = refused(main, ["--tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                               flag, str(taken)], capsys)
+        assert flag in error and str(taken) in error
