@@ -184,7 +184,7 @@ def main(argv=None) -> None:
     backbone_name = "random" if args.random else "simsiam"
     mode = "finetune" if args.finetune else "frozen"
     out = args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune, args.all_labels)
-    replaced = runs.check_out(out, args.overwrite)  # the old run's files go once every check has passed
+    run_folder = runs.check_out(out, args.overwrite)  # the old run's files go once every check has passed
     runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
     optimizer = make_optimizer(model, args, batch_size)
 
-    runs.start_run(out, replaced)
+    runs.start_run(run_folder)
     runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
                    precision_used=runtime.precision, backbone=backbone_name, mode=mode, batch_size_used=batch_size,
                    peak_lr=optimizer.param_groups[0]["peak_lr"], num_classes=len(data.classes), test_set=test_set.name,

@@ -15,6 +15,7 @@ import dataset
 import devices
 import download
 from model import CheckpointError
+import runs
 from runs import Interrupted, RunError
 
 # reported as one line, exit 2
@@ -29,7 +30,7 @@ def report(message: str) -> None:
 
 def reports_errors(main):
     """Decorate a script's main: the library's errors become one line on stderr and exit status 2, Ctrl-C one
-    line and exit status 130; a bug still shows its traceback."""
+    line and exit status 130; a bug still shows its traceback. Its run folders are let go when it ends."""
     @functools.wraps(main)
     def run(argv=None):
         show_odd_names()
@@ -44,6 +45,8 @@ def reports_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        finally:
+            runs.release()  # the run folders it held
     return run
 
 
@@ -141,7 +144,6 @@ def parse(parser: argparse.ArgumentParser, argv, demo: dict) -> argparse.Namespa
     if args.demo and args.data != parser.get_default("data"):
         parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
     return args
-
 
 
 def add_output_arguments(group, default: Path | None, resumable: bool, shown_default: str = "%(default)s") -> None:

@@ -102,10 +102,22 @@ def loose_photos(root: Path) -> bool:
     return bool(names) and not all(KAGGLE_NAME.fullmatch(name) for name in names)
 
 
-def every_photo(root: Path) -> list[str]:
-    """Every image file under `root`, relative to it, sorted; hidden files and folders are left out."""
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*")
-                  if is_image_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts))
+def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(every image file under `folder` at any depth, the folders under it that could not be read), neither
+    sorted; hidden files and folders (.thumbnails/) are left out, and symbolic links to folders not followed."""
+    files, unreadable = [], []
+    for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [path for path in (Path(parent) / name for name in names) if is_image_file(path)]
+    return files, unreadable
+
+
+def tree_entries(root: Path, folder: Path) -> list[str]:
+    """The image files under `folder` relative to `root`, sorted, then each folder that could not be read as an
+    entry of its own ("Cat/private/"), which the cache lists in skipped.txt as an unreadable folder."""
+    files, unreadable = image_tree(folder)
+    return ([str(path.relative_to(root)) for path in sorted(files)]
+            + [str(path.relative_to(root)) + os.sep for path in sorted(unreadable)])
 
 
 def find_images(root: Path, min_classes: int = 2,
@@ -116,16 +128,19 @@ def find_images(root: Path, min_classes: int = 2,
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} not found: {DOWNLOAD_HINT.replace('DIR', str(root))}")
+    try:
+        os.listdir(root)
+    except OSError as error:
+        raise DataError(f"cannot read the data folder {root} ({error.strerror or error})") from None
     if unlabelled or (unlabelled is None and loose_photos(root)):
-        files = every_photo(root)
+        files = tree_entries(root, root)
         if not files:
             raise DataError(f"no images in {root} (image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
         return files, [0] * len(files), []
     folders = subfolders(root)
     if folders:  # one sub-folder per class
         classes = [folder.name for folder in folders]
-        pairs = [(str(path.relative_to(root)), label) for label, folder in enumerate(folders)
-                 for path in sorted(folder.rglob("*")) if is_image_file(path)]
+        pairs = [(name, label) for label, folder in enumerate(folders) for name in tree_entries(root, folder)]
     else:  # flat: the class is the file-name prefix before the first dot
         classes, pairs = flat_layout(root)
     if not pairs:
@@ -178,14 +193,28 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     present = {label_of[name] for name in kept}
     missing = [name for label, name in enumerate(classes) if label not in present]
     if missing:
-        raise DataError(f"no usable image of class {missing[0]!r} in {root} ({len(meta['skipped'])} files "
-                        f"skipped: see {folder / 'skipped.txt'}): add images of it or remove the class")
+        raise DataError(missing_class(missing[0], classes.index(missing[0]), label_of, meta["skipped"], limit, root,
+                                      folder))
     array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=tuple(meta["shape"]))
     return ImageSet(root=root, images=torch.from_numpy(array), classes=classes, files=kept,
                     labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
                     skipped=meta["skipped"], cache_path=folder,
                     source_sides=torch.tensor(meta["sides"], dtype=torch.int64),
                     hashes=torch.tensor(meta["hashes"], dtype=torch.int64))
+
+
+def missing_class(name: str, label: int, label_of: dict[str, int], skipped: dict[str, str], limit: int | None,
+                  root: Path, cache_folder: Path) -> str:
+    """Why no image of class `name` is left, for the error: --limit drew none of it, or every one of its files
+    was skipped, and why."""
+    members = [file for file, its_label in label_of.items() if its_label == label]
+    if not members:
+        return (f"--limit {limit} drew no image of class {name!r} from {root}: raise --limit (a few per class "
+                f"at the least)" if limit is not None else f"no image of class {name!r} in {root}")
+    reasons = Counter(skipped[file] for file in members if file in skipped).most_common()
+    return (f"no usable image of class {name!r} in {root}: all {len(members):,} of its files were skipped "
+            f"({', '.join(f'{n:,} {kind}' for kind, n in reasons)}; see {cache_folder / 'skipped.txt'}): make them "
+            f"readable, add images of it, or remove the class")
 
 
 def describe(data: ImageSet) -> str:

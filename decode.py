@@ -64,6 +64,10 @@ def failure_kind(path: Path, error: Exception) -> str:
     if isinstance(error, FileNotFoundError):
         return "vanished"
     try:
+        if path.is_dir():  # a folder that could not be listed (dataset.tree_entries)
+            return "unreadable folder"
+        if isinstance(error, PermissionError):
+            return "permission denied"
         if path.stat().st_size == 0:
             return "empty file"
     except FileNotFoundError:  # deleted between the failed decode and now

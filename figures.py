@@ -3,5 +3,3 @@
 COLOURS = {"random": ["tab:gray", "black", "silver"],
            "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
 LINESTYLES = {"frozen": "-", "finetune": "--"}
-
-

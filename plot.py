@@ -29,7 +29,6 @@ import runs
 from model import PROJECTION_DIM
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="*", help="run folders (default: every run under runs/)")

@@ -68,18 +68,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files to classify, in order: each file as given, each folder's image files (dataset.is_image_file) at
-    any depth, sorted; a file reached twice counts once. A path that does not exist is a RunError."""
+    """The files to classify, in order: each file as given, each folder's image files (dataset.image_tree: at any
+    depth, hidden ones left out) sorted, then its folders that could not be read (each reported as skipped); a
+    file reached twice counts once. A path that does not exist, or is no regular file (a named pipe would block
+    the read), is a RunError."""
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise runs.RunError(f"no such file or folder: {', '.join(missing)}")
+    odd = [str(path) for path in paths if not path.is_dir() and not path.is_file()]
+    if odd:
+        raise runs.RunError(f"not a regular file or folder (a named pipe or a device?): {', '.join(odd)}")
     files = []
     for path in paths:
-        files += sorted(file for file in path.rglob("*") if dataset.is_image_file(file)) if path.is_dir() else [path]
+        found, unreadable = dataset.image_tree(path) if path.is_dir() else ([path], [])
+        files += sorted(found) + sorted(unreadable)
     if not files:
         raise runs.RunError(f"no image files in {', '.join(map(str, paths))} (image suffixes: "
                             f"{', '.join(sorted(dataset.IMAGE_SUFFIXES))})")
     return list(dict.fromkeys(files))
+
+
+def check_csv(path: Path, files: list[Path]) -> None:
+    """Refuse, before the work starts, a --csv that would replace one of the photos or any image, or is a folder."""
+    photos = {file.resolve() for file in files}
+    if path.resolve() in photos or (path.exists() and dataset.is_image_file(path)):
+        raise runs.RunError(f"--csv {path} would replace an image: name a .csv file, e.g. --csv predictions.csv")
+    if path.is_dir():
+        raise runs.RunError(f"--csv {path} is a folder: name a file in it, e.g. --csv {path / 'predictions.csv'}")
+    runs.writable_folder(path.parent, "--csv")
 
 
 def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
@@ -137,7 +153,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     files = image_files(args.paths)
     if args.csv is not None:
-        runs.writable_folder(args.csv.parent, "--csv")
+        check_csv(args.csv, files)
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device

@@ -1,6 +1,7 @@
-"""A run's folder and its life: the checks before any work (a writable folder, one that holds no other run),
-the resolved arguments (args.json) and the code version, the append-only metrics.jsonl, stop signals, run names and
-durations for people. Every script that writes a run uses it; nothing here reads the command line."""
+"""A run's folder and its life: the checks before any work (a writable folder, one that holds no other run), its
+lock (one process at a time), the resolved arguments (args.json) and the code version, the append-only metrics.jsonl,
+stop signals, run names and durations for people. Every script that writes a run uses it; nothing here reads the
+command line."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 REPOSITORY = Path(__file__).resolve().parent
 
@@ -61,27 +68,72 @@ def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
     return folder
 
 
-def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = None) -> list[str]:
+class RunFolder(NamedTuple):
+    """A run folder as check_out found it: the run files it `held`, and those this run deletes once it starts."""
+    out: Path
+    held: tuple[str, ...]
+    replaced: tuple[str, ...]
+
+
+def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = None,
+              resumable: bool = False) -> RunFolder:
     """Check the run folder before any work, changing nothing: a folder that holds another run is refused unless
-    the run continues it (`resume_from` its last.pt) or replaces it (`overwrite`). Returns the files that the run
-    replaces, which start_run deletes once every other check has passed."""
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    the run continues it (`resume_from` its last.pt) or replaces it (`overwrite`); `resumable`: the script has
+    --resume to offer."""
+    held = tuple(name for name in RUN_FILES if (out / name).exists())
     if resume_from is not None and not resume_from.is_file():
         raise RunError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
     continues_out = resume_from is not None and resume_from.resolve() == (out / "last.pt").resolve()
     if held and not continues_out and not overwrite:
-        offer = "continue it with --resume, " if "last.pt" in held else ""
+        offer = "continue it with --resume, " if resumable and "last.pt" in held else ""
         raise RunError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
                        f"--overwrite to replace it")
     writable_folder(out, "--out", create=False)
-    return [] if continues_out else held
+    return RunFolder(out, held, () if continues_out else held)
 
 
-def start_run(out: Path, replaced: list[str]) -> None:
-    """Create the run folder and delete the files of the run it replaces (check_out): called just before the
-    first step, when the data, the checkpoint and the settings have all passed their checks."""
+_locks = {}  # run folder -> its open lock file, for each run folder this process holds
+
+
+def hold(out: Path) -> None:
+    """Hold the run folder `out` for this process: OUT/.lock, locked until release() (at the end of the script's
+    main, cli.reports_errors) or the process's end, however it ends; a second process is refused. POSIX only: on
+    Windows a run folder is not locked."""
+    key = out.resolve()
+    if key in _locks or fcntl is None:
+        return
+    lock = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise RunError(f"{out} is being written by another process (pid {holder}): wait for it to end, or choose "
+                       f"another --out") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _locks[key] = lock
+
+
+def release() -> None:
+    """Let go of every run folder this process holds (hold)."""
+    while _locks:
+        _locks.popitem()[1].close()
+
+
+def start_run(folder: RunFolder) -> None:
+    """Create the run folder, hold it (hold), and delete the files of the run it replaces: called just before the
+    first step, when the data, the checkpoint and the settings have all passed their checks (check_out)."""
+    out = folder.out
     out.mkdir(parents=True, exist_ok=True)
-    for name in replaced:
+    hold(out)
+    appeared = [name for name in RUN_FILES if (out / name).exists() and name not in folder.held]
+    if appeared:  # written by a run that started together with this one and has already ended
+        raise RunError(f"{out} received {', '.join(appeared)} from another run while this one started: choose "
+                       f"another --out, or pass --overwrite to replace it")
+    for name in folder.replaced:
         (out / name).unlink(missing_ok=True)
 
 

@@ -202,6 +202,13 @@ def stop_requested(stop: runs.StopSignals, step: int, runtime: devices.Runtime) 
     return distributed.any_rank(stop.signal_number is not None, runtime.device, runtime.context)
 
 
+def interrupted(stop: runs.StopSignals, where: str, out: Path) -> runs.Interrupted:
+    """The exit of a run that a signal stopped `where` ("after epoch 3"), once OUT/last.pt is saved."""
+    number = stop.signal_number or signal.SIGTERM
+    return runs.Interrupted(f"interrupted ({signal.Signals(number).name}) {where}: saved {out / 'last.pt'}; "
+                            f"resume with --resume", number)
+
+
 class Monitor(NamedTuple):
     """The kNN monitor's labelled images: the bank is the labelled subset, the queries the held-out split."""
     images: torch.Tensor  # (N, 3, S, S) uint8 cache, on the device when it fits
@@ -246,13 +253,21 @@ def log_epoch(metrics: runs.Metrics, epoch: int, record: dict, knn: float | None
     return summary
 
 
+def last_good(out: Path, advice: str) -> str:
+    """What is left after a run failed with non-finite numbers, and what to do: --resume only from a checkpoint
+    that exists (save never writes a non-finite one)."""
+    if (out / "last.pt").is_file():
+        return f"the last good checkpoint is {out / 'last.pt'}: lower --lr or {advice}, then --resume"
+    return f"no checkpoint was saved before it: lower --lr or {advice}, then start again with --overwrite"
+
+
 def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs: int, recorded: dict,
          **progress) -> None:
     """OUT/last.pt, and at an epoch's end (no `progress`) OUT/siam.pt and OUT/backbone.pt; never a non-finite
     tensor. `recorded`: what every checkpoint holds besides the weights (args, split, pretraining hashes)."""
     if not finite_state(model):
-        raise runs.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; the last good "
-                            f"checkpoint is kept in {out}. Lower --lr or check --momentum, then --resume")
+        raise runs.RunError(f"non-finite weights after epoch {completed_epochs}: not saved; "
+                            f"{last_good(out, 'check --momentum')}")
     save_checkpoint(out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
                     epoch=completed_epochs, **recorded, **progress)
     if not progress:
@@ -295,6 +310,9 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
                             f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
                             f"saved at an epoch's end resumes on any device)")
     model.load_state_dict(state["model"])
+    if not finite_state(model):
+        raise CheckpointError(f"{last} holds non-finite weights, which no run of train.py saves: it cannot be "
+                              f"continued; start again with --overwrite")
     own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
                     for group in optimizer.param_groups]
     try:
@@ -321,9 +339,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     last = runs.resume_checkpoint(args.resume, args.out)
     context, device_name = distributed.setup(args.device)
-    replaced = []  # the files of a run that --overwrite replaces, once every check has passed
+    run_folder = None  # the files of a run that --overwrite replaces go once every check has passed
     if context.is_main:
-        replaced = runs.check_out(args.out, overwrite=args.overwrite, resume_from=last)
+        run_folder = runs.check_out(args.out, overwrite=args.overwrite, resume_from=last, resumable=True)
         runs.writable_folder(args.cache_dir, "--cache-dir")
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(device_name, args.precision, context)
@@ -357,7 +375,7 @@ def main(argv=None) -> None:
                             f"not exceed the {len(pretrain)} pretraining images")
     initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(pretrain) // args.batch_size
     split_record = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
-             "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
+                    "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
     recorded = {"args": runs.plain_args(args), "split": split_record, "pretraining_hashes": data.hashes[pretrain],
                 "code": runs.code_version()}
 
@@ -380,7 +398,7 @@ def main(argv=None) -> None:
     loop_started, first_epoch = time.perf_counter(), progress.epoch
     with runs.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
-            runs.start_run(args.out, replaced)
+            runs.start_run(run_folder)
             runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
                            initial_lr=initial_lr, steps_per_epoch=steps_per_epoch, cache_on=images.device.type,
                            cache_resolution=data.images.shape[-1], world_size=context.world_size,
@@ -397,23 +415,25 @@ def main(argv=None) -> None:
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-                raise runs.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; the last good "
-                                    f"checkpoint is kept in {args.out}. Lower --lr or check the data, then --resume")
-            if record is None:  # a stop signal: save where this epoch stands, on every rank
+                raise runs.RunError(f"non-finite loss at epoch {epoch + 1}, {where}: stopped; "
+                                    f"{last_good(args.out, 'check the data')}")
+            if record is None:  # a stop signal mid-epoch: save where this epoch stands, on every rank
                 rank_progress = distributed.gather(progress.state(), context)
                 if context.is_main:
                     save(args.out, model, optimizer, epoch, recorded, progress=rank_progress)
                 distributed.cleanup(context)
-                name = signal.Signals(stop.signal_number or signal.SIGTERM).name
-                raise runs.Interrupted(f"interrupted ({name}) at epoch {epoch + 1}, step {progress.step}: saved "
-                                       f"{args.out / 'last.pt'}; resume with --resume", stop.signal_number or 15)
-            if not context.is_main:
-                continue  # the kNN monitor, logs and checkpoints are rank 0's
-            knn = None if monitor is None else knn_monitor(model, monitor, args, runtime)
-            per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # the kNN monitor included
-            summary = log_epoch(metrics, epoch, record, knn, per_epoch * (args.epochs - epoch - 1), args)
-            if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-                save(args.out, model, optimizer, epoch + 1, recorded)
+                raise interrupted(stop, f"at epoch {epoch + 1}, step {progress.step}", args.out)
+            # a signal during an epoch's last steps, or in an epoch shorter than STOP_CHECK_EVERY steps
+            stop_now = epoch + 1 < args.epochs and distributed.any_rank(stop.signal_number is not None, device, context)
+            if context.is_main:  # the kNN monitor, logs and checkpoints are rank 0's
+                knn = None if monitor is None else knn_monitor(model, monitor, args, runtime)
+                per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # kNN monitor included
+                summary = log_epoch(metrics, epoch, record, knn, per_epoch * (args.epochs - epoch - 1), args)
+                if stop_now or (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                    save(args.out, model, optimizer, epoch + 1, recorded)
+            if stop_now:
+                distributed.cleanup(context)
+                raise interrupted(stop, f"after epoch {epoch + 1}", args.out)
     if context.is_distributed:
         in_sync = distributed.parameters_in_sync(model, context)
         if context.is_main:

@@ -26,11 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 import cli
 import dataset
 import runs
 from model import load_checkpoint
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # (image size px, batch, data flags) of the steps; --tiny: small enough for a 2-core CPU in CI (240 of the demo's
 # images: 180 to pretrain on, 40 of them labelled, 60 held out)

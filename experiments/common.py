@@ -3,7 +3,8 @@ per run, several at a time), the settings every run of an experiment gets (data,
 supervised bound's), reading what the runs leave (final records, the pretraining's metrics) and copying their
 small files into results/, and the hardware line that goes with every reported number.
 
-The experiments import it as `from experiments import common` after putting the repository root on sys.path.
+The experiments run as `python -m experiments.NAME` from the repository root and import it as
+`from experiments import common`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,15 +87,26 @@ def resolution_flags(checkpoint: dict) -> list[str]:
 def run(command: list[str], log: Path, threads: int | None = None) -> float:
     """Run a repository script (`command` = script and arguments) from the repository root, its output into
     `log`, with `threads` CPU threads for torch (its default, all cores, when None); seconds taken. Raises
-    runs.RunError with the end of the log when it fails."""
+    runs.RunError with the end of the log when it fails, runs.Interrupted after Ctrl-C once the script, which
+    had the Ctrl-C too, has saved what it had and ended."""
     started = time.perf_counter()
     environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    with open(log, "w") as file:
-        finished = subprocess.run([sys.executable, *command], cwd=REPOSITORY, stdout=file, stderr=subprocess.STDOUT,
-                                  env=environment)
-    if finished.returncode:
-        raise runs.RunError(f"failed ({finished.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
+    with open(log, "w") as file, subprocess.Popen([sys.executable, *command], cwd=REPOSITORY, stdout=file,
+                                                  stderr=subprocess.STDOUT, env=environment) as process:
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            process.wait()
+            raise interrupted(f"{command[0]} stopped, its log in {log}") from None
+    if returncode:
+        raise runs.RunError(f"failed ({returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
     return time.perf_counter() - started
+
+
+def interrupted(what: str) -> runs.Interrupted:
+    """The exit of an experiment stopped by Ctrl-C: what stopped, and how to go on."""
+    return runs.Interrupted(f"interrupted: {what}; run the same command again to go on (finished runs are "
+                            f"reused, an unfinished pretraining resumes)", signal.SIGINT)
 
 
 def run_once(command: list[str], log: Path, resume: bool = False, threads: int | None = None) -> float:
@@ -126,11 +139,15 @@ def run_all(jobs: list[tuple[list[str], Path]], parallel: int) -> list[float]:
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
         futures = {pool.submit(run_once, command, log, threads=threads): log for command, log in jobs}
-        for done, future in enumerate(as_completed(futures), start=1):
-            if future.exception() is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise future.exception()
-            print(f"[{done}/{len(jobs)}] {futures[future].stem}: {future.result():.0f} s", flush=True)
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                if future.exception() is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+                print(f"[{done}/{len(jobs)}] {futures[future].stem}: {future.result():.0f} s", flush=True)
+        except KeyboardInterrupt:  # the running scripts had the Ctrl-C too: they end; no queued run starts
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise interrupted("no further run started") from None
     return [future.result() for future in futures]
 
 

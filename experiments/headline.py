@@ -27,12 +27,13 @@ import statistics
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 import cli
 from experiments import common
 from experiments.common import SUPERVISED
 import runs
 import pretrained
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 ROWS = [  # (name, random backbone, fine-tuned, the key of the runs' final record it reports)
     ("random init, linear probe", True, False, "test_accuracy"),

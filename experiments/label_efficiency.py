@@ -27,16 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
 import cli
 import dataset
-from experiments import common
 import figures
 import pretrained
 import runs
+from experiments import common
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
 MODES = {"frozen": "linear probe", "finetune": "fine-tuned"}
@@ -202,8 +203,8 @@ def plot(summary: list[dict], chance: float, num_test: int, data_name: str, rule
         if closed_form:
             axis.plot(*zip(*closed_form), color=colour, linestyle=":", linewidth=1.2,
                       label=f"{backbone_name}, closed-form probe")
-    bound = next(row for row in summary if (row["backbone"], row["mode"], row["all_labels"]) == ("random", "finetune",
-                                                                                                   True))
+    bound = next(row for row in summary
+                 if (row["backbone"], row["mode"], row["all_labels"]) == ("random", "finetune", True))
     axis.axhline(bound["test_accuracy"]["mean"], color="black", linestyle="-.", linewidth=1,
                  label=f"supervised bound (random init fine-tuned\non all {bound['labels']:,} labels): "
                        f"{bound['test_accuracy']['mean']:.1%}")

@@ -1,23 +1,30 @@
 """Classes of failure an adversarial user finds, each fixed where it is owned: --overwrite never deletes before
 every check has passed, a checkpoint's entries are checked for their form, settings that cannot work are refused
 before any work, plot.py skips what it did not write, a full disk keeps the previous checkpoint, and file names
-that are not UTF-8 go through every script."""
+that are not UTF-8 go through every script; a run folder belongs to one process, outputs never replace inputs,
+stops stop, nothing is dropped without a word, and messages send the user the right way."""
 from __future__ import annotations
 
 import errno
 import json
 import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 import classifier
+import dataset
+import decode
 import model
 import pictures
 import plot
 import predict
+import runs
 import train
 from conftest import write_image
 
@@ -44,8 +51,12 @@ def refused(main, argv: list[str], capsys) -> str:
     return error
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
 def contents(folder: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    """The run's files (not its .lock) and their bytes."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if not path.name.startswith(".")}
 
 
 # ---------------------------------------------------------------- --overwrite
@@ -236,3 +247,168 @@ def test_experiment_flags_that_cannot_work_are_refused(tmp_path, capsys):
         error = refused(main, ["--tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
                                flag, str(taken)], capsys)
         assert flag in error and str(taken) in error
+
+
+# ---------------------------------------------------------------- two runs, one folder
+
+
+def test_a_run_folder_belongs_to_one_process(class_tree, tmp_path, capsys):
+    """While another process holds a run folder, a run into it is refused naming that process, even with
+    --overwrite, and the folder's files stay as they were; once that process has ended, the folder is free."""
+    train.main(train_args(class_tree, tmp_path))
+    before = contents(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; import runs; "
+                               "runs.hold(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
+                               str(tmp_path / "run")], cwd=REPOSITORY, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        error = refused(train.main, train_args(class_tree, tmp_path, "run", "--overwrite"), capsys)
+        assert f"being written by another process (pid {holder.pid})" in error
+        assert contents(tmp_path / "run") == before
+    finally:
+        holder.communicate("", timeout=30)
+    train.main(train_args(class_tree, tmp_path, "run", "--overwrite"))
+
+
+def test_a_run_written_while_this_one_started_is_kept(tmp_path):
+    """Two runs started together into one empty folder both pass check_out; the one that starts second finds the
+    other's files and is refused instead of mixing its files with them."""
+    folder = runs.check_out(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "siam.pt").write_text("the other run's")
+    with pytest.raises(runs.RunError, match="siam.pt from another run"):
+        runs.start_run(folder)
+    assert (tmp_path / "run" / "siam.pt").read_text() == "the other run's"
+
+
+# ---------------------------------------------------------------- outputs that would replace inputs
+
+
+def test_predict_refuses_a_csv_that_would_replace_a_photo(tmp_path, capsys):
+    """predict.py photo.jpg --csv other-photo.jpg (or --csv one of the photos, or a folder): refused before any
+    work, the photo unchanged."""
+    photo, other = tmp_path / "photos" / "photo.jpg", tmp_path / "other-photo.jpg"
+    write_image(photo, seed=1)
+    write_image(other, seed=2)
+    before = other.read_bytes()
+    missing = ["--checkpoint", str(tmp_path / "no-classifier.pt")]
+    assert "would replace an image" in refused(predict.main, [str(photo), "--csv", str(other), *missing], capsys)
+    assert "would replace an image" in refused(predict.main, [str(photo.parent), "--csv", str(photo), *missing],
+                                               capsys)
+    assert "is a folder" in refused(predict.main, [str(photo), "--csv", str(tmp_path), *missing], capsys)
+    assert other.read_bytes() == before
+
+
+# ---------------------------------------------------------------- stops that stop
+
+
+def test_a_stop_is_taken_at_the_epoch_end_when_no_step_looked(class_tree, tmp_path, monkeypatch, capsys):
+    """Under torchrun the ranks agree on a stop only every STOP_CHECK_EVERY steps, so an epoch shorter than that
+    never looks mid-epoch: the stop is then taken at the epoch's end, with a last.pt to resume (simulated here
+    with a mid-epoch check that never fires, and SIGTERM during the first step)."""
+    monkeypatch.setattr(train, "stop_requested", lambda stop, step, runtime: False)
+    step = train.recipe.sgd_step
+
+    def step_then_signal(*arguments):
+        os.kill(os.getpid(), signal.SIGTERM)  # StopSignals only records it
+        return step(*arguments)
+    monkeypatch.setattr(train.recipe, "sgd_step", step_then_signal)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train.main(train_args(class_tree, tmp_path, "run", "--epochs", "3"))
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert "interrupted (SIGTERM) after epoch 1" in capsys.readouterr().err
+    state = model.load_checkpoint(tmp_path / "run" / "last.pt", "simsiam")
+    assert state["epoch"] == 1 and "progress" not in state
+
+
+def test_ctrl_c_in_an_experiment_starts_no_queued_run(tmp_path, monkeypatch):
+    """Ctrl-C while an experiment's runs are queued: the running one ends, no further run starts, and the
+    experiment exits with one line saying how to go on."""
+    jobs = [(["-c", "import time; time.sleep(1.5)"], tmp_path / f"run-{i}.log") for i in range(3)]
+    from experiments import common
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(runs.Interrupted, match="no further run started; run the same command again"):
+        common.run_all(jobs, parallel=1)
+    assert (tmp_path / "run-0.log").exists()
+    assert not (tmp_path / "run-1.log").exists() and not (tmp_path / "run-2.log").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_predict_refuses_a_named_pipe_instead_of_hanging(tmp_path, capsys):
+    """A named pipe given to predict.py would block its read forever: refused in one line; one inside a folder
+    is no image file and is passed over."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    error = refused(predict.main, [str(tmp_path / "pipe.jpg"), "--checkpoint", str(tmp_path / "none.pt")], capsys)
+    assert "not a regular file" in error
+    with pytest.raises(runs.RunError, match="no image files"):
+        predict.image_files([tmp_path])
+
+
+# ---------------------------------------------------------------- nothing dropped without a word
+
+
+def test_hidden_folders_are_not_read_as_photos(class_tree, tmp_path):
+    """Cat/.thumbnails/ (and any hidden folder) holds no photos for training or predict.py."""
+    write_image(class_tree / "Cat" / ".thumbnails" / "0.jpg", seed=7)
+    write_image(class_tree / "Dog" / "album" / "extra.jpg", seed=8)
+    files, _, _ = dataset.find_images(class_tree)
+    assert "Dog/album/extra.jpg" in files and not any(".thumbnails" in name for name in files)
+    assert not any(".thumbnails" in str(path) for path in predict.image_files([class_tree]))
+
+
+def test_an_unreadable_folder_is_listed_in_skipped_txt(class_tree, tmp_path, monkeypatch, capsys):
+    """A sub-folder that cannot be listed is neither dropped in silence nor fatal: one line in skipped.txt, and
+    it is counted in the start-up line and in predict.py's summary."""
+    write_image(class_tree / "Dog" / "private" / "0.jpg", seed=9)
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "private":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    data = dataset.load_images(class_tree, 16, tmp_path / "cache", workers=1)
+    assert data.skipped.get("Dog/private/") == "unreadable folder"
+    assert "Dog/private/\tunreadable folder" in (data.cache_path / "skipped.txt").read_text()
+    assert "1 unreadable folder" in dataset.describe(data)
+    assert class_tree / "Dog" / "private" in predict.image_files([class_tree])
+
+
+# ---------------------------------------------------------------- messages that send the user the right way
+
+
+def test_a_limit_that_draws_no_image_of_a_class_names_the_limit(class_tree, tmp_path, capsys):
+    """--limit 1 draws one image of three classes: the error blames --limit, not missing images."""
+    error = refused(train.main, train_args(class_tree, tmp_path, "run", "--limit", "1"), capsys)
+    assert "--limit 1 drew no image of class" in error
+
+
+def test_a_class_whose_every_file_is_skipped_says_why(class_tree, tmp_path, capsys):
+    """Every photo of a class unreadable: the error says all its files were skipped and why (permission, empty,
+    not an image), not that there is no image; a permission problem is named as such."""
+    for path in (class_tree / "Fox").glob("*.jpg"):
+        path.write_bytes(b"")
+    error = refused(train.main, train_args(class_tree, tmp_path), capsys)
+    assert "all 20 of its files were skipped (20 empty file" in error
+    assert decode.failure_kind(class_tree / "Cat" / "0.jpg", PermissionError(13, "Permission denied")) == \
+        "permission denied"
+
+
+def test_messages_offer_only_what_exists(class_tree, tmp_path, capsys):
+    """A run that fails on non-finite numbers before any save says that no checkpoint was kept; a last.pt with
+    NaN weights is refused on resume as such; the classifier, which has no --resume, never offers it."""
+    error = refused(train.main, train_args(class_tree, tmp_path, "nan", "--lr", "1e30", "--batch-size", "8"),
+                    capsys)
+    assert "non-finite" in error and "no checkpoint was saved" in error and "--resume" not in error
+    train.main(train_args(class_tree, tmp_path))
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    first = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))
+    torch.save(state, last)
+    error = refused(train.main, train_args(class_tree, tmp_path, "run", "--epochs", "2", "--resume"), capsys)
+    assert "holds non-finite weights" in error
+    error = refused(classifier.main, classifier_args(class_tree, tmp_path, "run", "--random"), capsys)
+    assert "already holds a run" in error and "--resume" not in error
