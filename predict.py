@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--workers", type=cli.positive(int), default=None,
                        help="decoding threads (default: all cores)")
     group.add_argument("--csv", type=Path, default=None,
-                       help="also write path,class,probability and probability_<class> columns to this file")
+                       help="also write path,class,probability and probability_<class> columns to this file (a "
+                            "new file, or one ending in .csv: nothing else is replaced)")
     cli.add_run_arguments(group)
     return parser.parse_args(argv)
 
@@ -88,13 +89,14 @@ def image_files(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def check_csv(path: Path, files: list[Path]) -> None:
-    """Refuse, before the work starts, a --csv that would replace one of the photos or any image, or is a folder."""
-    photos = {file.resolve() for file in files}
-    if path.resolve() in photos or (path.exists() and dataset.is_image_file(path)):
-        raise runs.RunError(f"--csv {path} would replace an image: name a .csv file, e.g. --csv predictions.csv")
+def check_csv(path: Path) -> None:
+    """Refuse, before the work starts, a --csv that would replace anything but a CSV file: a photo, the
+    checkpoint, a folder."""
     if path.is_dir():
         raise runs.RunError(f"--csv {path} is a folder: name a file in it, e.g. --csv {path / 'predictions.csv'}")
+    if path.exists() and path.suffix.lower() != ".csv":
+        raise runs.RunError(f"--csv {path} would replace a file that is not a .csv file: name a .csv file, e.g. "
+                            f"--csv predictions.csv")
     runs.writable_folder(path.parent, "--csv")
 
 
@@ -153,7 +155,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     files = image_files(args.paths)
     if args.csv is not None:
-        check_csv(args.csv, files)
+        check_csv(args.csv)
     torch.manual_seed(args.seed)
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device

@@ -56,6 +56,8 @@ RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "backbone.pt", 
 def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
     """Check that `folder` can be written, before any work starts: created when `create`, else probed in it or
     its nearest existing parent, so that a command refused later leaves no empty folder behind."""
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{flag} {folder} is a file, not a folder: choose a folder with {flag}")
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,19 @@
-"""Shared fixtures: small image trees written with PIL in tmp_path."""
+"""Shared fixtures: small image trees written with PIL in tmp_path, and the uninterrupted train.py run that the
+interrupted and resumed ones are compared with."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_PETIMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cats-vs-dogs" / "PetImages"
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED_PETIMAGES = REPOSITORY.parent / "shared" / "data" / "cats-vs-dogs" / "PetImages"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every compared run: the same sums
 
 
 def write_image(path: Path, seed: int, size=(40, 30), mode="RGB", format=None) -> Path:
@@ -33,3 +39,23 @@ def class_tree(tmp_path) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
+
+
+def train_command(data: Path, folder: Path, out: str, *extra: str) -> list[str]:
+    """A train.py process of 2 epochs of 24 steps (batch 2) that saves only at its end (`extra` may change that)."""
+    return [sys.executable, str(REPOSITORY / "train.py"), "--data", str(data), "--cache-dir", str(folder / "cache"),
+            "--out", str(folder / out), "--epochs", "2", "--batch-size", "2", "--image-size", "16",
+            "--labels", "6", "--test-fraction", "0.2", "--device", "cpu", "--save-every", "10", *extra]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    """(a class tree, the folder of an uninterrupted train_command run on it, with ONE_THREAD): the reference of
+    every stopped, killed and resumed run."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    tree = folder / "PetImages"
+    for c, name in enumerate(["Cat", "Dog", "Fox"]):
+        for i in range(20):
+            write_image(tree / name / f"{i}.jpg", seed=100 * c + i)
+    subprocess.run(train_command(tree, folder, "whole"), check=True, env=ONE_THREAD, capture_output=True)
+    return tree, folder / "whole"

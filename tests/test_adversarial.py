@@ -286,18 +286,21 @@ def test_a_run_written_while_this_one_started_is_kept(tmp_path):
 
 
 def test_predict_refuses_a_csv_that_would_replace_a_photo(tmp_path, capsys):
-    """predict.py photo.jpg --csv other-photo.jpg (or --csv one of the photos, or a folder): refused before any
-    work, the photo unchanged."""
+    """predict.py photo.jpg --csv other-photo.jpg, --csv one of the photos, --csv the classifier.pt, or a folder:
+    refused before any work, every file unchanged; an existing .csv file may be replaced."""
     photo, other = tmp_path / "photos" / "photo.jpg", tmp_path / "other-photo.jpg"
     write_image(photo, seed=1)
     write_image(other, seed=2)
-    before = other.read_bytes()
-    missing = ["--checkpoint", str(tmp_path / "no-classifier.pt")]
-    assert "would replace an image" in refused(predict.main, [str(photo), "--csv", str(other), *missing], capsys)
-    assert "would replace an image" in refused(predict.main, [str(photo.parent), "--csv", str(photo), *missing],
-                                               capsys)
-    assert "is a folder" in refused(predict.main, [str(photo), "--csv", str(tmp_path), *missing], capsys)
-    assert other.read_bytes() == before
+    checkpoint = tmp_path / "classifier.pt"
+    checkpoint.write_bytes(b"a classifier")
+    before = {path: path.read_bytes() for path in (photo, other, checkpoint)}
+    for paths, csv in [([photo], other), ([photo.parent], photo), ([photo], checkpoint)]:
+        error = refused(predict.main, [*map(str, paths), "--csv", str(csv), "--checkpoint", str(checkpoint)], capsys)
+        assert "would replace a file that is not a .csv file" in error
+    assert "is a folder" in refused(predict.main, [str(photo), "--csv", str(tmp_path)], capsys)
+    assert {path: path.read_bytes() for path in before} == before
+    (tmp_path / "old.csv").write_text("path,class\n")
+    predict.check_csv(tmp_path / "old.csv")
 
 
 # ---------------------------------------------------------------- stops that stop
@@ -412,3 +415,14 @@ def test_messages_offer_only_what_exists(class_tree, tmp_path, capsys):
     assert "holds non-finite weights" in error
     error = refused(classifier.main, classifier_args(class_tree, tmp_path, "run", "--random"), capsys)
     assert "already holds a run" in error and "--resume" not in error
+
+
+def test_a_file_where_a_folder_belongs_is_named_so(class_tree, tmp_path, capsys):
+    """--data a photo, --out or --cache-dir an existing file: one line saying it is a file, not "not found"."""
+    photo = class_tree / "Cat" / "0.jpg"
+    assert "is a file: pass the folder of photos" in refused(train.main, train_args(photo, tmp_path), capsys)
+    (tmp_path / "a-file").write_text("")
+    for flag in ("--out", "--cache-dir"):
+        argv = train_args(class_tree, tmp_path)
+        argv[argv.index(flag) + 1] = str(tmp_path / "a-file")
+        assert f"{flag} {tmp_path / 'a-file'} is a file, not a folder" in refused(train.main, argv, capsys)

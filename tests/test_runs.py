@@ -2,10 +2,8 @@
 unwritable folders, what plot.py reads, and SIGINT / SIGTERM during training."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import plot
 import recipe
 import runs
 import train
+from conftest import ONE_THREAD, train_command
 from model import load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -186,20 +185,12 @@ def test_plot_reads_what_a_killed_run_leaves(class_tree, tmp_path, capsys):
 # ---------------------------------------------------------------- 7. interrupts and preemption
 
 
-def train_command(data: Path, tmp_path: Path, out: str, *extra: str) -> list[str]:
-    """A run of 2 epochs of 24 steps (batch 2) that saves only at its end."""
-    return [sys.executable, str(REPOSITORY / "train.py"), "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / out), "--epochs", "2", "--batch-size", "2", "--image-size", "16",
-            "--labels", "6", "--test-fraction", "0.2", "--device", "cpu", "--save-every", "10", *extra]
-
-
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_step_and_resume_is_bit_identical(class_tree, tmp_path, signal_number):
+def test_signal_saves_the_step_and_resume_is_bit_identical(uninterrupted, tmp_path, signal_number):
     """SIGTERM or SIGINT mid-run: last.pt is written at that step, one line says how to resume, the exit status
     is 128 + the signal; --resume then ends with exactly the weights of an uninterrupted run."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(train_command(class_tree, tmp_path, "whole"), check=True, env=environment, capture_output=True)
-    process = subprocess.Popen(train_command(class_tree, tmp_path, "stopped"), env=environment,
+    class_tree, whole_run = uninterrupted
+    process = subprocess.Popen(train_command(class_tree, tmp_path, "stopped"), env=ONE_THREAD,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "stopped" / "args.json").exists() and time.time() < deadline:
@@ -212,14 +203,14 @@ def test_signal_saves_the_step_and_resume_is_bit_identical(class_tree, tmp_path,
     state = load_checkpoint(tmp_path / "stopped" / "last.pt", "simsiam")
     assert state["epoch"] < 2 and "progress" in state
     assert not (tmp_path / "stopped" / "siam.pt").exists()  # the run had not finished an epoch that saves
-    subprocess.run(train_command(class_tree, tmp_path, "stopped", "--resume"), check=True, env=environment,
+    subprocess.run(train_command(class_tree, tmp_path, "stopped", "--resume"), check=True, env=ONE_THREAD,
                    capture_output=True)
-    whole = load_checkpoint(tmp_path / "whole" / "siam.pt", "simsiam")["model"]
+    whole = load_checkpoint(whole_run / "siam.pt", "simsiam")["model"]
     resumed = load_checkpoint(tmp_path / "stopped" / "siam.pt", "simsiam")["model"]
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     records = runs.read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
-    whole_records = runs.read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    whole_records = runs.read_jsonl(whole_run / "metrics.jsonl")
     assert [r["loss"] for r in records] == [r["loss"] for r in whole_records]
 
 
