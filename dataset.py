@@ -127,7 +127,7 @@ def find_images(root: Path, min_classes: int = 2,
     fits no layout, or holds fewer than `min_classes` classes, is a DataError saying what was found."""
     root = Path(root)
     if root.is_file():
-        raise DataError(f"--data {root} is a file: pass the folder of photos, e.g. --data {root.parent.parent}")
+        raise DataError(f"--data {root} is a file, not a folder of photos (it lies in {root.parent})")
     if not root.is_dir():
         raise DataError(f"data folder {root} not found: {DOWNLOAD_HINT.replace('DIR', str(root))}")
     try:

@@ -420,7 +420,7 @@ def test_messages_offer_only_what_exists(class_tree, tmp_path, capsys):
 def test_a_file_where_a_folder_belongs_is_named_so(class_tree, tmp_path, capsys):
     """--data a photo, --out or --cache-dir an existing file: one line saying it is a file, not "not found"."""
     photo = class_tree / "Cat" / "0.jpg"
-    assert "is a file: pass the folder of photos" in refused(train.main, train_args(photo, tmp_path), capsys)
+    assert "is a file, not a folder of photos" in refused(train.main, train_args(photo, tmp_path), capsys)
     (tmp_path / "a-file").write_text("")
     for flag in ("--out", "--cache-dir"):
         argv = train_args(class_tree, tmp_path)
