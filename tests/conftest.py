@@ -24,6 +24,14 @@ def write_image(path: Path, seed: int, size=(40, 30), mode="RGB", format=None) -
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_fsync(monkeypatch):
+    """In-process runs write their checkpoints without os.fsync: it guards a checkpoint against power loss, which
+    no test simulates, and costs about half a second per tiny run. The atomic write itself (temporary file, then
+    os.replace) is unchanged, and runs in subprocesses (kill -9, signals, the experiments) still sync."""
+    monkeypatch.setattr(os, "fsync", lambda descriptor: None)
+
+
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     """PetImages-style tree: 3 classes (to check nothing assumes two) x 20 JPEGs, plus clutter to ignore."""
