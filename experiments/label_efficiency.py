@@ -258,8 +258,9 @@ def main(argv=None) -> None:
     options = common.data_options(args.data, args.tiny, runs_dir, settings["image_size"], split_seed=args.split_seed,
                                   test_fraction=args.test_fraction, **({"limit": args.limit} if args.limit else {}))
     data, pretraining = common.data_flags(options), common.pretraining_flags(args)
-    images_per_s = common.measured_throughput(settings, runs_dir)
+    images_per_s = None  # measured (a short bench.py run) once the checks that need no run have passed
     if args.checkpoint is None:
+        images_per_s = common.measured_throughput(settings, runs_dir)
         print(common.estimate(images_per_s, settings["epochs"] * common.pretraining_images(options), {}), flush=True)
         simsiam = runs_dir / "simsiam"
         train_command, pretrain_s = common.pretrain(data, simsiam, pretraining, runs_dir / "train.log")
@@ -280,6 +281,7 @@ def main(argv=None) -> None:
     for run in planned:
         classifier_images[run.mode] += int(run.command[run.command.index("--epochs") + 1]) * (
             run.labels or len(splits.pretrain))
+    images_per_s = images_per_s or common.measured_throughput(settings, runs_dir)
     print(common.estimate(images_per_s, 0, classifier_images), flush=True)
     seconds = common.run_all([(run.command, run.out.with_suffix(".log")) for run in planned], args.parallel)
     records = []
