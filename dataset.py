@@ -103,21 +103,21 @@ def loose_photos(root: Path) -> bool:
 
 
 def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(every image file under `folder` at any depth, the folders under it that could not be read), neither
-    sorted; hidden files and folders (.thumbnails/) are left out, and symbolic links to folders not followed."""
+    """(every image file under `folder` at any depth, the folders under it that could not be read), each sorted;
+    hidden files and folders (.thumbnails/) are left out, and symbolic links to folders not followed."""
     files, unreadable = [], []
     for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
         folders[:] = [name for name in folders if not name.startswith(".")]
         files += [path for path in (Path(parent) / name for name in names) if is_image_file(path)]
-    return files, unreadable
+    return sorted(files), sorted(unreadable)
 
 
 def tree_entries(root: Path, folder: Path) -> list[str]:
-    """The image files under `folder` relative to `root`, sorted, then each folder that could not be read as an
-    entry of its own ("Cat/private/"), which the cache lists in skipped.txt as an unreadable folder."""
+    """The image files under `folder` relative to `root` (image_tree), then each folder that could not be read
+    as an entry of its own ("Cat/private/"), which the cache lists in skipped.txt as an unreadable folder."""
     files, unreadable = image_tree(folder)
-    return ([str(path.relative_to(root)) for path in sorted(files)]
-            + [str(path.relative_to(root)) + os.sep for path in sorted(unreadable)])
+    return ([str(path.relative_to(root)) for path in files]
+            + [str(path.relative_to(root)) + os.sep for path in unreadable])
 
 
 def find_images(root: Path, min_classes: int = 2,

@@ -82,7 +82,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
         found, unreadable = dataset.image_tree(path) if path.is_dir() else ([path], [])
-        files += sorted(found) + sorted(unreadable)
+        files += found + unreadable
     if not files:
         raise runs.RunError(f"no image files in {', '.join(map(str, paths))} (image suffixes: "
                             f"{', '.join(sorted(dataset.IMAGE_SUFFIXES))})")
@@ -131,11 +131,6 @@ def classify(model: Classifier, images: torch.Tensor, image_size: int, runtime: 
     return F.softmax(model.head(features), dim=1)
 
 
-def shown(path: Path) -> str:
-    """The path as printable text: bytes of a name that are not UTF-8 become \\x escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def write_csv(path: Path, classes: list[str], rows: list[list]) -> None:
     """path,class,probability,probability_<class>... and `rows`, written to a temporary file, then renamed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -180,16 +175,16 @@ def main(argv=None) -> None:
     per_class, unreadable, rows = Counter(), Counter(), []
     for paths, images, skipped in decoded_batches(files, cache_size, args.batch_size, args.workers):
         for path, reason in skipped.items():
-            print(f"skipped {shown(path)}: {reason}", file=sys.stderr)
+            print(f"skipped {dataset.shown(str(path))}: {reason}", file=sys.stderr)
         unreadable.update(skipped.values())
         if images is None:
             continue
         probabilities = classify(model, images, image_size, runtime).cpu()  # (B, K)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, label, row in zip(paths, confidence.tolist(), predicted.tolist(), probabilities.tolist()):
-            print(f"{shown(path)}  {classes[label]}  {p:.2f}")
+            print(f"{dataset.shown(str(path))}  {classes[label]}  {p:.2f}")
             per_class[classes[label]] += 1
-            rows.append([shown(path), classes[label], f"{p:.6f}", *(f"{value:.6f}" for value in row)])
+            rows.append([dataset.shown(str(path)), classes[label], f"{p:.6f}", *(f"{value:.6f}" for value in row)])
 
     reasons = ", ".join(f"{count:,} {kind}" for kind, count in unreadable.most_common())
     if not rows:

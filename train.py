@@ -299,12 +299,12 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
         raise runs.RunError(f"cannot resume {last}: its held-out split was made differently "
                             f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
                             f"Resume with the same data options, or start a new run with another --out")
-    interrupted = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
-    if interrupted and (len(interrupted) != context.world_size or state["args"]["batch_size"] != args.batch_size):
-        raise runs.RunError(f"{last} was interrupted mid-epoch with {len(interrupted)} process(es) and batch "
+    mid_epoch = state.get("progress")  # a run stopped mid-epoch by a signal: each rank's EpochProgress
+    if mid_epoch and (len(mid_epoch) != context.world_size or state["args"]["batch_size"] != args.batch_size):
+        raise runs.RunError(f"{last} was interrupted mid-epoch with {len(mid_epoch)} process(es) and batch "
                             f"{state['args']['batch_size']}: resume it with the same, so that the epoch goes on "
                             f"with the same batches and augmentations")
-    interrupted_on = interrupted[0].get("device", "cpu") if interrupted else device.type
+    interrupted_on = mid_epoch[0].get("device", "cpu") if mid_epoch else device.type
     if interrupted_on != device.type:
         raise runs.RunError(f"{last} was interrupted mid-epoch on {interrupted_on}, whose augmentation stream "
                             f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
@@ -330,7 +330,7 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
         print(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
     if context.is_main:
         runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
-    return (EpochProgress.restore(interrupted[context.rank], args.seed, runtime) if interrupted
+    return (EpochProgress.restore(mid_epoch[context.rank], args.seed, runtime) if mid_epoch
             else EpochProgress.start(state["epoch"], args.seed, runtime))
 
 
