@@ -3,6 +3,7 @@ interrupted and resumed ones are compared with."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,15 @@ def write_image(path: Path, seed: int, size=(40, 30), mode="RGB", format=None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path, format=format)
     return path
+
+
+@pytest.fixture(scope="module")
+def module_folder(tmp_path_factory, request) -> Path:
+    """A folder for the runs that one module's tests share, deleted when they end, as a passing test's tmp_path
+    is (pyproject.toml): each run holds ResNet18 checkpoints of ~300 MB, and a CI disk may be small."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -31,10 +31,10 @@ def run_classifier(data, out, *extra) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(module_folder):
     """(class tree, siam.pt): 3 classes x 20 JPEGs and a SimSiam checkpoint trained on them for one epoch at
     32 px from a 40 px cache (not the default 8/7 of 32, which is 37)."""
-    root = tmp_path_factory.mktemp("pretrained")
+    root = module_folder
     data = root / "PetImages"
     for c, name in enumerate(["Cat", "Dog", "Fox"]):
         for i in range(20):

@@ -14,10 +14,10 @@ RUN_KEYS = {"backbone", "mode", "labels", "all_labels", "seed", "test_accuracy",
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_folder):
     """One --tiny run (the demo set: 360 non-test images; size 10, and 1,000, which does not fit), as (runs folder,
     results folder). The seed rule's other sizes: test_seed_rule."""
-    folder = tmp_path_factory.mktemp("label-efficiency")
+    folder = module_folder
     label_efficiency.main(["--tiny", "--sizes", "10", "1000", "--runs", str(folder / "runs"),
                            "--results", str(folder / "results")])
     return folder / "runs", folder / "results"

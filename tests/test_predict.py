@@ -26,11 +26,11 @@ CLASSES = ["Cat", "Dog", "Fox"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_folder):
     """(class tree, classifier.pt), once for the module: conftest's class_tree (3 classes x 20 JPEGs) and a
     classifier trained on it for one epoch over a random backbone at 32 px from a 40 px cache (not the default 8/7
     of 32, which is 37, so that predict must take the cache size from the checkpoint)."""
-    root = tmp_path_factory.mktemp("trained")
+    root = module_folder
     data = root / "PetImages"
     for c, name in enumerate(CLASSES):
         for i in range(20):
