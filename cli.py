@@ -13,13 +13,15 @@ from pathlib import Path
 import cache
 import dataset
 import devices
+import distributed
 import download
 from model import CheckpointError
 import runs
 from runs import Interrupted, RunError
 
 # reported as one line, exit 2
-ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError, devices.DeviceError)
+ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError, devices.DeviceError,
+          distributed.LaunchError)
 
 
 def report(message: str) -> None:
@@ -125,7 +127,8 @@ def add_run_arguments(group) -> None:
                        help="seed of initialisation, batch order and augmentation (not of the splits)")
     group.add_argument("--device", default="auto",
                        help="auto (the current CUDA GPU when PyTorch sees one, else cpu), or any name torch.device "
-                            "takes: cpu, cuda, cuda:1; mps and other accelerators are untested here "
+                            "takes: cpu, cuda, cuda:1; mps and other accelerators are untested here; train.py under "
+                            "torchrun: auto, cuda or cpu (each process takes cuda:LOCAL_RANK) "
                             "(default: %(default)s)")
     group.add_argument("--precision", choices=devices.PRECISIONS, default="auto",
                        help="auto: bf16 autocast on CUDA, fp32 elsewhere (default: %(default)s)")

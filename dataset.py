@@ -401,20 +401,35 @@ def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int,
             yield gather(images, batch_indices, device)
         return
     ready: queue.Queue = queue.Queue(maxsize=prefetch)
+    closed = threading.Event()  # the consumer stopped early (an early stop, bench's last epoch): the thread ends
+
+    def offer(item) -> bool:
+        """Put `item` in the queue once there is room, unless the consumer stops first."""
+        while not closed.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def produce() -> None:
         try:
             for batch_indices in order:
-                ready.put(devices.pin_memory(images[batch_indices.to(images.device)]))
-            ready.put(None)
+                if not offer(devices.pin_memory(images[batch_indices.to(images.device)])):
+                    return
+            offer(None)
         except BaseException as error:  # handed to the consumer, which raises it
-            ready.put(error)
+            offer(error)
 
     threading.Thread(target=produce, daemon=True).start()
-    while (batch := ready.get()) is not None:
-        if isinstance(batch, BaseException):
-            raise batch
-        yield batch.to(device, non_blocking=True)
+    try:
+        while (batch := ready.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch.to(device, non_blocking=True)
+    finally:
+        closed.set()
 
 
 def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -40,10 +40,20 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+class LaunchError(Exception):
+    """A setting that cannot work under torchrun; the message says what to pass instead."""
+
+
+DEVICES = ("auto", "cuda", "cpu")  # the --device values torchrun's processes can honour
+
+
 def setup(device_name: str) -> tuple[Context, str]:
     """(context, device name) for this process; joins the process group when launched by torchrun."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Context(), device_name
+    if device_name not in DEVICES:  # cuda:N would be overridden by LOCAL_RANK, mps would fall back to the CPU
+        raise LaunchError(f"--device {device_name}: under torchrun each process takes its own GPU, cuda:LOCAL_RANK, "
+                          "or the CPU; pass --device cuda (or cpu), and choose the GPUs with CUDA_VISIBLE_DEVICES")
     context = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     use_cuda = device_name.split(":")[0] == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:

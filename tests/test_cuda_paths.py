@@ -5,6 +5,8 @@ for CUDA) is listed in emulated_cuda.py; the code around each of them runs here.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,22 @@ def test_host_cache_is_prefetched_through_pinned_memory(gpu):
     assert all(batch.device == CUDA for batch in batches)
     assert all(torch.equal(batch.cpu(), want) for batch, want in zip(batches, expected))
     assert gpu.pins == 3 and gpu.pageable_async_copies == 0
+
+
+def test_a_prefetch_left_early_ends_its_thread(gpu):
+    """A consumer that stops after the first batch (an early stop, bench's last epoch) leaves no thread behind,
+    blocked on a full queue and holding pinned batches: the background thread ends once the batches are closed."""
+    host = host_images(40)
+    before = set(threading.enumerate())
+    batches = dataset.device_batches(host, torch.arange(len(host)), 4, torch.Generator().manual_seed(3), CUDA,
+                                     prefetch=1)
+    next(batches)
+    time.sleep(0.2)  # the thread has pinned the next batch and waits for room in the queue
+    [producer] = set(threading.enumerate()) - before
+    assert producer.is_alive()
+    batches.close()
+    producer.join(timeout=5)
+    assert not producer.is_alive()
 
 
 def test_cache_stays_on_the_host_when_the_gpu_is_full(gpu, monkeypatch):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import dataset
@@ -79,6 +80,23 @@ def test_two_processes_match_gradient_accumulation(class_tree, tmp_path):
     assert relative_difference(trained, accumulated_reference(class_tree, tmp_path / "cache", 2), start) < 0.01
     # and the test can tell: normalising the whole global batch at once (one process) is measurably different
     assert relative_difference(trained, accumulated_reference(class_tree, tmp_path / "cache", 1), start) > 0.1
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "mps"])
+def test_a_device_torchrun_would_not_use_is_refused(class_tree, tmp_path, monkeypatch, capsys, device):
+    """Under torchrun each process takes its own GPU, cuda:LOCAL_RANK: a --device naming one GPU would be
+    overridden, and mps would fall back to the CPU, without a word. Refused in one line, before joining the
+    process group, saying what to pass instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                    "--device", device])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert stop.value.code == 2 and error.startswith(f"rank 0: error: --device {device}:"), error
+    assert "--device cuda" in error and "CUDA_VISIBLE_DEVICES" in error
+    assert not (tmp_path / "run").exists()
 
 
 def test_epoch_batches_split_every_global_batch_among_ranks():
