@@ -200,10 +200,11 @@ def main(argv=None) -> None:
               f"(--image-size)")
 
     options = dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size)
+    classes = dataset.find_images(dataset.photos_folder(options))[2]  # listed, before any decoding
+    if not args.all_labels and args.labels < len(classes):
+        raise runs.RunError(f"--labels {args.labels} leaves a class of the {len(classes)} without a labelled "
+                            f"image: the head needs one of each, so --labels {len(classes)} or more")
     data, splits = dataset.open_data(options)
-    if not args.all_labels and args.labels < len(data.classes):
-        raise runs.RunError(f"--labels {args.labels} leaves a class of the {len(data.classes)} without a labelled "
-                            f"image: the head needs one of each, so --labels {len(data.classes)} or more")
     images = dataset.cache_on_device(data.images, device)
     test_set = evaluation_set(args, data, splits)
     test_source = dataset.cache_on_device(test_set.images, device) if args.test_data else images

@@ -347,15 +347,21 @@ class DataOptions:
         return cls(**{**{name: getattr(args, name) for name in names if hasattr(args, name)}, **changes})
 
 
-def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Splits]:
-    """The decoded images and the splits that `options` ask for: the demo set or `data`, downloaded first with
-    `download`; prints the start-up lines when `verbose`."""
+def photos_folder(options: DataOptions) -> Path:
+    """The folder of photos that `options` read: the generated demo set, or `data`, downloaded first with
+    `download` (once: a folder already there is taken as it is)."""
     if options.download and not options.demo:
         if options.data.name != download.TOP_FOLDER:
             raise DataError(f"--download unpacks into a folder named {download.TOP_FOLDER}: "
                             f"pass --data DIR/{download.TOP_FOLDER}")
         download.download_dataset(options.data.parent, options.download_url)
-    root = make_demo_images(options.cache_dir / DEMO_FOLDER) if options.demo else options.data
+    return make_demo_images(options.cache_dir / DEMO_FOLDER) if options.demo else options.data
+
+
+def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Splits]:
+    """The decoded images and the splits that `options` ask for (photos_folder); prints the start-up lines when
+    `verbose`."""
+    root = photos_folder(options)
     cache_size = options.cache_size or default_cache_size(options.image_size)
     data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers,
                        unlabelled=options.unlabelled and not options.demo)

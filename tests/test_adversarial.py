@@ -135,11 +135,12 @@ def test_a_malformed_siam_pt_is_refused_by_the_classifier(class_tree, tmp_path, 
 
 
 def test_too_few_labels_for_the_classes_are_refused_first(class_tree, tmp_path, capsys):
-    """--labels 1 for three classes: refused in one line naming the smallest that works, before any training (the
-    cache is built first: the classes are known once the files are decoded, some may be unusable)."""
+    """--labels 1 for three classes: refused in one line naming the smallest that works, before any decoding (the
+    classes are those the folder lists: one that no file of can be decoded is an error of its own)."""
     error = refused(classifier.main, classifier_args(class_tree, tmp_path, "probe", "--random", "--labels", "1"),
                     capsys)
     assert "--labels 3" in error and not (tmp_path / "probe").exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_a_step_larger_than_memory_is_refused_before_the_cache_is_built(class_tree, tmp_path, capsys):
