@@ -37,6 +37,7 @@ import dataset
 import devices
 import evaluate
 import pretrained
+import recipe
 import runs
 import schedule
 from model import Classifier, finite_state, save_checkpoint
@@ -199,6 +200,9 @@ def main(argv=None) -> None:
         print(f"note: the backbone was pretrained at {pretrained_size} px and is evaluated at {image_size} px "
               f"(--image-size)")
 
+    if args.finetune:  # a frozen backbone keeps no activations for a backward pass
+        recipe.check_memory(image_size, min(args.batch_size, args.labels) if not args.all_labels else args.batch_size,
+                            runtime, views=1)
     options = dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size)
     classes = dataset.find_images(dataset.photos_folder(options))[2]  # listed, before any decoding
     if not args.all_labels and args.labels < len(classes):

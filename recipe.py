@@ -10,6 +10,7 @@ import torch
 import augment
 import devices
 from model import D, SimSiam, z_std
+from runs import RunError
 
 # train.py's defaults. 150 px and batch 256 as the original repository; the optimisation follows the paper's
 # small-data (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
@@ -22,13 +23,26 @@ DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
 
 # Memory of one training step per input pixel per image (two views, forward and backward, optimiser included): a
 # low estimate from one H200 at 150 px, batch 256 (9.4 GB fp32 eager, 3.3 GB bf16 + channels_last, 1,630 and
-# 570 bytes), so that only a step that surely cannot fit is refused before any work.
+# 570 bytes), so that only a step that surely cannot fit is refused before any work. The backbone's activations
+# dominate it, so a fine-tuned classifier's step (one view) takes about half.
 STEP_BYTES_PER_PIXEL = {"fp32": 1_000, "bf16": 400}
 
 
-def step_bytes(image_size: int, batch_size: int, precision: str) -> int:
-    """About how many bytes one step at `image_size` px and `batch_size` images per process needs, at least."""
-    return STEP_BYTES_PER_PIXEL.get(precision, STEP_BYTES_PER_PIXEL["fp32"]) * image_size ** 2 * batch_size
+def step_bytes(image_size: int, batch_size: int, precision: str, views: int = 2) -> int:
+    """About how many bytes one step at `image_size` px and `batch_size` images per process needs, at least:
+    SimSiam's two views, or a fine-tuned classifier's one (`views`)."""
+    per_pixel = STEP_BYTES_PER_PIXEL.get(precision, STEP_BYTES_PER_PIXEL["fp32"])
+    return per_pixel * image_size ** 2 * batch_size * views // 2
+
+
+def check_memory(image_size: int, batch_size: int, runtime: devices.Runtime, views: int = 2) -> None:
+    """Refuse, before any decoding, a step that cannot fit in the device's free memory, with what would fit."""
+    needed, free = step_bytes(image_size, batch_size, runtime.precision, views), devices.free_memory(runtime.device)
+    if free is not None and needed > free:
+        fitting = free // step_bytes(image_size, 1, runtime.precision, views)
+        raise RunError(f"one step at --image-size {image_size} and {batch_size} images per process needs about "
+                       f"{needed / 1e9:,.1f} GB of {runtime.device} memory, {free / 1e9:,.1f} GB free: pass a "
+                       f"smaller --image-size or --batch-size (at {image_size} px about {fitting} images fit)")
 
 
 def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:

@@ -278,16 +278,6 @@ def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs
 # ---------------------------------------------------------------- the run
 
 
-def check_memory(image_size: int, batch_size: int, runtime: devices.Runtime) -> None:
-    """Refuse, before any decoding, a step that cannot fit in the device's free memory, with what would fit."""
-    needed, free = recipe.step_bytes(image_size, batch_size, runtime.precision), devices.free_memory(runtime.device)
-    if free is not None and needed > free:
-        fitting = free // recipe.step_bytes(image_size, 1, runtime.precision)
-        raise runs.RunError(f"one step at --image-size {image_size} and {batch_size} images per process needs about "
-                            f"{needed / 1e9:,.1f} GB of {runtime.device} memory, {free / 1e9:,.1f} GB free: pass a "
-                            f"smaller --image-size or --batch-size (at {image_size} px about {fitting} images fit)")
-
-
 def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record: dict, args: argparse.Namespace,
            runtime: devices.Runtime) -> EpochProgress:
     """Load last.pt into `model` and `optimizer` (this run's lr schedule kept) and the global RNG; return where its
@@ -349,7 +339,7 @@ def main(argv=None) -> None:
         devices.use_deterministic_algorithms()
     device = runtime.device
     print_on_main = print if context.is_main else (lambda *_, **__: None)  # one line per run, not per rank
-    check_memory(args.image_size, args.batch_size // context.world_size, runtime)
+    recipe.check_memory(args.image_size, args.batch_size // context.world_size, runtime)
 
     if context.local_rank != 0:
         distributed.barrier(context)  # local rank 0 builds the caches (or the demo set) first

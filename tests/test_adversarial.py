@@ -154,6 +154,16 @@ def test_a_step_larger_than_memory_is_refused_before_the_cache_is_built(class_tr
 # ---------------------------------------------------------------- plot.py reads what it did not write
 
 
+
+def test_a_fine_tuning_step_larger_than_memory_is_refused_before_the_cache_is_built(class_tree, tmp_path, capsys):
+    """classifier.py --finetune at --image-size 4096 (one view, back-propagated through the backbone): refused
+    before any decoding, as train.py's step is, with the batch size that would fit."""
+    error = refused(classifier.main, classifier_args(class_tree, tmp_path, "big", "--random", "--finetune",
+                                                     "--image-size", "4096", "--labels", "6"), capsys)
+    assert "memory" in error and "--batch-size" in error and "6 images" in error
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_plot_skips_records_it_did_not_write(class_tree, tmp_path, capsys):
     """Strings where numbers belong, a final record without num_test, an args.json that is a list: each run is
     skipped with one warning naming its file and the field, and the good runs are still plotted."""
