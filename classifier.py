@@ -201,8 +201,8 @@ def main(argv=None) -> None:
               f"(--image-size)")
 
     if args.finetune:  # a frozen backbone keeps no activations for a backward pass
-        recipe.check_memory(image_size, min(args.batch_size, args.labels) if not args.all_labels else args.batch_size,
-                            runtime, views=1)
+        batch_size = args.batch_size if args.all_labels else min(args.batch_size, args.labels)
+        recipe.check_memory(image_size, batch_size, runtime, views=1)
     options = dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size)
     classes = dataset.find_images(dataset.photos_folder(options))[2]  # listed, before any decoding
     if not args.all_labels and args.labels < len(classes):
