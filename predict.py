@@ -182,9 +182,10 @@ def main(argv=None) -> None:
         probabilities = classify(model, images, image_size, runtime).cpu()  # (B, K)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, label, row in zip(paths, confidence.tolist(), predicted.tolist(), probabilities.tolist()):
-            print(f"{dataset.shown(str(path))}  {classes[label]}  {p:.2f}")
+            name = dataset.shown(str(path))
+            print(f"{name}  {classes[label]}  {p:.2f}")
             per_class[classes[label]] += 1
-            rows.append([dataset.shown(str(path)), classes[label], f"{p:.6f}", *(f"{value:.6f}" for value in row)])
+            rows.append([name, classes[label], f"{p:.6f}", *(f"{value:.6f}" for value in row)])
 
     reasons = ", ".join(f"{count:,} {kind}" for kind, count in unreadable.most_common())
     if not rows:

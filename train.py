@@ -195,10 +195,13 @@ STOP_CHECK_EVERY = 16  # steps between the ranks' agreement on a stop signal (ea
 def stop_requested(stop: runs.StopSignals, step: int, runtime: devices.Runtime) -> bool:
     """Whether to stop after this step: at once in one process; under torchrun, every STOP_CHECK_EVERY steps,
     when any rank has a signal, so that all stop at the same step."""
-    if not runtime.context.is_distributed:
-        return stop.signal_number is not None
-    if (step + 1) % STOP_CHECK_EVERY:
+    if runtime.context.is_distributed and (step + 1) % STOP_CHECK_EVERY:
         return False
+    return signalled(stop, runtime)
+
+
+def signalled(stop: runs.StopSignals, runtime: devices.Runtime) -> bool:
+    """Whether any process has a stop signal; under torchrun every rank asks at once (an all-reduce)."""
     return distributed.any_rank(stop.signal_number is not None, runtime.device, runtime.context)
 
 
@@ -414,7 +417,7 @@ def main(argv=None) -> None:
                 distributed.cleanup(context)
                 raise interrupted(stop, f"at epoch {epoch + 1}, step {progress.step}", args.out)
             # a signal during an epoch's last steps, or in an epoch shorter than STOP_CHECK_EVERY steps
-            stop_now = epoch + 1 < args.epochs and distributed.any_rank(stop.signal_number is not None, device, context)
+            stop_now = epoch + 1 < args.epochs and signalled(stop, runtime)
             if context.is_main:  # the kNN monitor, logs and checkpoints are rank 0's
                 knn = None if monitor is None else knn_monitor(model, monitor, args, runtime)
                 per_epoch = (time.perf_counter() - loop_started) / (epoch + 1 - first_epoch)  # kNN monitor included

@@ -25,6 +25,14 @@ def write_image(path: Path, seed: int, size=(40, 30), mode="RGB", format=None) -
     return path
 
 
+def write_class_tree(root: Path) -> Path:
+    """root/Cat, root/Dog and root/Fox, 20 random JPEGs each (3 classes, to check nothing assumes two)."""
+    for c, name in enumerate(["Cat", "Dog", "Fox"]):
+        for i in range(20):
+            write_image(root / name / f"{i}.jpg", seed=100 * c + i)
+    return root
+
+
 @pytest.fixture(scope="module")
 def module_folder(tmp_path_factory, request) -> Path:
     """A folder for the runs that one module's tests share, deleted when they end, as a passing test's tmp_path
@@ -45,10 +53,7 @@ def no_fsync(monkeypatch):
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     """PetImages-style tree: 3 classes (to check nothing assumes two) x 20 JPEGs, plus clutter to ignore."""
-    root = tmp_path / "PetImages"
-    for c, name in enumerate(["Cat", "Dog", "Fox"]):
-        for i in range(20):
-            write_image(root / name / f"{i}.jpg", seed=100 * c + i)
+    root = write_class_tree(tmp_path / "PetImages")
     (root / "Cat" / "Thumbs.db").write_bytes(b"\0" * 64)
     (root / "Dog" / ".hidden.jpg").write_bytes(b"not an image")
     return root
@@ -71,9 +76,6 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     """(a class tree, the folder of an uninterrupted train_command run on it, with ONE_THREAD): the reference of
     every stopped, killed and resumed run."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    tree = folder / "PetImages"
-    for c, name in enumerate(["Cat", "Dog", "Fox"]):
-        for i in range(20):
-            write_image(tree / name / f"{i}.jpg", seed=100 * c + i)
+    tree = write_class_tree(folder / "PetImages")
     subprocess.run(train_command(tree, folder, "whole"), check=True, env=ONE_THREAD, capture_output=True)
     return tree, folder / "whole"

@@ -15,7 +15,7 @@ import dataset
 import devices
 import evaluate
 import train
-from conftest import write_image
+from conftest import write_class_tree
 from model import Classifier, load_checkpoint
 
 # 3 classes x 20 images: 4 test and 4 labelled images per class, 2 steps of 6 per epoch
@@ -35,10 +35,7 @@ def pretrained(module_folder):
     """(class tree, siam.pt): 3 classes x 20 JPEGs and a SimSiam checkpoint trained on them for one epoch at
     32 px from a 40 px cache (not the default 8/7 of 32, which is 37)."""
     root = module_folder
-    data = root / "PetImages"
-    for c, name in enumerate(["Cat", "Dog", "Fox"]):
-        for i in range(20):
-            write_image(data / name / f"{i}.jpg", seed=100 * c + i)
+    data = write_class_tree(root / "PetImages")
     train.main(["--data", str(data), "--cache-dir", str(root / "cache"), "--out", str(root / "simsiam"),
                 "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--cache-size", "40", "--device", "cpu",
                 "--workers", "2", *SPLITS])

@@ -19,7 +19,7 @@ import devices
 import evaluate
 import predict
 import runs
-from conftest import write_image
+from conftest import write_class_tree, write_image
 from model import Classifier, load_checkpoint, save_checkpoint
 
 CLASSES = ["Cat", "Dog", "Fox"]
@@ -31,10 +31,7 @@ def trained(module_folder):
     classifier trained on it for one epoch over a random backbone at 32 px from a 40 px cache (not the default 8/7
     of 32, which is 37, so that predict must take the cache size from the checkpoint)."""
     root = module_folder
-    data = root / "PetImages"
-    for c, name in enumerate(CLASSES):
-        for i in range(20):
-            write_image(data / name / f"{i}.jpg", seed=100 * c + i)
+    data = write_class_tree(root / "PetImages")
     classifier.main(["--data", str(data), "--random", "--epochs", "1", "--image-size", "32", "--cache-size", "40",
                      "--device", "cpu", "--workers", "2", "--labels", "12", "--test-fraction", "0.2",
                      "--cache-dir", str(root / "cache"), "--out", str(root / "classifier")])
