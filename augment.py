@@ -17,6 +17,8 @@ Deviations, for speed:
       each factor has torchvision's distribution, their composition does not;
     - the crop is resized bilinearly without antialiasing (torchvision's antialias=False); the default cache is
       8/7 of the output side, so a crop is shrunk by at most that factor.
+Scaled with the view's side: the blur's sigma range, 0.1-2 px at 224 px, is the same fraction of a smaller view
+(0.014-0.29 px at 32 px), so that a small view is blurred as much as a 224 px one, not seven times more.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ BRIGHTNESS = CONTRAST = SATURATION = 0.4  # factors drawn from [1 - 0.4, 1 + 0.4
 HUE = 0.1  # hue shift drawn from [-0.1, 0.1] of a full turn
 GRAYSCALE_PROBABILITY = 0.2
 BLUR_PROBABILITY = 0.5
-BLUR_SIGMA = (0.1, 2.0)  # pixels
-BLUR_KERNEL = 13  # 2 * ceil(3 * max sigma) + 1: the kernel covers +-3 sigma
+BLUR_SIGMA = (0.1, 2.0)  # pixels of a BLUR_REFERENCE_SIZE crop; scaled with the view's side (blur_sigma_range)
+BLUR_REFERENCE_SIZE = 224  # MoCo v2's crops, for which its sigma range was chosen
 
 
 def uniform(low: float, high: float, shape: int | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -158,7 +160,18 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int = BLUR_KERNEL) -> torch.Tensor:
+def blur_sigma_range(size: int) -> tuple[float, float]:
+    """The blur's sigma range in px for size x size views: BLUR_SIGMA scaled from BLUR_REFERENCE_SIZE."""
+    return BLUR_SIGMA[0] * size / BLUR_REFERENCE_SIZE, BLUR_SIGMA[1] * size / BLUR_REFERENCE_SIZE
+
+
+def blur_kernel(size: int) -> int:
+    """The blur's kernel side for size x size views: 2 ceil(3 max sigma) + 1, covering +-3 sigma (13 at 224 px,
+    3 at 32 px)."""
+    return 2 * math.ceil(3 * blur_sigma_range(size)[1]) + 1
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Blur each image with its own sigma (pixels): a separable grouped convolution, reflect padding,
     as torchvision's gaussian_blur. A sigma near 0 gives a unit impulse, which leaves the image unchanged."""
     batch, channels, height, width = x.shape
@@ -187,7 +200,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5), each drawn per image."""
+    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5, sigma scaled to the side), each drawn per
+    image."""
     n = x.shape[0]
     jitter = chance(JITTER_PROBABILITY, n, generator)
     ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
@@ -196,8 +210,10 @@ def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = adjust_saturation(x, torch.where(jitter, uniform(1 - SATURATION, 1 + SATURATION, n, generator), ones))
     x = adjust_hue(x, torch.where(jitter, uniform(-HUE, HUE, n, generator), zeros))
     x = blend(x, grayscale(x), (~chance(GRAYSCALE_PROBABILITY, n, generator)).float())
-    sigma = torch.where(chance(BLUR_PROBABILITY, n, generator), uniform(*BLUR_SIGMA, n, generator), zeros + 1e-3)
-    return gaussian_blur(x, sigma)
+    side = x.shape[-1]
+    sigma = torch.where(chance(BLUR_PROBABILITY, n, generator), uniform(*blur_sigma_range(side), n, generator),
+                        zeros + 1e-3)
+    return gaussian_blur(x, sigma, blur_kernel(side))
 
 
 def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

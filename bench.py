@@ -89,7 +89,8 @@ class PilPairs(torch.utils.data.Dataset):
             v2.RandomApply([v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)],
                            p=augment.JITTER_PROBABILITY),
             v2.RandomGrayscale(augment.GRAYSCALE_PROBABILITY),
-            v2.RandomApply([v2.GaussianBlur(augment.BLUR_KERNEL, augment.BLUR_SIGMA)], p=augment.BLUR_PROBABILITY),
+            v2.RandomApply([v2.GaussianBlur(augment.blur_kernel(size), augment.blur_sigma_range(size))],
+                           p=augment.BLUR_PROBABILITY),
             v2.RandomHorizontalFlip(),
             v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(augment.MEAN, augment.STD),
         ])

@@ -116,21 +116,22 @@ def closed_form_probe(model: Classifier, images: torch.Tensor, labelled: torch.T
     """evaluate.logistic_probe on the frozen backbone's features of the evaluation view (centre, no augmentation)
     of the (N,) `labelled` indices into `images`, tested on the (M, 512) `test_features`; the folds are drawn
     from `seed`. Its keys prefixed "closed_form_" (test_accuracy as closed_form_accuracy), for the final record;
-    empty when a class has a single labelled image, since the penalty's cross-validation needs two."""
+    empty when a class has a single labelled image, since the penalty's cross-validation needs two. Its test
+    predictions (M,) go under "closed_form_predictions", which the final record leaves out."""
     counts = torch.bincount(labels[labelled].cpu())
     if counts[counts > 0].min() < 2:
         return {}
     features = evaluate.embed(model.backbone, images, labelled, image_size, runtime)  # (N, 512)
     result = evaluate.logistic_probe(features, labels[labelled], test_features, test_labels, num_classes, seed=seed)
-    return {"closed_form_accuracy": result["test_accuracy"], "closed_form_penalty": result["penalty"],
-            "closed_form_cv_accuracy": result["cv_accuracy"], "closed_form_cv_loss": result["cv_loss"],
-            "closed_form_folds": result["folds"]}
+    return {f"closed_form_{key}": value for key, value in result.items() if key != "test_accuracy"} | {
+        "closed_form_accuracy": result["test_accuracy"]}
 
 
 class TestSet(NamedTuple):
     images: torch.Tensor  # (N, 3, S, S) uint8 cache that `indices` index
     indices: torch.Tensor  # (M,)
     labels: torch.Tensor  # (M,) in the training data's class numbering
+    files: list[str]  # (M,) names, relative to the folder they come from, for predictions.json
     name: str  # for the console: "400 held-out test images"
     fingerprint: str  # names the test set in args.json, so that plot.py never mixes two on one axis
     hashes: torch.Tensor  # (M,) content hashes, checked against a SimSiam backbone's pretraining images
@@ -140,7 +141,8 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
     """The evaluation set: the held-out split, or all of --test-data with its class names mapped onto the
     training classes."""
     if args.test_data is None:
-        return TestSet(data.images, splits.test, data.labels[splits.test], f"{len(splits.test):,} held-out test images",
+        return TestSet(data.images, splits.test, data.labels[splits.test], [data.files[i] for i in splits.test],
+                       f"{len(splits.test):,} held-out test images",
                        dataset.fingerprint(data.files, splits.test), data.hashes[splits.test])
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
@@ -151,7 +153,8 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
     print(f"test data: {dataset.describe(other)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     everything = torch.arange(len(other.files))
-    return TestSet(other.images, everything, mapping[other.labels], f"{len(everything):,} images of {args.test_data}",
+    return TestSet(other.images, everything, mapping[other.labels], list(other.files),
+                   f"{len(everything):,} images of {args.test_data}",
                    dataset.fingerprint([str(other.root / name) for name in other.files], everything), other.hashes)
 
 
@@ -272,7 +275,8 @@ def main(argv=None) -> None:
                                        desc="embedding the test set")
     model.head.eval()
     with torch.no_grad():
-        test_accuracy = evaluate.accuracy(model.head(test_features), test_labels).item()
+        test_logits = model.head(test_features)
+    test_accuracy = evaluate.accuracy(test_logits, test_labels).item()
 
     if frozen_before is not None:
         after = model.backbone.state_dict()
@@ -283,11 +287,18 @@ def main(argv=None) -> None:
     resolved = {**runs.plain_args(args), "image_size": image_size, "cache_size": cache_size}
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=resolved,
                     labelled_indices=labelled.tolist(), code=runs.code_version())
+    closed_form_predictions = closed_form.pop("closed_form_test_predictions", None)
+    (out / "predictions.json").write_text(json.dumps({  # per test image, for paired comparisons of two runs
+        "test_set": test_set.name, "test_fingerprint": test_set.fingerprint, "classes": data.classes,
+        "files": test_set.files, "labels": test_labels.tolist(), "linear": test_logits.argmax(dim=1).tolist(),
+        **({"closed_form": closed_form_predictions.tolist()} if closed_form_predictions is not None else {})}))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
                 **closed_form)
     print(f"saved {out / 'classifier.pt'}")
     if closed_form:
-        print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
+        edge = (" (the edge of its grid: the best penalty may lie beyond)" if closed_form["closed_form_at_edge"]
+                else "")
+        print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e}{edge} by "
               f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
     error = evaluate.standard_error(test_accuracy, len(test_indices))
     print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test_set.name}")

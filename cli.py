@@ -89,7 +89,7 @@ def positive(kind):
 
 fraction = in_range(float, 0, 1, include_low=False)  # a share strictly between 0 and 1
 seed = in_range(int, 0, 2 ** 32)  # torch seeds are 64-bit; epoch seeds multiply this by about 2^30
-MIN_IMAGE_SIZE = 16  # px: the 13 px blur kernel must fit, and ResNet18 halves the side five times
+MIN_IMAGE_SIZE = 16  # px: ResNet18 halves the side five times
 image_size = in_range(int, MIN_IMAGE_SIZE)
 batch_size = in_range(int, 2)  # BatchNorm in training needs two samples
 
@@ -117,6 +117,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=seed, default=0, help="seed of the held-out test split and of --limit")
     group.add_argument("--test-fraction", type=fraction, default=0.1,
                        help="stratified test split, never seen by pretraining or the labels (default: %(default)s)")
+    group.add_argument("--val-fraction", type=in_range(float, 0, 1), default=0.05,
+                       help="stratified validation split, drawn after the test split and held out from pretraining "
+                            "and the labels: the kNN monitor's queries, so that choices made while pretraining "
+                            "never read the test split; 0: no monitor (default: %(default)s)")
     group.add_argument("--labels", type=positive(int), default=250,
                        help="size of the labelled subset, balanced per class (default: %(default)s)")
     group.add_argument("--label-seed", type=seed, default=0, help="seed of the labelled subset draw")
@@ -134,15 +138,22 @@ def add_run_arguments(group) -> None:
                        help="auto: bf16 autocast on CUDA, fp32 elsewhere (default: %(default)s)")
 
 
-DEMO_SPLITS = {"test_fraction": 0.25}  # --demo in every script: 200 of the 800 demo images held out, enough to
-# tell a 10-point difference from noise (one standard error is about 3.5 points)
+DEMO_SPLITS = {"test_fraction": 0.25, "val_fraction": 0.1}  # --demo in every script: 200 of the 800 demo images
+# held out, enough to tell a 10-point difference from noise (one standard error is about 3.5 points), and 80 more
+# for the kNN monitor
 
 
-def parse(parser: argparse.ArgumentParser, argv, demo: dict) -> argparse.Namespace:
-    """Parse argv; under --demo, DEMO_SPLITS and the script's `demo` preset replace the defaults first (explicit
-    flags still win). --demo with a --data of its own is refused: the demo set would silently replace it."""
-    if parser.parse_known_args(argv)[0].demo:
+def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = None) -> argparse.Namespace:
+    """Parse argv; under --demo, DEMO_SPLITS and the script's `demo` preset replace the defaults first, under
+    --cpu (a script that has it) its `cpu` preset (explicit flags still win). --demo with a --data of its own is
+    refused: the demo set would silently replace it."""
+    known = parser.parse_known_args(argv)[0]
+    if known.demo and getattr(known, "cpu", False):
+        parser.error("--demo and --cpu are two presets: pass one")
+    if known.demo:
         parser.set_defaults(**DEMO_SPLITS, **demo)
+    if getattr(known, "cpu", False):
+        parser.set_defaults(**cpu)
     args = parser.parse_args(argv)
     if args.demo and args.data != parser.get_default("data"):
         parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")

@@ -245,43 +245,53 @@ def describe(data: ImageSet) -> str:
 @dataclass
 class Splits:
     test: torch.Tensor  # held out from everything but the final evaluation
-    labelled: torch.Tensor  # the few labelled images, balanced per class, never in test
-    pretrain: torch.Tensor  # every image not in test; pretraining ignores its labels
+    labelled: torch.Tensor  # the few labelled images, balanced per class, never in test or validation
+    pretrain: torch.Tensor  # every image in neither test nor validation; pretraining ignores its labels
+    validation: torch.Tensor  # held out from pretraining and labels: the queries of the kNN monitor, which
+    # guides the choices made while pretraining, so that the test split is read once, by the final evaluation
 
 
 def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, num_labels: int,
                 seed: int, label_seed: int, class_names: list[str] | None = None,
-                hashes: torch.Tensor | None = None) -> Splits:
-    """Deterministic from (seed, label_seed): the test split is stratified and depends on `seed` only, so
-    every script and every label draw holds out the same images; the labelled subset is drawn from the rest.
-    With the content `hashes`, a copy of a test image (under another name, or in another class) is left out of
-    both pretraining and labels. Without classes (unlabelled photos), nothing is held out."""
+                hashes: torch.Tensor | None = None, val_fraction: float = 0.0) -> Splits:
+    """Deterministic from (seed, label_seed): the test split is stratified and depends on `seed` (and
+    `test_fraction`) only, so every script, every validation size and every label draw holds out the same test
+    images; the stratified validation split (`val_fraction` of each class) comes next from the same shuffle, and
+    the labelled subset is drawn from the rest. With the content `hashes`, a copy of a test or validation image
+    (under another name, or in another class) is left out of the images after it. Without classes (unlabelled
+    photos), nothing is held out."""
     if num_classes == 0:
         empty = torch.zeros(0, dtype=torch.int64)
-        return Splits(test=empty, labelled=empty, pretrain=torch.arange(len(labels)))
+        return Splits(test=empty, labelled=empty, pretrain=torch.arange(len(labels)), validation=empty)
     split_generator = torch.Generator().manual_seed(seed)
     label_generator = torch.Generator().manual_seed(label_seed)
     per_class_labels = [num_labels // num_classes + (c < num_labels % num_classes) for c in range(num_classes)]
-    test, others = [], []
+    test, validation, others = [], [], []
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=split_generator)]
         num_test = max(1, round(test_fraction * len(members))) if test_fraction > 0 else 0
+        num_validation = max(1, round(val_fraction * len(members))) if val_fraction > 0 else 0
         test.append(members[:num_test])
-        others.append(members[num_test:])
+        validation.append(members[num_test:num_test + num_validation])
+        others.append(members[num_test + num_validation:])
     if hashes is not None:
         held_out = hashes[torch.cat(test)]
+        validation = [rest[~torch.isin(hashes[rest], held_out)] for rest in validation]
+        held_out = torch.cat([held_out, hashes[torch.cat(validation)]])
         others = [rest[~torch.isin(hashes[rest], held_out)] for rest in others]
     labelled = []
     for c, rest in enumerate(others):
         if len(rest) < per_class_labels[c] + 1:
             name = class_names[c] if class_names else str(c)
-            raise DataError(f"class {name!r} has {len(test[c]) + len(rest)} usable images (copies of test images "
-                            f"not counted); the test split ({len(test[c])}) and the labelled subset "
-                            f"({per_class_labels[c]}) need more: add images or lower --labels / --test-fraction")
+            raise DataError(f"class {name!r} has {len(test[c]) + len(validation[c]) + len(rest)} usable images "
+                            f"(copies of held-out images not counted); the test split ({len(test[c])}), the "
+                            f"validation split ({len(validation[c])}) and the labelled subset "
+                            f"({per_class_labels[c]}) need more: add images or lower --labels / --test-fraction / "
+                            f"--val-fraction")
         labelled.append(rest[torch.randperm(len(rest), generator=label_generator)[:per_class_labels[c]]])
     return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
-                  pretrain=torch.cat(others).sort().values)
+                  pretrain=torch.cat(others).sort().values, validation=torch.cat(validation).sort().values)
 
 
 def fingerprint(files: list[str], indices: torch.Tensor) -> str:
@@ -297,7 +307,8 @@ def shown(name: str) -> str:
 
 
 SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed": "--split-seed",
-                  "test_fraction": "--test-fraction", "limit": "--limit", "classes": "the classes",
+                  "test_fraction": "--test-fraction", "val_fraction": "--val-fraction", "limit": "--limit",
+                  "classes": "the classes",
                   "monitor_data": "--monitor-data", "pretraining_fingerprint": "the pretraining images"}
 
 
@@ -306,7 +317,8 @@ def split_identity(data: ImageSet, splits: Splits, options: DataOptions) -> dict
     mismatch (the earlier epochs may have trained on the new test images). The evaluations check content instead
     (pretrained.check_unseen)."""
     return {"data": str(data.root), "files_fingerprint": fingerprint(data.files, torch.arange(len(data.files))),
-            "seed": options.split_seed, "test_fraction": options.test_fraction, "limit": options.limit,
+            "seed": options.split_seed, "test_fraction": options.test_fraction,
+            "val_fraction": options.val_fraction, "limit": options.limit,
             "classes": data.classes, "test_fingerprint": fingerprint(data.files, splits.test)}
 
 
@@ -337,6 +349,7 @@ class DataOptions:
     workers: int | None = None
     split_seed: int = 0
     test_fraction: float = 0.1
+    val_fraction: float = 0.05
     labels: int = 250
     label_seed: int = 0
 
@@ -366,11 +379,11 @@ def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Spl
     data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers,
                        unlabelled=options.unlabelled and not options.demo)
     splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,
-                         options.label_seed, data.classes, data.hashes)
+                         options.label_seed, data.classes, data.hashes, options.val_fraction)
     if verbose:
         print(describe(data))
         print(f"splits: {len(splits.pretrain):,} pretraining (labels unused), {len(splits.labelled):,} labelled, "
-              f"{len(splits.test):,} test (seed {options.split_seed})")
+              f"{len(splits.validation):,} validation, {len(splits.test):,} test (seed {options.split_seed})")
     return data, splits
 
 

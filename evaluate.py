@@ -3,14 +3,17 @@ classification accuracy, and the full-batch linear probe (L2-regularised logisti
 cross-validation)."""
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 import augment
 import dataset
 import devices
+import runs
 
 KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al. 2018, as in common kNN monitors)
 
@@ -24,7 +27,7 @@ def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size
     backbone.eval()
     features = []
     starts = range(0, len(indices), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1, disable=len(starts) < 2):
+    for start in runs.progress_bar(starts, show=len(starts) > 1, desc=desc, unit="batch", leave=False, mininterval=1):
         x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
         with runtime.autocast():
             features.append(backbone(x.contiguous(memory_format=runtime.memory_format)).float())
@@ -56,6 +59,26 @@ def standard_error(accuracy: float, num_test: int) -> float:
     return (accuracy * (1 - accuracy) / num_test) ** 0.5
 
 
+def paired_difference(correct_a, correct_b) -> dict:
+    """Accuracy of classifier a minus that of classifier b on the same test images, from their per-image
+    correctness (two equal-length sequences of bools): the paired standard error (the sample standard deviation of
+    the per-image differences over sqrt(n)), a normal 95% interval, the discordant counts (only_a: images only a
+    got right) and McNemar's exact two-sided p-value on them. Pairing removes what both get right or wrong alike:
+    its standard error is well below that of two independent accuracies."""
+    a = torch.as_tensor(correct_a, dtype=torch.float64)
+    b = torch.as_tensor(correct_b, dtype=torch.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError("paired_difference needs two equal-length sequences of at least 2 test images")
+    differences = a - b
+    difference, error = differences.mean().item(), (differences.std() / len(a) ** 0.5).item()
+    only_a, only_b = int((differences > 0).sum()), int((differences < 0).sum())
+    discordant, fewer = only_a + only_b, min(only_a, only_b)
+    tail = Fraction(sum(math.comb(discordant, k) for k in range(fewer + 1)), 2 ** discordant)
+    return {"accuracy_a": a.mean().item(), "accuracy_b": b.mean().item(), "difference": difference,
+            "standard_error": error, "low": difference - 1.96 * error, "high": difference + 1.96 * error,
+            "only_a": only_a, "only_b": only_b, "mcnemar_p": min(1.0, float(2 * tail)), "num_test": len(a)}
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction (0-dim tensor) of rows whose arg-max is the label."""
     return (logits.argmax(dim=1) == labels.to(logits.device)).float().mean()
@@ -64,8 +87,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- full-batch linear probe (L-BFGS)
 
 # lambda of the penalty (lambda / 2) ||W||^2 added to the mean cross-entropy (scikit-learn's C = 1 / (lambda n)),
-# log-spaced over 1e-6 .. 1e2
-PROBE_PENALTIES = tuple(10.0 ** k for k in range(-6, 3))
+# log-spaced over 1e-6 .. 1e4: at the top the weights are nearly the class means' differences (what a very strong
+# penalty leaves), at the bottom nearly unpenalised
+PROBE_PENALTIES = tuple(10.0 ** k for k in range(-6, 5))
 PROBE_ITERATIONS = 300  # L-BFGS iterations per fit, at most; weakly penalised separable problems stop here
 
 
@@ -114,10 +138,12 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     the convex linear probe of Kornblith et al. 2019, also SimCLR's transfer evaluation.
 
     The penalty is chosen by stratified `folds`-fold cross-validation on the labelled (train) images only (fewer
-    folds when a class has fewer images), by the held-out cross-entropy, which unlike accuracy rarely ties between
-    penalties on a few hundred images; each fold is standardised with its own training part. The model is then
-    refitted on all labelled images with that penalty. Float64, on the features' device; the folds are drawn from
-    `seed`. Returns builtins: test_accuracy, penalty, cv_loss and cv_accuracy (at that penalty), folds."""
+    folds when a class has fewer images), by held-out accuracy, the measure reported, with ties (frequent on a few
+    hundred images) going to the lower held-out cross-entropy; each fold is standardised with its own training
+    part. The model is then refitted on all labelled images with that penalty. Float64, on the features' device;
+    the folds are drawn from `seed`. Returns test_accuracy, penalty, at_edge (whether it is the grid's first or
+    last: a wider grid might do better), cv_loss and cv_accuracy (at that penalty), folds (builtins) and
+    test_predictions (an (M,) tensor of classes)."""
     x, x_test = train_features.double(), test_features.double()  # (N, D), (M, D)
     labels, test_labels = train_labels.to(x.device), test_labels.to(x.device)
     counts = torch.bincount(labels, minlength=num_classes)
@@ -135,9 +161,12 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
             logits = x_held_out @ weight + bias
             held_out_loss[i] += F.cross_entropy(logits, labels[held_out], reduction="sum")
             held_out_correct[i] += (logits.argmax(dim=1) == labels[held_out]).sum()
-    best = int(held_out_loss.argmin())
+    most_correct = held_out_correct == held_out_correct.max()
+    best = int(torch.where(most_correct, held_out_loss, torch.inf).argmin())
     x, x_test = standardize(x, x_test)
     weight, bias = fit_logistic(x, labels, num_classes, penalties[best])
-    return {"test_accuracy": accuracy(x_test @ weight + bias, test_labels).item(), "penalty": penalties[best],
-            "cv_loss": held_out_loss[best].item() / len(labels),
-            "cv_accuracy": held_out_correct[best].item() / len(labels), "folds": folds}
+    logits = x_test @ weight + bias
+    return {"test_accuracy": accuracy(logits, test_labels).item(), "penalty": penalties[best],
+            "at_edge": best in (0, len(penalties) - 1), "cv_loss": held_out_loss[best].item() / len(labels),
+            "cv_accuracy": held_out_correct[best].item() / len(labels), "folds": folds,
+            "test_predictions": logits.argmax(dim=1).cpu()}

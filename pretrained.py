@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import dataset
+import runs
 from model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone
 
 
@@ -15,9 +16,11 @@ def read(path: Path, hint: str = "train one with train.py") -> dict:
     """The SimSiam checkpoint at `path` (train.py's siam.pt or last.pt) with its arguments and the content hashes
     of its pretraining images, before any data is decoded; a CheckpointError that ends with `hint` otherwise."""
     try:
-        return load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
+        checkpoint = load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
+        runs.check_protocol(checkpoint, path)
     except CheckpointError as error:
         raise CheckpointError(f"cannot use --checkpoint: {error} ({hint})") from None
+    return checkpoint
 
 
 def resolution(image_size: int | None, cache_size: int | None, pretrained: dict | None,

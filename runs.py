@@ -19,7 +19,19 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
+from tqdm import tqdm
+
+from model import CheckpointError
+
 REPOSITORY = Path(__file__).resolve().parent
+
+# The version of the evaluation protocol, recorded in every args.json and SimSiam checkpoint; raised whenever a
+# change makes new figures incomparable with older ones. 1: the kNN monitor read the test split at every epoch and
+# the blur's sigma was 0.1-2 px at every image size. 2: the monitor reads a validation split (--val-fraction) held
+# out from pretraining and labels; the blur scales with the image size; the closed-form probe chooses its penalty
+# by cross-validated accuracy over a wider grid; classifier runs record their test predictions for paired
+# comparisons.
+PROTOCOL = 2
 
 
 class RunError(Exception):
@@ -49,7 +61,7 @@ def duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- the run folder
 
-RUN_FILES = ("args.json", "metrics.jsonl", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
+RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
              "labelled.json")  # what runs write
 
 
@@ -182,14 +194,29 @@ def code_version() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def check_protocol(checkpoint: dict, path: Path) -> None:
+    """Refuse a SimSiam checkpoint written under another evaluation protocol (PROTOCOL): its monitor may have read
+    the test split, and its augmentation differs from today's."""
+    if checkpoint.get("protocol") != PROTOCOL:
+        raise CheckpointError(f"{path} was pretrained under evaluation protocol {checkpoint.get('protocol', 1)}, "
+                              f"this code's is {PROTOCOL} (its kNN monitor read the test split, and its blur was not "
+                              f"scaled to the image size): pretrain again with train.py")
+
+
+def progress_bar(iterable=None, show: bool = True, **options) -> tqdm:
+    """A tqdm bar, hidden where `show` is False (another rank's, a loop of one batch). Otherwise `disable` is left to
+    tqdm, whose TQDM_DISABLE=1 (and the other TQDM_ variables) would be overridden by an explicit disable=False."""
+    return tqdm(iterable, **options, **({} if show else {"disable": True}))
+
+
 def plain_args(args: argparse.Namespace) -> dict:
     """The arguments as builtins (paths as strings), for JSON and for weights_only checkpoints."""
     return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 
 
 def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
-    """OUT/args.json: the resolved arguments, derived values and the code version of this run."""
-    record = {**plain_args(args), **derived, "code": code_version()}
+    """OUT/args.json: the resolved arguments, derived values, the protocol and the code version of this run."""
+    record = {**plain_args(args), **derived, "protocol": PROTOCOL, "code": code_version()}
     (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -38,7 +38,7 @@ from model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, fi
                    save_checkpoint)
 
 CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
-DEMO = recipe.DEMO
+DEMO, CPU = recipe.DEMO, recipe.CPU
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "photos that are copies of its test images are left out. Default: --data itself when "
                             "it is labelled, else no monitor")
     group = parser.add_argument_group("optimisation (SimSiam paper, §4 and appendix A; recipe.py says why)")
+    group.add_argument("--cpu", action="store_true",
+                       help="the CPU recipe for real photos, under an hour on 2 cores for the 23,000-photo pack: "
+                            + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in CPU.items()))
     defaults = recipe.DEFAULTS
     group.add_argument("--epochs", type=cli.positive(int), default=defaults["epochs"],
                        help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return cli.parse(build_parser(), argv, DEMO)
+    return cli.parse(build_parser(), argv, DEMO, CPU)
 
 
 # ---------------------------------------------------------------- an epoch, and where it stands
@@ -153,19 +156,22 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
     order_generator = devices.generator(images.device, epoch_seed(args.seed, progress.epoch))
     readout = devices.Readout(runtime.device)
     first_step, started = progress.step, time.perf_counter()
+    timed_from = started
     batches = dataset.device_batches(images, indices, args.batch_size, order_generator, runtime.device, context.rank,
                                      context.world_size, skip=first_step)
-    bar = tqdm(batches, initial=first_step, total=steps_per_epoch, leave=False, disable=not context.is_main,
-               desc=f"epoch {progress.epoch + 1}/{args.epochs}")
+    bar = runs.progress_bar(batches, show=context.is_main, initial=first_step, total=steps_per_epoch, leave=False,
+                            desc=f"epoch {progress.epoch + 1}/{args.epochs}")
     for step, batch in enumerate(bar, start=first_step):  # batch: (B, 3, S, S) uint8, on the device
         lrs = schedule.set_lr(optimizer, progress.epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
         x1, x2 = recipe.views(batch, args.image_size, progress.augment_generator, args.compile)
         loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
         progress.add(step, loss, std)
         bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)
-        if announce and step == first_step + TIMED_STEPS - 1:
+        if announce and step == first_step:  # the first step warms up (allocations, one-off setup): not timed
+            timed_from = time.perf_counter()
+        if announce and step == first_step + TIMED_STEPS:
             steps_left = steps_per_epoch * (args.epochs - progress.epoch) - step - 1
-            tqdm.write(cost_note((time.perf_counter() - started) / TIMED_STEPS * steps_left, runtime.device))
+            tqdm.write(cost_note((time.perf_counter() - timed_from) / TIMED_STEPS * steps_left, runtime.device))
         if step + 1 < steps_per_epoch and stop_requested(stop, step, runtime):
             return None  # at an epoch's last step the epoch finishes instead, and the stop comes one step later
     seconds = time.perf_counter() - started
@@ -176,16 +182,17 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
             "bad_step": int(progress.first_bad_step)}
 
 
-TIMED_STEPS = 3  # steps a CPU run times before it says what the whole run will cost
-LONG_RUN_S = 30 * 60
+TIMED_STEPS = 10  # steps after the first that a CPU run times before it says what the whole run will cost
+LONG_RUN_S = 90 * 60
 
 
 def cost_note(seconds_left: float, device: torch.device) -> str:
-    """What the rest of a run costs on `device`, and, when that is long, the settings of a CPU-sized run."""
-    note = f"on {devices.describe(device)} the rest of this run takes about {runs.duration(seconds_left)}"
+    """What the rest of a run costs on `device`, a first estimate (a busy machine makes it too long), and, when
+    that is long, the CPU recipe."""
+    note = (f"on {devices.describe(device)} the rest of this run takes about {runs.duration(seconds_left)} (a first "
+            f"estimate from {TIMED_STEPS} steps; other work on the machine lengthens it)")
     if seconds_left > LONG_RUN_S:
-        note += ("; the defaults are sized for a GPU, a CPU-sized run is --image-size 64 --epochs 1 --limit 1000 "
-                 "(under a minute on 2 cores)")
+        note += "; the defaults are sized for a GPU: --cpu is the recipe for a CPU (under an hour on 2 cores)"
     return note
 
 
@@ -220,22 +227,25 @@ class Monitor(NamedTuple):
 
 
 def knn_monitor(model: SimSiam, monitor: Monitor, args: argparse.Namespace, runtime: devices.Runtime) -> float:
-    """kNN accuracy of the backbone's features on the monitor's held-out split."""
+    """kNN accuracy of the backbone's features on the monitor's validation split (the labelled subset the bank).
+    The test split is never read while pretraining: it is the final evaluation's alone."""
     images, labels, splits = monitor.images, monitor.data.labels, monitor.splits
     bank = evaluate.embed(model.backbone, images, splits.labelled, args.image_size, runtime)
-    queries = evaluate.embed(model.backbone, images, splits.test, args.image_size, runtime)
-    return evaluate.knn_accuracy(bank, labels[splits.labelled], queries, labels[splits.test],
+    queries = evaluate.embed(model.backbone, images, splits.validation, args.image_size, runtime)
+    return evaluate.knn_accuracy(bank, labels[splits.labelled], queries, labels[splits.validation],
                                  len(monitor.data.classes), args.knn_k).item()
 
 
 def leave_out_copies(pretrain: torch.Tensor, data: dataset.ImageSet, monitor: Monitor,
                      print_on_main) -> torch.Tensor:
-    """The pretraining indices less the photos that are copies (by content) of --monitor-data's test images, so
-    that the monitor's queries, and a classifier's later test on that folder, were never pretrained on."""
-    copies = torch.isin(data.hashes[pretrain], monitor.data.hashes[monitor.splits.test])
+    """The pretraining indices less the photos that are copies (by content) of --monitor-data's test or validation
+    images, so that the monitor's queries, and a classifier's later test on that folder, were never pretrained
+    on."""
+    held_out = torch.cat([monitor.splits.test, monitor.splits.validation])
+    copies = torch.isin(data.hashes[pretrain], monitor.data.hashes[held_out])
     if copies.any():
         print_on_main(f"note: {int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of "
-                      f"--monitor-data's test images: left out of pretraining")
+                      f"--monitor-data's test or validation images: left out of pretraining")
     return pretrain[~copies]
 
 
@@ -287,6 +297,7 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
     epoch stands. Refused: another held-out split, or a mid-epoch stop that cannot go on with the same draws."""
     context, device = runtime.context, runtime.device
     state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
+    runs.check_protocol(state, last)
     differences = dataset.split_differences(state["split"], split_record)
     if differences:
         raise runs.RunError(f"cannot resume {last}: its held-out split was made differently "
@@ -363,6 +374,10 @@ def main(argv=None) -> None:
     else:
         print_on_main(f"no kNN monitor: {data.root} has no labels (pass --monitor-data LABELLED for one); the loss "
                       f"and z-std are logged as always")
+    if monitor is not None and not len(monitor.splits.validation):
+        monitor = None
+        print_on_main("no kNN monitor: --val-fraction 0 holds out no validation images (the monitor never reads "
+                      "the test split); the loss and z-std are logged as always")
     if args.batch_size % context.world_size or args.batch_size > len(pretrain):
         raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
                             f"not exceed the {len(pretrain)} pretraining images")
@@ -370,7 +385,7 @@ def main(argv=None) -> None:
     split_record = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
                     "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
     recorded = {"args": runs.plain_args(args), "split": split_record, "pretraining_hashes": data.hashes[pretrain],
-                "code": runs.code_version()}
+                "code": runs.code_version(), "protocol": runs.PROTOCOL}
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
@@ -397,14 +412,16 @@ def main(argv=None) -> None:
                            cache_resolution=data.images.shape[-1], world_size=context.world_size,
                            num_classes=len(data.classes), num_pretraining=len(pretrain),
                            test_set=f"{len(splits.test):,} held-out test images",
-                           test_fingerprint=split_record["test_fingerprint"])
+                           test_fingerprint=split_record["test_fingerprint"],
+                           monitor_set=None if monitor is None else
+                           f"{len(monitor.splits.validation):,} validation images of {monitor.data.root}")
         for epoch in range(progress.epoch, args.epochs):
             if epoch != progress.epoch:
                 progress = EpochProgress.start(epoch, args.seed, runtime)
             model.train()
             record = train_epoch(wrapped_model, optimizer, steps_per_epoch, images, pretrain, progress, args,
                                  runtime, stop, announce=context.is_main and device.type == "cpu"
-                                 and epoch == first_epoch and steps_per_epoch - progress.step >= TIMED_STEPS)
+                                 and epoch == first_epoch and steps_per_epoch - progress.step > TIMED_STEPS)
             bad_step = record.pop("bad_step") if record else int(progress.first_bad_step)
             if distributed.any_rank(bad_step >= 0, device, context):
                 where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"

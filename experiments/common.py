@@ -65,7 +65,8 @@ def data_flags(options: dataset.DataOptions) -> list[str]:
     """The flags that give a script the images and the split of `options` (their labels are each run's own)."""
     source = ["--demo", "--cache-dir", str(options.cache_dir)] if options.demo else ["--data", str(options.data)]
     return [*source, *(["--limit", str(options.limit)] if options.limit else []),
-            "--split-seed", str(options.split_seed), "--test-fraction", str(options.test_fraction)]
+            "--split-seed", str(options.split_seed), "--test-fraction", str(options.test_fraction),
+            "--val-fraction", str(options.val_fraction)]
 
 
 def resolution(checkpoint: dict) -> tuple[int, int]:
@@ -189,7 +190,8 @@ def pretrain(data: list[str], out: Path, flags: list[str], log: Path) -> tuple[l
 
 
 DEMO_IMAGES = 2 * dataset.DEMO_PER_CLASS
-DEMO_PRETRAINING_IMAGES = round(DEMO_IMAGES * (1 - cli.DEMO_SPLITS["test_fraction"]))  # the most a demo batch holds
+DEMO_PRETRAINING_IMAGES = round(DEMO_IMAGES * (1 - cli.DEMO_SPLITS["test_fraction"] - cli.DEMO_SPLITS["val_fraction"]))
+# ^ the most a demo batch holds
 
 
 def measured_throughput(settings: dict, runs_dir: Path) -> float:
@@ -207,7 +209,7 @@ def measured_throughput(settings: dict, runs_dir: Path) -> float:
 def pretraining_images(options: dataset.DataOptions) -> int:
     """How many images one pretraining epoch on the data `options` sees, from the file list alone."""
     total = DEMO_IMAGES if options.demo else len(dataset.find_images(options.data)[0])
-    return round(min(total, options.limit or math.inf) * (1 - options.test_fraction))
+    return round(min(total, options.limit or math.inf) * (1 - options.test_fraction - options.val_fraction))
 
 
 # Rough costs of one image relative to one SimSiam image (two views, forward and backward, predictor included),

@@ -120,15 +120,15 @@ def held_out_split(options: dataset.DataOptions, checkpoint: dict,
     return data, splits
 
 
-def fitting_sizes(sizes: list[int], data: dataset.ImageSet, test_fraction: float,
-                  split_seed: int) -> tuple[list[int], list[str]]:
+def fitting_sizes(sizes: list[int], data: dataset.ImageSet,
+                  options: dataset.DataOptions) -> tuple[list[int], list[str]]:
     """(the sizes classifier.py can draw from the non-test images, a note for each it cannot), asking
     dataset.make_splits itself, so the rule is classifier.py's."""
     fitting, notes = [], []
     for size in sorted(set(sizes)):
         try:
-            dataset.make_splits(data.labels, len(data.classes), test_fraction, size, split_seed, 0, data.classes,
-                                data.hashes)
+            dataset.make_splits(data.labels, len(data.classes), options.test_fraction, size, options.split_seed, 0,
+                                data.classes, data.hashes, options.val_fraction)
             fitting.append(size)
         except dataset.DataError as error:
             notes.append(f"{size:,} labels skipped: {error}")
@@ -270,7 +270,7 @@ def main(argv=None) -> None:
     checkpoint = pretrained.read(checkpoint_path)
     common_flags = [*data, *common.resolution_flags(checkpoint)]  # every run: same split, same pixels
     images, splits = held_out_split(options, checkpoint, checkpoint_path)
-    sizes, skipped = fitting_sizes(args.sizes, images, args.test_fraction, args.split_seed)
+    sizes, skipped = fitting_sizes(args.sizes, images, options)
     test_counts = images.labels[splits.test].bincount(minlength=len(images.classes))
     chance = (test_counts.max() / len(splits.test)).item()  # always guessing the largest class
     print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} non-test images to label "

@@ -142,10 +142,19 @@ def test_gaussian_blur_matches_torchvision(images):
     """gaussian_blur with a different sigma per image equals torchvision's gaussian_blur(kernel 13, sigma)
     image by image."""
     sigmas = [0.1, 0.5, 1.0, 2.0]
-    ours = augment.gaussian_blur(images, torch.tensor(sigmas))
-    theirs = torch.stack([TF.gaussian_blur(image, kernel_size=[augment.BLUR_KERNEL] * 2, sigma=[s, s])
+    ours = augment.gaussian_blur(images, torch.tensor(sigmas), 13)
+    theirs = torch.stack([TF.gaussian_blur(image, kernel_size=[13, 13], sigma=[s, s])
                           for image, s in zip(images, sigmas)])
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_blur_scales_with_the_view_side():
+    """MoCo v2's sigma range (0.1-2 px) and 13-tap kernel at 224 px; a smaller view gets the same range as a
+    fraction of its side (0.014-0.29 px at 32 px, 3 taps), so a 32 px view is not blurred seven times as much."""
+    assert augment.blur_sigma_range(224) == pytest.approx(augment.BLUR_SIGMA) and augment.blur_kernel(224) == 13
+    low, high = augment.blur_sigma_range(32)
+    assert low == pytest.approx(0.1 / 7) and high == pytest.approx(2 / 7) and augment.blur_kernel(32) == 3
+    assert augment.blur_kernel(150) == 11 and augment.blur_kernel(16) == 3
 
 
 def test_normalize_matches_torchvision(images):
@@ -160,7 +169,7 @@ IDENTITY_CASES = {  # the parameters colour_augment gives an image that a random
     "contrast": (augment.adjust_contrast, 1.0),
     "saturation": (augment.adjust_saturation, 1.0),
     "hue": (augment.adjust_hue, 0.0),
-    "blur": (augment.gaussian_blur, 1e-3),
+    "blur": (lambda x, sigma: augment.gaussian_blur(x, sigma, 13), 1e-3),
 }
 
 
@@ -370,8 +379,8 @@ def test_chance_is_true_with_probability_p(p):
 
 @pytest.fixture(scope="module")
 def recorded_colour_augment():
-    """colour_augment of 10000 colourful 8 x 8 images (the smallest side the 13-tap reflect pad allows), with
-    the parameter each adjustment received: (output, {function name: (B,) parameters})."""
+    """colour_augment of 10000 colourful 16 x 16 images (cli.MIN_IMAGE_SIZE), with the parameter each adjustment
+    received: (output, {function name: (B,) parameters})."""
     parameters = {}
 
     def recording(name, function):
@@ -383,7 +392,7 @@ def recorded_colour_augment():
     with pytest.MonkeyPatch.context() as patch:
         for name in ["adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "gaussian_blur"]:
             patch.setattr(augment, name, recording(name, getattr(augment, name)))
-        output = augment.colour_augment(torch.rand(10_000, 3, 8, 8, generator=generator(10)), generator(11))
+        output = augment.colour_augment(torch.rand(10_000, 3, 16, 16, generator=generator(10)), generator(11))
     return output, parameters
 
 
@@ -423,14 +432,16 @@ def test_colour_jitter_factors_span_their_range(recorded_colour_augment, name, l
 
 
 def test_blur_probability_and_sigma_range(recorded_colour_augment):
-    """Half the images (BLUR_PROBABILITY, within 0.02) get a sigma spanning BLUR_SIGMA, the others the identity
-    sigma 1e-3."""
+    """Half the images (BLUR_PROBABILITY, within 0.02) get a sigma spanning the 16 px views' range (within 1% of
+    both ends), the others the identity sigma 1e-3."""
     _, parameters = recorded_colour_augment
     sigma = parameters["gaussian_blur"]
-    blurred = sigma >= augment.BLUR_SIGMA[0]
+    low, high = augment.blur_sigma_range(16)
+    blurred = sigma >= low
     assert abs(blurred.float().mean().item() - augment.BLUR_PROBABILITY) < 0.02
     assert (sigma[~blurred] <= 1e-3).all()
-    assert sigma[blurred].min() < 0.12 and 1.98 < sigma[blurred].max() <= augment.BLUR_SIGMA[1]
+    margin = 0.01 * (high - low)
+    assert sigma[blurred].min() < low + margin and high - margin < sigma[blurred].max() <= high
 
 
 def test_colour_augment_grayscale_fraction(recorded_colour_augment):

@@ -1,0 +1,133 @@
+"""The repository's own result on a CPU: SimSiam pretraining on real photos with train.py's --cpu recipe (under an
+hour on 2 cores for the 23,000-photo pack), then the frozen probes of 250 labels over that backbone and over a
+random-init one, compared on the same held-out test images, which neither the pretraining nor the labels touched.
+
+    python -m experiments.cpu_result                      # data/PetImages, train.py --cpu
+    python -m experiments.cpu_result --tiny               # CPU smoke run on the --demo set (CI)
+
+Run again after a failure or a kill, it reuses every run that finished and resumes an unfinished pretraining.
+Runs the repository's own scripts, as a user would:
+    1. train.py --cpu (its kNN monitor reads the validation split, never the test split);
+    2. classifier.py, frozen, over the random-init and over the SimSiam backbone: the same split, the same 250
+       labels, the same pixels; each reports its linear probe (SGD) and its closed-form probe (logistic regression,
+       penalty by cross-validation on the labels) and records its test predictions;
+    3. plot.py.
+Then, for each probe, the paired difference SimSiam - random init on the same test images with its standard error
+and 95% interval (evaluate.paired_difference), and the verdict: SimSiam ahead by at least MARGIN and by at least
+STANDARD_ERRORS standard errors. Writes RESULTS/cpu-result.json and RESULTS/cpu-result.md (the README's table) and
+copies the runs' small files (no checkpoints) to RESULTS/cpu-result/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cli
+import evaluate
+import pretrained
+import recipe
+import runs
+from experiments import common
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+MARGIN = 0.05  # the least difference that counts as SimSiam paying, in accuracy
+STANDARD_ERRORS = 3  # ... and in standard errors of the paired difference
+PROBES = {"linear probe (SGD)": "linear", "closed-form probe": "closed_form"}  # name: key of predictions.json
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/PetImages"),
+                        help="the image folder, relative to the repository root (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/cpu-result"),
+                        help="where the runs go (default: %(default)s)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="where the small files go (default: %(default)s)")
+    parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
+                        help="epochs of the SGD linear probes (default: %(default)s, classifier.py's)")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
+    return parser.parse_args(argv)
+
+
+def pretraining_flags(tiny: bool) -> list[str]:
+    """train.py's flags: the --cpu recipe, or under --tiny the experiments' smallest pretraining."""
+    if tiny:
+        return [text for key, value in common.TINY_TRAIN.items() for text in ("--" + key.replace("_", "-"), str(value))]
+    return ["--cpu"]
+
+
+def verdict(difference: dict) -> bool:
+    """Whether a paired difference shows SimSiam paying: at least MARGIN and STANDARD_ERRORS standard errors."""
+    return (difference["difference"] >= MARGIN
+            and difference["difference"] >= STANDARD_ERRORS * difference["standard_error"])
+
+
+@cli.reports_errors
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    runs_dir = runs.writable_folder((REPOSITORY / args.runs).resolve(), "--runs")
+    runs.writable_folder((REPOSITORY / args.results).resolve(), "--results")
+    image_size = common.TINY_TRAIN["image_size"] if args.tiny else recipe.CPU["image_size"]
+    options = common.data_options(args.data, args.tiny, runs_dir, image_size)
+    data = common.data_flags(options)
+    simsiam = runs_dir / "simsiam"
+    train_command, pretrain_s = common.pretrain(data, simsiam, pretraining_flags(args.tiny), runs_dir / "train.log")
+    checkpoint_path = simsiam / "siam.pt"
+    resolution = common.resolution_flags(pretrained.read(checkpoint_path))
+
+    epochs = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]
+    probes = {}  # backbone name: (out, command)
+    for name, backbone in (("random", ["--random"]), ("simsiam", ["--checkpoint", str(checkpoint_path)])):
+        out = runs_dir / f"probe-{name}"
+        probes[name] = (out, ["classifier.py", *data, *resolution, *backbone, "--out", str(out), "--overwrite",
+                              *epochs])
+    seconds = dict(zip(probes, common.run_all([(command, out.with_suffix(".log")) for out, command in probes.values()],
+                                              parallel=1)))
+    common.run(["plot.py", str(simsiam), *(str(out) for out, _ in probes.values()), "--out", str(runs_dir / "plots")],
+               runs_dir / "plot.log")
+
+    predictions = {name: json.loads((out / "predictions.json").read_text()) for name, (out, _) in probes.items()}
+    if predictions["random"]["files"] != predictions["simsiam"]["files"]:
+        raise runs.RunError("the two probes were tested on different images: this is a bug")
+    rows = []
+    for probe, key in PROBES.items():
+        correct = {name: [p == label for p, label in zip(record[key], record["labels"])]
+                   for name, record in predictions.items()}
+        difference = evaluate.paired_difference(correct["simsiam"], correct["random"])
+        rows.append({"probe": probe, "random": difference["accuracy_b"], "simsiam": difference["accuracy_a"],
+                     **difference, "meets_target": verdict(difference)})
+    summary = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
+               "target": {"margin": MARGIN, "standard_errors": STANDARD_ERRORS},
+               "pretrain_command": common.shown(train_command, runs_dir, args.runs), "pretrain_s": round(pretrain_s, 1),
+               **common.pretraining_summary(simsiam),
+               "probe_commands": {name: common.shown(command, runs_dir, args.runs)
+                                  for name, (_, command) in probes.items()},
+               "probe_s": {name: round(s, 1) for name, s in seconds.items()},
+               "num_test": len(predictions["random"]["labels"]), "rows": rows}
+    table = ["| frozen probe, 250 labels | random init | SimSiam | SimSiam - random (paired SE) | 95% interval | "
+             "test images where only one is right | target met |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    table += [f"| {r['probe']} | {100 * r['random']:.1f}% | {100 * r['simsiam']:.1f}% | "
+              f"{100 * r['difference']:+.1f} ± {100 * r['standard_error']:.1f} points | "
+              f"{100 * r['low']:+.1f} to {100 * r['high']:+.1f} | {r['only_a']} SimSiam, {r['only_b']} random | "
+              f"{'yes' if r['meets_target'] else 'no'} |" for r in rows]
+    results = REPOSITORY / args.results
+    (results / "cpu-result").mkdir(parents=True, exist_ok=True)
+    (results / "cpu-result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / "cpu-result.md").write_text("\n".join(table) + "\n")
+    common.copy_small_files([simsiam, *(out for out, _ in probes.values()), runs_dir / "plots"],
+                            results / "cpu-result")
+    print("\n".join(table))
+    print(f"pretraining: {summary['pretrain_s'] / 60:.1f} min, {summary['pretrain_epochs']} epochs, z-std "
+          f"{summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), final validation kNN "
+          f"{summary['final_knn_accuracy']:.3f}; {summary['num_test']:,} test images")
+    for row in rows:
+        print(f"verdict, {row['probe']}: SimSiam {'beats' if row['meets_target'] else 'does not beat'} random init "
+              f"by at least {100 * MARGIN:.0f} points and {STANDARD_ERRORS} paired standard errors")
+
+
+if __name__ == "__main__":
+    main()
