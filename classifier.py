@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on every non-test image with its label (the supervised upper bound)")
     group.add_argument("--test-data", type=Path, default=None,
                        help="evaluate on every image of this labelled folder instead of the held-out split")
+    group.add_argument("--compare", type=Path, default=None, metavar="RUN",
+                       help="at the end, compare this run image by image with another classifier run folder tested "
+                            "on the same images (its predictions.json): the paired difference of each probe, with "
+                            "its standard error")
     cli.add_output_arguments(group, None, resumable=False,
                              shown_default="runs/classifier-{random|simsiam}-{frozen|finetune}[-all-labels]")
     cli.add_run_arguments(group)
@@ -182,6 +186,26 @@ def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.Ima
     return (loss_sum / seen).item(), (correct / seen).item(), lrs
 
 
+def read_predictions(folder: Path) -> dict:
+    """--compare's run: its predictions.json, read before any work starts."""
+    try:
+        return json.loads((folder / "predictions.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise runs.RunError(f"--compare {folder}: no readable predictions.json ({error.__class__.__name__}); pass "
+                            f"the folder of a classifier run of this version") from None
+
+
+def compare(predictions: dict, other: dict, folder: Path) -> None:
+    """Print this run minus --compare's run, image by image, for each probe both have."""
+    for key, probe in evaluate.PROBE_PREDICTIONS.items():
+        difference = evaluate.compare_predictions(predictions, other, key)
+        if difference is not None:
+            print(f"{probe}, this run - {folder}: {evaluate.describe_difference(difference)}")
+    if predictions["files"] != other.get("files"):
+        print(f"note: --compare {folder} was tested on other images: no paired comparison")
+
+
+
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -194,6 +218,7 @@ def main(argv=None) -> None:
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
+    other = None if args.compare is None else read_predictions(args.compare)
     checkpoint = None
     if not args.random:  # checked before any decoding starts
         checkpoint = pretrained.read(args.checkpoint, hint="train one with train.py, or pass --random")
@@ -230,8 +255,10 @@ def main(argv=None) -> None:
     optimizer = make_optimizer(model, args, batch_size)
 
     runs.start_run(run_folder)
+    environment = devices.environment(device)
     runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
-                   precision_used=runtime.precision, backbone=backbone_name, mode=mode, batch_size_used=batch_size,
+                   environment=environment, precision_used=runtime.precision, backbone=backbone_name, mode=mode,
+                   batch_size_used=batch_size,
                    peak_lr=optimizer.param_groups[0]["peak_lr"], num_classes=len(data.classes), test_set=test_set.name,
                    test_fingerprint=test_set.fingerprint)
     (out / "labelled.json").write_text(json.dumps({
@@ -286,12 +313,13 @@ def main(argv=None) -> None:
         raise runs.RunError("non-finite weights after training: nothing saved. Lower --lr (or --backbone-lr-factor)")
     resolved = {**runs.plain_args(args), "image_size": image_size, "cache_size": cache_size}
     save_checkpoint(out / "classifier.pt", "classifier", model, classes=data.classes, args=resolved,
-                    labelled_indices=labelled.tolist(), code=runs.code_version())
+                    labelled_indices=labelled.tolist(), code=runs.code_version(), environment=environment)
     closed_form_predictions = closed_form.pop("closed_form_test_predictions", None)
-    (out / "predictions.json").write_text(json.dumps({  # per test image, for paired comparisons of two runs
+    predictions = {  # per test image, for paired comparisons of two runs
         "test_set": test_set.name, "test_fingerprint": test_set.fingerprint, "classes": data.classes,
-        "files": test_set.files, "labels": test_labels.tolist(), "linear": test_logits.argmax(dim=1).tolist(),
-        **({"closed_form": closed_form_predictions.tolist()} if closed_form_predictions is not None else {})}))
+        "files": test_set.files, "labels": test_labels.tolist(), "head": test_logits.argmax(dim=1).tolist(),
+        **({"closed_form": closed_form_predictions.tolist()} if closed_form_predictions is not None else {})}
+    (out / "predictions.json").write_text(json.dumps(predictions))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
                 **closed_form)
     print(f"saved {out / 'classifier.pt'}")
@@ -300,6 +328,8 @@ def main(argv=None) -> None:
                 else "")
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e}{edge} by "
               f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
+    if other is not None:
+        compare(predictions, other, args.compare)
     error = evaluate.standard_error(test_accuracy, len(test_indices))
     print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test_set.name}")
 

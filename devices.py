@@ -13,11 +13,13 @@ The places that branch on the device type are all here, each saying why:
 from __future__ import annotations
 
 import os
+import platform
 import resource
 from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
+import torchvision
 
 import distributed
 
@@ -182,6 +184,26 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({os.cpu_count()} cores)"
     return str(device)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """The software and hardware of a run, for its args.json and checkpoints: the Python, torch, torchvision, CUDA
+    and cuDNN versions (None without them), the device, the CPU and the host's core count."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "cudnn": cudnn, "device": describe(device), "cpu": cpu_name(),
+            "cpu_cores": os.cpu_count()}
 
 
 class Readout:

@@ -79,6 +79,27 @@ def paired_difference(correct_a, correct_b) -> dict:
             "only_a": only_a, "only_b": only_b, "mcnemar_p": min(1.0, float(2 * tail)), "num_test": len(a)}
 
 
+PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}  # predictions.json keys:
+# the trained head's (the linear probe of a frozen run, the model of a fine-tuned one) and the closed-form probe's
+
+
+def compare_predictions(a: dict, b: dict, key: str) -> dict | None:
+    """paired_difference of two classifier runs' predictions.json records under `key` ("head" or
+    "closed_form"), or None when they were not tested on the same images or one lacks `key`."""
+    if a.get("files") != b.get("files") or a.get("labels") != b.get("labels") or key not in a or key not in b:
+        return None
+    return paired_difference([p == label for p, label in zip(a[key], a["labels"])],
+                             [p == label for p, label in zip(b[key], b["labels"])])
+
+
+def describe_difference(difference: dict) -> str:
+    """A paired difference for people, in points: '+6.1 ± 1.3 points (paired s.e.; 95% +3.6 to +8.6; McNemar p
+    2e-06)'."""
+    return (f"{100 * difference['difference']:+.1f} ± {100 * difference['standard_error']:.1f} points (paired "
+            f"s.e.; 95% {100 * difference['low']:+.1f} to {100 * difference['high']:+.1f}; McNemar p "
+            f"{difference['mcnemar_p']:.2g}) on {difference['num_test']:,} test images")
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction (0-dim tensor) of rows whose arg-max is the label."""
     return (logits.argmax(dim=1) == labels.to(logits.device)).float().mean()

@@ -188,6 +188,8 @@ ENTRIES = {
                            and v.dtype == torch.int64 and v.dim() == 1),
     "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
     "labelled_indices": ("a list of indices", lambda v: isinstance(v, list) and all(map(is_count, v))),
+    "protocol": ("an evaluation protocol's number", is_count),
+    "environment": ("a record of the run's software and hardware", lambda v: isinstance(v, dict)),
 }
 # The arguments each kind's readers use, and their form
 ARGUMENTS = {"simsiam": {"image_size": int, "batch_size": int, "cache_size": (int, type(None)), "seed": int},

@@ -8,8 +8,10 @@ Writes OUT/simsiam.png (loss, z-std against 1/sqrt(d), kNN accuracy per epoch) a
 (training loss and accuracy on the labelled images per epoch, random against SimSiam backbones on shared axes,
 each run's final test accuracy in its legend entry; a warning says so when the runs were tested on different
 test sets), then prints the finished classifier runs as a table: backbone, probe, test accuracy ± its standard
-error, test images. Reads only the files runs leave, args.json and metrics.jsonl; a run whose files are not what
-runs write is skipped with one line naming the file and the field.
+error, test images, and for each SimSiam run and random-init run of the same mode tested on the same images the
+paired difference of their probes (from predictions.json). Reads only the files runs leave, args.json,
+metrics.jsonl and predictions.json; a run whose files are not what runs write is skipped with one line naming the
+file and the field.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
         if (problem := run_problem(run_args, records)) is not None:
             print(f"skipped {folder}: its {problem}")
             continue
-        run = {"name": dataset.shown(folder.name), "args": run_args,
+        run = {"name": dataset.shown(folder.name), "folder": folder, "args": run_args,
                "epochs": [r for r in records if isinstance(r.get("epoch"), int)], "final": runs.final_of(records)}
         (classifiers if "backbone" in run["args"] else pretraining).append(run)
     return pretraining, classifiers
@@ -140,7 +142,7 @@ def plot_pretraining(pretraining: list[dict], path: Path) -> None:
     std_axis.set(title="collapse metric: std of l2-normalised z (0 = collapsed)", xlabel="epoch", ylabel="z-std",
                  ylim=(0, 1.5 / math.sqrt(PROJECTION_DIM)))
     chance_line(knn_axis, pretraining)
-    knn_axis.set(title="kNN accuracy, test split (bank: labelled subset)", xlabel="epoch", ylabel="accuracy")
+    knn_axis.set(title="kNN accuracy, validation split (bank: labelled subset)", xlabel="epoch", ylabel="accuracy")
     finish(figure, (loss_axis, std_axis, knn_axis), path, test_sets_note(pretraining))
 
 
@@ -180,11 +182,47 @@ def results_table(classifiers: list[dict]) -> list[str]:
         for probe, accuracy in probes:
             error = evaluate.standard_error(accuracy, final["num_test"])
             rows.append(f"{backbone:8} {probe:18} {accuracy:8.3f} ± {error:.3f}   {final['num_test']:>6,}   "
-                        f"{run['name']}")
+                        f"{run['name']}{made_on(run['args'])}")
     if not rows:
         return []
     header = f"{'backbone':8} {'probe':18} {'accuracy':>8} ± s.e.    {'test':>6}   run"
-    return [header, *rows]
+    return [header, *rows, *paired_rows(classifiers)]
+
+
+def made_on(run_args: dict) -> str:
+    """'  (cpu (2 cores), torch 2.14.1, Python 3.11.7)' from args.json's environment; '' for an older run."""
+    environment = run_args.get("environment")
+    if not isinstance(environment, dict):
+        return ""
+    return (f"  ({environment.get('device')}, torch {environment.get('torch')}, "
+            f"Python {environment.get('python')})")
+
+
+def predictions_of(run: dict) -> dict | None:
+    """A finished classifier run's predictions.json, or None (an older run, or an unreadable file)."""
+    try:
+        return json.loads((run["folder"] / "predictions.json").read_text()) if run["final"] is not None else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def paired_rows(classifiers: list[dict]) -> list[str]:
+    """SimSiam - random init, image by image, for every SimSiam run and random-init run of the same mode tested on
+    the same images (their predictions.json): the paired difference of each probe, with its standard error."""
+    lines = []
+    for simsiam in sorted(classifiers, key=lambda r: r["name"]):
+        for random in sorted(classifiers, key=lambda r: r["name"]):
+            if (simsiam["args"]["backbone"], random["args"]["backbone"]) != ("simsiam", "random") or (
+                    simsiam["args"]["mode"] != random["args"]["mode"]):
+                continue
+            a, b = predictions_of(simsiam), predictions_of(random)
+            for key, probe in evaluate.PROBE_PREDICTIONS.items():
+                probe = "fine-tuned" if key == "head" and simsiam["args"]["mode"] == "finetune" else probe
+                difference = None if a is None or b is None else evaluate.compare_predictions(a, b, key)
+                if difference is not None:
+                    lines.append(f"SimSiam - random, {probe}: {evaluate.describe_difference(difference)} "
+                                 f"({simsiam['name']} against {random['name']})")
+    return ["", *lines] if lines else []
 
 
 @cli.reports_errors

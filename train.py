@@ -385,7 +385,7 @@ def main(argv=None) -> None:
     split_record = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
                     "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
     recorded = {"args": runs.plain_args(args), "split": split_record, "pretraining_hashes": data.hashes[pretrain],
-                "code": runs.code_version(), "protocol": runs.PROTOCOL}
+                "code": runs.code_version(), "protocol": runs.PROTOCOL, "environment": devices.environment(device)}
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
@@ -407,7 +407,8 @@ def main(argv=None) -> None:
     with runs.StopSignals() as stop:  # from here on a signal stops the run after a step, saved
         if context.is_main:  # just before the first step
             runs.start_run(run_folder)
-            runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+            runs.save_args(args.out, args, device=str(device), environment=recorded["environment"],
+                           precision_used=runtime.precision,
                            initial_lr=initial_lr, steps_per_epoch=steps_per_epoch, cache_on=images.device.type,
                            cache_resolution=data.images.shape[-1], world_size=context.world_size,
                            num_classes=len(data.classes), num_pretraining=len(pretrain),

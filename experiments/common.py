@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -27,6 +26,7 @@ import torch
 import cache
 import cli
 import dataset
+import devices
 import pretrained
 import recipe
 import runs
@@ -152,6 +152,15 @@ def run_all(jobs: list[tuple[list[str], Path]], parallel: int) -> list[float]:
     return [future.result() for future in futures]
 
 
+def add_folder_arguments(parser: argparse.ArgumentParser, runs: str) -> None:
+    """--data, --runs (default `runs`) and --results, the folders of every experiment that reports a result."""
+    parser.add_argument("--data", type=Path, default=Path("data/PetImages"),
+                        help="the image folder, relative to the repository root (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=Path(runs), help="where the runs go (default: %(default)s)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="where the small files go (default: %(default)s)")
+
+
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     """The pretraining's flags, passed on to train.py (its defaults where absent), or --checkpoint for none."""
     group = parser.add_argument_group("pretraining (train.py's defaults where not given)")
@@ -275,4 +284,4 @@ def copy_small_files(folders: list[Path], target: Path) -> None:
 def hardware() -> str:
     """The GPU (or none), the CPU and the torch version, for the line that goes with every reported number."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{gpu}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    return f"{gpu}, {devices.cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}"

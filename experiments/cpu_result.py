@@ -35,17 +35,12 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 MARGIN = 0.05  # the least difference that counts as SimSiam paying, in accuracy
 STANDARD_ERRORS = 3  # ... and in standard errors of the paired difference
-PROBES = {"linear probe (SGD)": "linear", "closed-form probe": "closed_form"}  # name: key of predictions.json
+PROBES = {"linear probe (SGD)": "head", "closed-form probe": "closed_form"}  # name: key of predictions.json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/PetImages"),
-                        help="the image folder, relative to the repository root (default: %(default)s)")
-    parser.add_argument("--runs", type=Path, default=Path("runs/cpu-result"),
-                        help="where the runs go (default: %(default)s)")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="where the small files go (default: %(default)s)")
+    common.add_folder_arguments(parser, "runs/cpu-result")
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                         help="epochs of the SGD linear probes (default: %(default)s, classifier.py's)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
@@ -90,13 +85,11 @@ def main(argv=None) -> None:
                runs_dir / "plot.log")
 
     predictions = {name: json.loads((out / "predictions.json").read_text()) for name, (out, _) in probes.items()}
-    if predictions["random"]["files"] != predictions["simsiam"]["files"]:
-        raise runs.RunError("the two probes were tested on different images: this is a bug")
     rows = []
     for probe, key in PROBES.items():
-        correct = {name: [p == label for p, label in zip(record[key], record["labels"])]
-                   for name, record in predictions.items()}
-        difference = evaluate.paired_difference(correct["simsiam"], correct["random"])
+        difference = evaluate.compare_predictions(predictions["simsiam"], predictions["random"], key)
+        if difference is None:
+            raise runs.RunError("the two probes were not tested on the same images: this is a bug")
         rows.append({"probe": probe, "random": difference["accuracy_b"], "simsiam": difference["accuracy_a"],
                      **difference, "meets_target": verdict(difference)})
     summary = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,

@@ -48,12 +48,7 @@ RUNS = list(dict.fromkeys((random, finetune) for _, random, finetune, _ in ROWS)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/PetImages"),
-                        help="the image folder, relative to the repository root (default: %(default)s)")
-    parser.add_argument("--runs", type=Path, default=Path("runs/headline"),
-                        help="where the runs go (default: %(default)s)")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="where the small files go (default: %(default)s)")
+    common.add_folder_arguments(parser, "runs/headline")
     parser.add_argument("--label-seeds", type=cli.seed, nargs="+", default=[0, 1, 2],
                         help="one labelled subset per seed, each its own run folder (default: %(default)s)")
     parser.add_argument("--parallel", type=cli.positive(int), default=4,

@@ -21,7 +21,8 @@ fi
 shared=() rest=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --cache-dir|--limit|--workers|--split-seed|--test-fraction|--labels|--label-seed|--device|--precision)
+    --cache-dir|--limit|--workers|--split-seed|--test-fraction|--val-fraction|--labels|--label-seed|--device|\
+    --precision)
       shared+=("$1" "$2"); rest+=("$1" "$2"); shift 2 ;;
     *) rest+=("$1"); shift ;;
   esac
@@ -42,13 +43,14 @@ END
 if [ "${data[0]}" = "--demo" ]; then cat <<END
 What this shows: the whole chain running on this machine, and what each file and plot looks like. What it does
 not show: that SimSiam pays. A few hundred SimSiam steps on a CPU are far too few, so on the demo set the two
-probes differ by noise, either way round. The evidence has to come from a GPU run on real photos (README,
-Results).
+probes differ by noise, either way round. The evidence comes from real photos: python -m experiments.cpu_result
+(about an hour on 2 cores; README, Results).
 END
 fi
 cat <<END
-Next, on real photos (a GPU; on a CPU see docs/cpu.md):
+Next, on real photos:
   source .venv/bin/activate
+  python -m experiments.cpu_result                     # a CPU: SimSiam against random init in about an hour
   python train.py --data data/PetImages --download     # fetch Microsoft's archive (787 MB) and pretrain
   python classifier.py --data data/PetImages --random  # and without --random; then python plot.py
   python predict.py my-photo.jpg --checkpoint $out/classifier-simsiam-frozen/classifier.pt   # a photo, now

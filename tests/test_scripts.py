@@ -37,17 +37,25 @@ def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
     assert {"loss", "z_std", "lr", "images_per_s", "knn_accuracy"} <= set(records[0])
     assert json.loads((tmp_path / "simsiam" / "args.json").read_text())["epochs"] == 2
     outs = [run_classifier(tmp_path, class_tree, "random", "--random"),
-            run_classifier(tmp_path, class_tree, "probe"),
+            run_classifier(tmp_path, class_tree, "probe", "--compare", str(tmp_path / "random")),
             run_classifier(tmp_path, class_tree, "finetune", "--finetune")]
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: 0.")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("test accuracy: 0.")
+    assert any(line.startswith(f"linear probe, this run - {tmp_path / 'random'}: ") and "paired s.e." in line
+               for line in lines)  # --compare
     for out in outs:
         assert len(runs.read_jsonl(out / "metrics.jsonl")) == 4  # 3 epochs and the final record
         labelled = json.loads((out / "labelled.json").read_text())
         assert len(labelled["indices"]) == 12 and len(labelled["files"]) == 12
+        predictions = json.loads((out / "predictions.json").read_text())
+        assert len(predictions["files"]) == len(predictions["labels"]) == len(predictions["head"]) > 0
     plot.main([str(tmp_path / name) for name in ("simsiam", "random", "probe", "finetune")]
               + ["--out", str(tmp_path / "plots")])
     assert (tmp_path / "plots" / "simsiam.png").stat().st_size > 10_000
     assert (tmp_path / "plots" / "classifier.png").stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "SimSiam - random, linear probe: " in table and "SimSiam - random, closed-form probe: " in table
+    assert "(probe against random)" in table and "fine-tuned:" not in table  # no random fine-tuned run to pair
 
 
 def test_frozen_backbone_is_bit_identical(class_tree, tmp_path):

@@ -1,0 +1,38 @@
+"""The CPU result's experiment runs end to end on the CPU with --tiny, so that it cannot rot: the pretraining, the
+pair of frozen probes on the same test images, and the paired verdict with its figures."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import cpu_result
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_result_tiny(tmp_path):
+    """--tiny: pretrains, probes both backbones on the same test images, prints the table and a verdict per probe,
+    and writes the JSON summary, the markdown table and the small files (no checkpoints)."""
+    finished = subprocess.run([sys.executable, "-m", "experiments.cpu_result", "--tiny", "--runs",
+                               str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                              cwd=REPOSITORY, check=True, capture_output=True, text=True, timeout=600)
+    summary = json.loads((tmp_path / "results" / "cpu-result.json").read_text())
+    assert [row["probe"] for row in summary["rows"]] == list(cpu_result.PROBES)
+    for row in summary["rows"]:
+        assert row["difference"] == pytest.approx(row["simsiam"] - row["random"]) and row["standard_error"] >= 0
+        assert row["meets_target"] == cpu_result.verdict(row)
+        assert row["num_test"] == summary["num_test"] == 100  # the tiny set's test split
+    assert summary["pretrain_epochs"] == 2 and "--cpu" not in summary["pretrain_command"]
+    assert finished.stdout.count("verdict, ") == 2
+    copied = list((tmp_path / "results" / "cpu-result").rglob("*"))
+    assert any(p.name == "predictions.json" for p in copied) and not any(p.suffix == ".pt" for p in copied)
+
+
+def test_verdict_needs_both_the_margin_and_the_standard_errors():
+    assert cpu_result.verdict({"difference": 0.06, "standard_error": 0.015})
+    assert not cpu_result.verdict({"difference": 0.04, "standard_error": 0.001})  # below the margin
+    assert not cpu_result.verdict({"difference": 0.06, "standard_error": 0.025})  # under 3 standard errors
