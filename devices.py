@@ -201,7 +201,8 @@ def environment(device: torch.device) -> dict:
     """The software and hardware of a run, for its args.json and checkpoints: the Python, torch, torchvision, CUDA
     and cuDNN versions (None without them), the device, the CPU and the host's core count."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"python": platform.python_version(), "torch": str(torch.__version__),  # TorchVersion: not weights_only
+            "torchvision": str(torchvision.__version__),
             "cuda": torch.version.cuda, "cudnn": cudnn, "device": describe(device), "cpu": cpu_name(),
             "cpu_cores": os.cpu_count()}
 
