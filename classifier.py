@@ -318,7 +318,7 @@ def main(argv=None) -> None:
     predictions = {  # per test image, for paired comparisons of two runs
         "test_set": test_set.name, "test_fingerprint": test_set.fingerprint, "classes": data.classes,
         "files": test_set.files, "labels": test_labels.tolist(), "head": test_logits.argmax(dim=1).tolist(),
-        **({"closed_form": closed_form_predictions.tolist()} if closed_form_predictions is not None else {})}
+        **({"closed_form": closed_form_predictions} if closed_form_predictions is not None else {})}
     (out / "predictions.json").write_text(json.dumps(predictions))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
                 **closed_form)

@@ -164,7 +164,7 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     part. The model is then refitted on all labelled images with that penalty. Float64, on the features' device;
     the folds are drawn from `seed`. Returns test_accuracy, penalty, at_edge (whether it is the grid's first or
     last: a wider grid might do better), cv_loss and cv_accuracy (at that penalty), folds (builtins) and
-    test_predictions (an (M,) tensor of classes)."""
+    test_predictions (a list of M classes)."""
     x, x_test = train_features.double(), test_features.double()  # (N, D), (M, D)
     labels, test_labels = train_labels.to(x.device), test_labels.to(x.device)
     counts = torch.bincount(labels, minlength=num_classes)
@@ -190,4 +190,4 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     return {"test_accuracy": accuracy(logits, test_labels).item(), "penalty": penalties[best],
             "at_edge": best in (0, len(penalties) - 1), "cv_loss": held_out_loss[best].item() / len(labels),
             "cv_accuracy": held_out_correct[best].item() / len(labels), "folds": folds,
-            "test_predictions": logits.argmax(dim=1).cpu()}
+            "test_predictions": logits.argmax(dim=1).tolist()}
