@@ -262,7 +262,8 @@ def test_tqdm_disable_hides_the_bars(monkeypatch):
     """TQDM_DISABLE=1, set before tqdm is imported as a user sets it, hides a bar the scripts show (an explicit
     disable=False used to override it); a bar they hide stays hidden without it."""
     code = "import runs; print(runs.progress_bar(range(3), show=True).disable)"
-    hidden = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True)
+    hidden = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, env={**os.environ, "TQDM_DISABLE": "1"},
+                            capture_output=True, text=True)
     assert hidden.stdout.strip() == "True", hidden.stderr
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert runs.progress_bar(range(3), show=False).disable
