@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SGD weight decay (default: %(default)s)")
     group = parser.add_argument_group("run")
     group.add_argument("--all-labels", action="store_true",
-                       help="train on every non-test image with its label (the supervised upper bound)")
+                       help="train on every image outside the test and validation splits, with its label (the "
+                            "supervised upper bound)")
     group.add_argument("--test-data", type=Path, default=None,
                        help="evaluate on every image of this labelled folder instead of the held-out split")
     group.add_argument("--compare", type=Path, default=None, metavar="RUN",

@@ -13,7 +13,7 @@ Runs the repository's own scripts, as a user would, one after another in one pro
     2. classifier.py for {random, SimSiam} x {frozen, fine-tuned} x label seeds, several at a time on the GPU,
        all at the pretraining's resolution; each frozen run reports both its linear probe (SGD) and its
        closed-form probe (logistic regression);
-    3. classifier.py SUPERVISED: a supervised ResNet18 on every non-test label, the upper bound;
+    3. classifier.py SUPERVISED: a supervised ResNet18 on every label outside the test and validation splits, the upper bound;
     4. plot.py;
 then writes RESULTS/headline.json (every run's final test accuracy, mean and std per row, command, time,
 hardware) and RESULTS/headline.md (the README table), and copies the runs' small files (args, metrics,
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                         help="epochs of each 250-label classifier run (default: %(default)s)")
     parser.add_argument("--supervised-epochs", type=cli.positive(int), default=15,
-                        help="epochs of the supervised bound on every non-test label (default: %(default)s)")
+                        help="epochs of the supervised bound on every label outside the test and validation splits (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
     common.add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
@@ -75,12 +75,12 @@ def main(argv=None) -> None:
     data, pretraining = common.data_flags(options), common.pretraining_flags(args)
     classifier_extra = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]
     supervised_extra = common.TINY["all_labels"] if args.tiny else ["--epochs", str(args.supervised_epochs)]
-    non_test = common.pretraining_images(options)
+    labellable = common.pretraining_images(options)
     labelled_epochs = int(classifier_extra[1]) * options.labels * len(args.label_seeds)
     print(common.estimate(common.measured_throughput(settings, runs_dir),
-                          0 if args.checkpoint else settings["epochs"] * non_test,
+                          0 if args.checkpoint else settings["epochs"] * labellable,
                           {"frozen": 2 * labelled_epochs,
-                           "finetune": 2 * labelled_epochs + int(supervised_extra[1]) * non_test}), flush=True)
+                           "finetune": 2 * labelled_epochs + int(supervised_extra[1]) * labellable}), flush=True)
 
     if args.checkpoint is None:
         simsiam = runs_dir / "simsiam"
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
                      "seconds_each": [round(s, 1) for _, s in mine],
                      "command": common.shown(mine[0][0][3], runs_dir, args.runs)})
     supervised = common.final_record(supervised_out)["test_accuracy"]
-    rows.append({"row": "supervised, all non-test labels", "accuracies": [supervised], **common.spread([supervised]),
+    rows.append({"row": "supervised, every label outside test and validation", "accuracies": [supervised], **common.spread([supervised]),
                  "seconds_each": [round(supervised_s, 1)],
                  "command": common.shown(supervised_command, runs_dir, args.runs)})
     pretraining_record = ({"pretrain_command": common.shown(train_command, runs_dir, args.runs),

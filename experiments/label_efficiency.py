@@ -8,8 +8,9 @@ backbone, frozen (linear probe, and the closed-form probe beside it) and fine-tu
 Runs the repository's own scripts, as headline.py does:
     1. train.py with its defaults, once; or --checkpoint, an existing siam.pt, checked first to hold out the
        same test split as these runs;
-    2. classifier.py for {random, SimSiam} x {frozen, fine-tuned} x every size of --sizes that the non-test
-       images allow (the others are skipped with a note) x its label seeds (--seed-rule), and on every non-test
+    2. classifier.py for {random, SimSiam} x {frozen, fine-tuned} x every size of --sizes that the images
+       outside the test and validation splits allow (the others are skipped with a note) x its label seeds
+       (--seed-rule), and on every such
        image (--all-labels, at the supervised bound's settings: random init fine-tuned there IS the bound),
        several at a time, all with the same data flags and the pretraining's resolution;
 then writes RESULTS/label-efficiency.json (every run; mean, std, min and max over label seeds per backbone,
@@ -43,7 +44,7 @@ BACKBONES = {"random": "random init", "simsiam": "SimSiam"}
 MODES = {"frozen": "linear probe", "finetune": "fine-tuned"}
 SIZES = [10, 20, 50, 100, 250, 500, 1000, 2500]  # labelled images, balanced per class; all of them come on top
 # (up to this many labels, label seeds; None: any larger size). The spread between label draws shrinks as the set
-# grows, and the runs get longer; the run on every non-test image draws nothing and is one run.
+# grows, and the runs get longer; the run on every labellable image draws nothing and is one run.
 SEED_RULE = [(100, 5), (1000, 3), (None, 1)]
 TINY = {"sizes": [10, 20], "seed_rule": [(10, 2), (None, 1)], "parallel": 2}  # the --tiny preset
 
@@ -70,17 +71,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="a seeded subset of N images, every run (default: all)")
     group = parser.add_argument_group("the sweep")
     group.add_argument("--sizes", type=cli.positive(int), nargs="+", default=SIZES,
-                       help=f"labelled-set sizes; every non-test image (--all-labels) is always added "
+                       help=f"labelled-set sizes; every image outside the test and validation splits (--all-labels) is always added "
                             f"(default: %(default)s; --tiny: {TINY['sizes']})")
     group.add_argument("--seed-rule", type=seed_rule_step, nargs="+", default=SEED_RULE, metavar="UP_TO:SEEDS",
                        help="label seeds per size: a size takes the first step whose UP_TO it does not exceed, the "
-                            "last step is all:SEEDS for any larger size; the run on every non-test image is one run, "
+                            "last step is all:SEEDS for any larger size; the run on every labellable image is one run, "
                             "since nothing is drawn (default: 100:5 1000:3 all:1; --tiny: 10:2 all:1)")
     group.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                        help="per labelled-set size, in batches of 50 or of all the labels when fewer "
                             "(default: %(default)s)")
     group.add_argument("--all-labels-epochs", type=cli.positive(int), default=15,
-                       help="on every non-test image, at batch 256 (default: %(default)s, as headline.py's supervised "
+                       help="on every image outside the test and validation splits, at batch 256 (default: %(default)s, as headline.py's supervised "
                             "bound)")
     group = parser.add_argument_group("run")
     group.add_argument("--runs", type=Path, default=Path("runs/label-efficiency"),
@@ -122,7 +123,7 @@ def held_out_split(options: dataset.DataOptions, checkpoint: dict,
 
 def fitting_sizes(sizes: list[int], data: dataset.ImageSet,
                   options: dataset.DataOptions) -> tuple[list[int], list[str]]:
-    """(the sizes classifier.py can draw from the non-test images, a note for each it cannot), asking
+    """(the sizes classifier.py can draw from the images outside the test and validation splits, a note for each it cannot), asking
     dataset.make_splits itself, so the rule is classifier.py's."""
     fitting, notes = [], []
     for size in sorted(set(sizes)):
@@ -139,8 +140,8 @@ def fitting_sizes(sizes: list[int], data: dataset.ImageSet,
 class Run:
     backbone: str  # "random" or "simsiam"
     mode: str  # "frozen" or "finetune"
-    labels: int | None  # None: every non-test image (--all-labels)
-    seed: int | None  # the label seed; None with every non-test image, where nothing is drawn
+    labels: int | None  # None: every image outside the test and validation splits (--all-labels)
+    seed: int | None  # the label seed; None with every such image, where nothing is drawn
     out: Path
     command: list[str]
 
@@ -273,7 +274,8 @@ def main(argv=None) -> None:
     sizes, skipped = fitting_sizes(args.sizes, images, options)
     test_counts = images.labels[splits.test].bincount(minlength=len(images.classes))
     chance = (test_counts.max() / len(splits.test)).item()  # always guessing the largest class
-    print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} non-test images to label "
+    print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} images to label (outside the "
+          f"test and validation splits) 
           f"({', '.join(images.classes)}); sizes {sizes} and all" + "".join(f"\nnote: {note}" for note in skipped))
 
     planned = classifier_runs(sizes, args, common_flags, checkpoint_path, runs_dir)
@@ -302,7 +304,7 @@ def main(argv=None) -> None:
     result = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
               "split": {"data": "demo" if args.tiny else str(args.data), "split_seed": args.split_seed,
                         "test_fraction": args.test_fraction, "limit": args.limit, "classes": images.classes,
-                        "num_test": len(splits.test), "non_test": len(splits.pretrain), "chance": chance},
+                        "num_test": len(splits.test), "to_label": len(splits.pretrain), "chance": chance},
               "pretraining": pretraining, "sizes": sizes, "skipped": skipped,
               "seed_rule": [["all" if up_to is None else up_to, seeds] for up_to, seeds in args.seed_rule],
               "runs": records, "summary": summary}

@@ -38,7 +38,8 @@ def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> 
     """One epoch in one process where each global batch is `processes` slices, each augmented with that
     rank's generator and normalised by its own BatchNorm pass, gradients accumulated: what DDP computes."""
     data = dataset.load_images(class_tree, 37, cache_dir)  # 37 = ceil(32 * 8 / 7), train.py's cache size
-    splits = dataset.make_splits(data.labels, len(data.classes), SETTINGS["test_fraction"], SETTINGS["labels"], 0, 0)
+    splits = dataset.make_splits(data.labels, len(data.classes), SETTINGS["test_fraction"], SETTINGS["labels"], 0, 0,
+                                 val_fraction=dataset.DataOptions.val_fraction)  # train.py's default
     torch.manual_seed(SETTINGS["seed"])
     model = SimSiam()
     initial_lr = SETTINGS["base_lr"] * SETTINGS["batch_size"] / 256

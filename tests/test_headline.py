@@ -27,7 +27,7 @@ def test_headline_tiny(tmp_path):
     assert [row["row"] for row in summary["rows"]] == ["random init, linear probe", "SimSiam, linear probe",
                                                        "random init, closed-form probe", "SimSiam, closed-form probe",
                                                        "random init, fine-tuned", "SimSiam, fine-tuned",
-                                                       "supervised, all non-test labels"]
+                                                       "supervised, every label outside test and validation"]
     assert all(len(row["accuracies"]) == 2 for row in summary["rows"][:6])
     assert all(0 <= accuracy <= 1 for row in summary["rows"] for accuracy in row["accuracies"])
     assert summary["pretrain_epochs"] == 1 and summary["final_z_std"] > 0  # --tiny alone pretrains 2
@@ -40,7 +40,7 @@ def test_headline_tiny(tmp_path):
 
 
 def test_supervised_bound_trains(tmp_path):
-    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's 600 non-test labels
+    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's labels outside the test and validation splits
     (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when the head's lr
     is above its stability limit (0.1 went from 0.81 to 1.30 at epoch 3), and the last is below the first."""
     out = tmp_path / "supervised"

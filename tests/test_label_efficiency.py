@@ -15,7 +15,7 @@ RUN_KEYS = {"backbone", "mode", "labels", "all_labels", "seed", "test_accuracy",
 
 @pytest.fixture(scope="module")
 def tiny(module_folder):
-    """One --tiny run (the demo set: 360 non-test images; size 10, and 1,000, which does not fit), as (runs folder,
+    """One --tiny run (the demo set: 320 images outside the test and validation splits; size 10, and 1,000, which does not fit), as (runs folder,
     results folder). The seed rule's other sizes: test_seed_rule."""
     folder = module_folder
     label_efficiency.main(["--tiny", "--sizes", "10", "1000", "--runs", str(folder / "runs"),
@@ -43,13 +43,13 @@ def test_seed_rule_needs_a_last_step_for_all():
 
 def test_one_run_per_backbone_mode_size_and_seed(tiny):
     """The JSON records every run with its keys: per backbone x mode, label seeds 0 and 1 at 10 labels (the --tiny
-    rule 10:2 all:1), and one run on all 360 non-test images."""
+    rule 10:2 all:1), and one run on all 320 images outside the test and validation splits."""
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
     assert all(set(run) == RUN_KEYS for run in result["runs"])
     runs = sorted((r["backbone"], r["mode"], r["labels"], -1 if r["seed"] is None else r["seed"])
                   for r in result["runs"])
     expected = sorted((backbone, mode, labels, seed) for backbone in ("random", "simsiam")
-                      for mode in ("frozen", "finetune") for labels, seed in [(10, 0), (10, 1), (360, -1)])
+                      for mode in ("frozen", "finetune") for labels, seed in [(10, 0), (10, 1), (320, -1)])
     assert runs == expected
 
 
@@ -67,10 +67,10 @@ def test_summary_spreads_over_seeds(tiny):
     assert result["pretraining"]["command"].startswith("python train.py")
 
 
-def test_sizes_beyond_the_non_test_images_are_skipped(tiny):
-    """1,000 labels, more than the 360 non-test images hold, are left out of the sizes with a note."""
+def test_sizes_beyond_the_labellable_images_are_skipped(tiny):
+    """1,000 labels, more than the 320 images outside the test and validation splits hold, are left out of the sizes with a note."""
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
-    assert result["sizes"] == [10] and result["split"]["non_test"] == 360
+    assert result["sizes"] == [10] and result["split"]["to_label"] == 320
     assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("1,000 labels skipped")
 
 

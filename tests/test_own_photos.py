@@ -89,11 +89,11 @@ def test_monitor_data_and_evaluation_on_another_folder(loose_photos, class_tree,
     assert final["num_test"] == 12 and 0 <= final["test_accuracy"] <= 1
 
 
-def held_out_files(class_tree: Path, tmp_path: Path) -> list[Path]:
-    """The files of class_tree's test split under LABELLED, as every script draws it."""
+def held_out_files(class_tree: Path, tmp_path: Path, split: str = "test") -> list[Path]:
+    """The files of class_tree's test (or validation) split under LABELLED, as every script draws it."""
     options = dataset.DataOptions(class_tree, tmp_path / "cache", 32, labels=6, test_fraction=0.2)
     data, splits = dataset.open_data(options, verbose=False)
-    return [data.root / data.files[i] for i in splits.test.tolist()]
+    return [data.root / data.files[i] for i in getattr(splits, split).tolist()]
 
 
 def test_copies_of_test_images_are_refused_with_their_count(loose_photos, class_tree, tmp_path, capsys):
@@ -111,12 +111,15 @@ def test_copies_of_test_images_are_refused_with_their_count(loose_photos, class_
 
 
 def test_monitor_test_copies_are_left_out_of_pretraining(loose_photos, class_tree, tmp_path, capsys):
-    """With --monitor-data, pretraining photos that are copies of the monitor's test images are left out (said
-    at start-up), so that the labelled folder's held-out evaluation stays honest and allowed."""
-    for i, path in enumerate(held_out_files(class_tree, tmp_path)[:2]):
+    """With --monitor-data, pretraining photos that are copies of the monitor's test or validation images are left
+    out (said at start-up), so that the labelled folder's held-out evaluation stays honest and allowed, and the
+    monitor never scores an image it was pretrained on."""
+    copied = held_out_files(class_tree, tmp_path)[:2] + held_out_files(class_tree, tmp_path, "validation")[:1]
+    for i, path in enumerate(copied):
         shutil.copy(path, loose_photos / f"copy_{i}.jpg")
     run = pretrain(loose_photos, tmp_path, "simsiam", "--monitor-data", str(class_tree), *LABELLED)
-    assert "2 of the 26 pretraining photos are copies of --monitor-data's test images" in capsys.readouterr().out
+    assert ("3 of the 27 pretraining photos are copies of --monitor-data's test or validation images"
+            in capsys.readouterr().out)
     assert len(load_checkpoint(run / "siam.pt", "simsiam")["pretraining_hashes"]) == 24
     classifier.main(evaluate_on(class_tree, tmp_path, run / "siam.pt"))
     assert runs.final_record(tmp_path / "probe" / "metrics.jsonl") is not None
@@ -124,7 +127,8 @@ def test_monitor_test_copies_are_left_out_of_pretraining(loose_photos, class_tre
 
 def test_copies_within_a_folder_stay_out_of_pretraining(tmp_path):
     """A photo stored twice in one labelled folder (the real archive has five such pairs): when one copy is held
-    out, the other is neither pretrained on nor labelled, so that the folder's own split is always allowed."""
+    out (test or validation split), the other is neither pretrained on nor labelled, so that the folder's own split
+    is always allowed."""
     root = tmp_path / "Pets"
     for c, name in enumerate(["Cat", "Dog"]):
         for i in range(20):
@@ -133,13 +137,14 @@ def test_copies_within_a_folder_stay_out_of_pretraining(tmp_path):
                 shutil.copy(root / name / f"{i}.jpg", root / name / f"copy-{i}.jpg")
     data, splits = dataset.open_data(dataset.DataOptions(root, tmp_path / "cache", 32, labels=4, test_fraction=0.2),
                                      verbose=False)
-    test_hashes = data.hashes[splits.test]
-    assert not torch.isin(data.hashes[splits.pretrain], test_hashes).any()
-    assert not torch.isin(data.hashes[splits.labelled], test_hashes).any()
-    not_test = torch.ones(len(data.files), dtype=torch.bool)
-    not_test[splits.test] = False
-    copies = int((torch.isin(data.hashes, test_hashes) & not_test).sum())
-    assert copies > 0 and len(splits.pretrain) == int(not_test.sum()) - copies
+    held_out = torch.cat([splits.test, splits.validation])
+    held_out_hashes = data.hashes[held_out]
+    assert not torch.isin(data.hashes[splits.pretrain], held_out_hashes).any()
+    assert not torch.isin(data.hashes[splits.labelled], held_out_hashes).any()
+    kept = torch.ones(len(data.files), dtype=torch.bool)
+    kept[held_out] = False
+    copies = int((torch.isin(data.hashes, held_out_hashes) & kept).sum())
+    assert copies > 0 and len(splits.pretrain) == int(kept.sum()) - copies
 
 
 def test_exported_backbone_loads_into_torchvision(class_tree, tmp_path):
