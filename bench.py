@@ -26,13 +26,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-import augment
-import cli
-import dataset
-import devices
-import recipe
-import schedule
-from model import SimSiam
+from simsiam import augment, cli, dataset, devices, recipe, schedule
+from simsiam.model import SimSiam
 
 EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
 

@@ -31,16 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import augment
-import cli
-import dataset
-import devices
-import evaluate
-import pretrained
-import recipe
-import runs
-import schedule
-from model import Classifier, finite_state, save_checkpoint
+from simsiam import augment, cli, dataset, devices, evaluate, pretrained, recipe, runs, schedule
+from simsiam.model import Classifier, finite_state, save_checkpoint
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
 # --image-size without a checkpoint to follow (--random): the original repository's 150 px, and train.py --demo's
@@ -265,7 +257,7 @@ def main(argv=None) -> None:
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled.tolist()],
         "labels": data.labels[labelled].tolist(), "classes": data.classes, "root": str(data.root)}))
-    metrics = runs.Metrics(out / "metrics.jsonl")
+    metrics = runs.Metrics(out / "metrics.jsonl", args.tensorboard)
     pretrained_at = "" if pretrained_size is None else f" (pretrained at {pretrained_size} px)"
     print(f"{mode} {backbone_name} ResNet18{pretrained_at} + linear head at {image_size} px from a "
           f"{cache_size} px cache, {len(labelled):,} labelled images, {test_set.name}, "

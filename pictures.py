@@ -24,17 +24,11 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 import torch
+from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 
-import augment
-import cli
-import dataset
-import devices
-import evaluate
-import pretrained
-import runs
-from model import resnet18_backbone
+from simsiam import augment, cli, dataset, devices, evaluate, pretrained, runs
+from simsiam.model import resnet18_backbone
 
 DEMO = {}  # no preset beyond --demo's data: the pictures follow the checkpoint of `train.py --demo`
 DPI = 120  # as plot.py

@@ -23,12 +23,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 from matplotlib.ticker import MaxNLocator
 
-import cli
-import dataset
-import evaluate
-import figures
-import runs
-from model import PROJECTION_DIM
+from simsiam import cli, dataset, evaluate, figures, runs
+from simsiam.model import PROJECTION_DIM
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,14 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import cli
-import dataset
-import decode
-import devices
-import evaluate
-import pretrained
-import runs
-from model import Classifier, load_checkpoint
+from simsiam import cli, dataset, decode, devices, evaluate, pretrained, runs
+from simsiam.model import Classifier, load_checkpoint
 
 DEFAULT_CHECKPOINT = Path("runs") / runs.classifier_run_name(random=False, finetune=False) / "classifier.pt"
 

@@ -26,16 +26,9 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-import cli
-import dataset
-import devices
-import distributed
-import evaluate
-import recipe
-import runs
-import schedule
-from model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, finite_state, load_checkpoint,
-                   save_checkpoint)
+from simsiam import cli, dataset, devices, distributed, evaluate, recipe, runs, schedule
+from simsiam.model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, finite_state, load_checkpoint,
+                           save_checkpoint)
 
 CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
 DEMO, CPU = recipe.DEMO, recipe.CPU
@@ -396,7 +389,7 @@ def main(argv=None) -> None:
         print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     wrapped_model = distributed.wrap(model, context, device)  # DDP and/or compiled; shares its weights with `model`
     wrapped_model = torch.compile(wrapped_model) if args.compile else wrapped_model
-    metrics = runs.Metrics(args.out / "metrics.jsonl")
+    metrics = runs.Metrics(args.out / "metrics.jsonl", args.tensorboard, None if last is None else progress.epoch + 1)
     print_on_main(f"SimSiam ResNet18, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device} "
                   f"({runtime.precision}) x {context.world_size} process(es), cache in "
                   f"{'GPU' if images.device.type == 'cuda' else 'host'} memory; {runs.count(args.epochs, 'epoch')} of "

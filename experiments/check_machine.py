@@ -26,10 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-import cli
-import dataset
-import runs
-from model import load_checkpoint
+from simsiam import cli, dataset, runs
+from simsiam.model import load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

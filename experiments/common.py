@@ -23,13 +23,7 @@ from pathlib import Path
 
 import torch
 
-import cache
-import cli
-import dataset
-import devices
-import pretrained
-import recipe
-import runs
+from simsiam import cache, cli, dataset, devices, pretrained, recipe, runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -39,10 +33,10 @@ TINY_TRAIN = {"epochs": 2, "batch_size": 32, "image_size": 32, "device": "cpu"}
 TINY_IMAGES = 400  # of the 800 demo images: 300 to pretrain and label, 100 to test
 TINY = {"classifier": ["--epochs", "2", "--batch-size", "50", "--device", "cpu"],
         "all_labels": ["--epochs", "1", "--device", "cpu"]}
-# A classifier on every image outside the test and validation splits, with its label. Batch 256 instead of 50: ~88 steps per epoch instead of
-# ~450 on 22,500 images. Base lr 0.01, a peak of 0.01 at batch 256 (classifier.py's default base lr 0.05 would
-# peak at 0.05 here): a peak of 0.1 is above the standardised head's stability limit, and a from-scratch run at
-# 0.1 trained at chance (README, Protocol).
+# A classifier on every image outside the test and validation splits, with its label. Batch 256 instead of 50: ~88
+# steps per epoch instead of ~450 on 22,500 images. Base lr 0.01, a peak of 0.01 at batch 256 (classifier.py's
+# default base lr 0.05 would peak at 0.05 here): a peak of 0.1 is above the standardised head's stability limit, and
+# a from-scratch run at 0.1 trained at chance (README, Protocol).
 ALL_LABELS = ["--all-labels", "--batch-size", "256", "--lr", "0.01"]
 # The supervised upper bound: a random-init ResNet18 fine-tuned on every label outside the test and validation splits.
 SUPERVISED = ["--random", "--finetune", *ALL_LABELS]

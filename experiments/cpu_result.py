@@ -24,12 +24,8 @@ import json
 import time
 from pathlib import Path
 
-import cli
-import evaluate
-import pretrained
-import recipe
-import runs
 from experiments import common
+from simsiam import cli, evaluate, pretrained, recipe, runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ Runs the repository's own scripts, as a user would, one after another in one pro
     2. classifier.py for {random, SimSiam} x {frozen, fine-tuned} x label seeds, several at a time on the GPU,
        all at the pretraining's resolution; each frozen run reports both its linear probe (SGD) and its
        closed-form probe (logistic regression);
-    3. classifier.py SUPERVISED: a supervised ResNet18 on every label outside the test and validation splits, the upper bound;
+    3. classifier.py SUPERVISED: a supervised ResNet18 on every label outside the test and validation splits, the
+       upper bound;
     4. plot.py;
 then writes RESULTS/headline.json (every run's final test accuracy, mean and std per row, command, time,
 hardware) and RESULTS/headline.md (the README table), and copies the runs' small files (args, metrics,
@@ -27,11 +28,9 @@ import statistics
 import time
 from pathlib import Path
 
-import cli
 from experiments import common
 from experiments.common import SUPERVISED
-import runs
-import pretrained
+from simsiam import cli, pretrained, runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                         help="epochs of each 250-label classifier run (default: %(default)s)")
     parser.add_argument("--supervised-epochs", type=cli.positive(int), default=15,
-                        help="epochs of the supervised bound on every label outside the test and validation splits (default: %(default)s)")
+                        help="epochs of the supervised bound on every label outside the test and validation splits "
+                             "(default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
     common.add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
@@ -117,7 +117,8 @@ def main(argv=None) -> None:
                      "seconds_each": [round(s, 1) for _, s in mine],
                      "command": common.shown(mine[0][0][3], runs_dir, args.runs)})
     supervised = common.final_record(supervised_out)["test_accuracy"]
-    rows.append({"row": "supervised, every label outside test and validation", "accuracies": [supervised], **common.spread([supervised]),
+    rows.append({"row": "supervised, every label outside test and validation", "accuracies": [supervised],
+                 **common.spread([supervised]),
                  "seconds_each": [round(supervised_s, 1)],
                  "command": common.shown(supervised_command, runs_dir, args.runs)})
     pretraining_record = ({"pretrain_command": common.shown(train_command, runs_dir, args.runs),

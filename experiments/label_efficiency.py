@@ -31,12 +31,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
-import cli
-import dataset
-import figures
-import pretrained
-import runs
 from experiments import common
+from simsiam import cli, dataset, figures, pretrained, runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -71,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="a seeded subset of N images, every run (default: all)")
     group = parser.add_argument_group("the sweep")
     group.add_argument("--sizes", type=cli.positive(int), nargs="+", default=SIZES,
-                       help=f"labelled-set sizes; every image outside the test and validation splits (--all-labels) is always added "
-                            f"(default: %(default)s; --tiny: {TINY['sizes']})")
+                       help=f"labelled-set sizes; every image outside the test and validation splits (--all-labels) "
+                            f"is always added (default: %(default)s; --tiny: {TINY['sizes']})")
     group.add_argument("--seed-rule", type=seed_rule_step, nargs="+", default=SEED_RULE, metavar="UP_TO:SEEDS",
                        help="label seeds per size: a size takes the first step whose UP_TO it does not exceed, the "
                             "last step is all:SEEDS for any larger size; the run on every labellable image is one run, "
@@ -81,8 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="per labelled-set size, in batches of 50 or of all the labels when fewer "
                             "(default: %(default)s)")
     group.add_argument("--all-labels-epochs", type=cli.positive(int), default=15,
-                       help="on every image outside the test and validation splits, at batch 256 (default: %(default)s, as headline.py's supervised "
-                            "bound)")
+                       help="on every image outside the test and validation splits, at batch 256 (default: "
+                            "%(default)s, as headline.py's supervised bound)")
     group = parser.add_argument_group("run")
     group.add_argument("--runs", type=Path, default=Path("runs/label-efficiency"),
                        help="where the runs go (default: %(default)s)")
@@ -123,8 +119,8 @@ def held_out_split(options: dataset.DataOptions, checkpoint: dict,
 
 def fitting_sizes(sizes: list[int], data: dataset.ImageSet,
                   options: dataset.DataOptions) -> tuple[list[int], list[str]]:
-    """(the sizes classifier.py can draw from the images outside the test and validation splits, a note for each it cannot), asking
-    dataset.make_splits itself, so the rule is classifier.py's."""
+    """(the sizes classifier.py can draw from the images outside the test and validation splits, a note for each
+    it cannot), asking dataset.make_splits itself, so the rule is classifier.py's."""
     fitting, notes = [], []
     for size in sorted(set(sizes)):
         try:
@@ -274,9 +270,9 @@ def main(argv=None) -> None:
     sizes, skipped = fitting_sizes(args.sizes, images, options)
     test_counts = images.labels[splits.test].bincount(minlength=len(images.classes))
     chance = (test_counts.max() / len(splits.test)).item()  # always guessing the largest class
-    print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} images to label (outside the "
-          f"test and validation splits) 
-          f"({', '.join(images.classes)}); sizes {sizes} and all" + "".join(f"\nnote: {note}" for note in skipped))
+    print(f"held-out split: {len(splits.test):,} test images, {len(splits.pretrain):,} images to label outside the "
+          f"test and validation splits ({', '.join(images.classes)}); sizes {sizes} and all"
+          + "".join(f"\nnote: {note}" for note in skipped))
 
     planned = classifier_runs(sizes, args, common_flags, checkpoint_path, runs_dir)
     classifier_images = {"frozen": 0, "finetune": 0}

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-import devices
+from simsiam import devices
 
 CPU = torch.device("cpu")
 aten = torch.ops.aten

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image
 
 import classifier
-import dataset
-import decode
-import model
 import pictures
 import plot
 import predict
-import runs
 import train
-from conftest import write_image
+from simsiam import dataset, decode, model, runs
 
 SMALL = ["--image-size", "32", "--labels", "6", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
 
@@ -268,7 +265,7 @@ def test_a_run_folder_belongs_to_one_process(class_tree, tmp_path, capsys):
     --overwrite, and the folder's files stay as they were; once that process has ended, the folder is free."""
     train.main(train_args(class_tree, tmp_path))
     before = contents(tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; import runs; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from simsiam import runs; "
                                "runs.hold(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
                                str(tmp_path / "run")], cwd=REPOSITORY, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-import augment
+from simsiam import augment
 
 H, W = 32, 40  # not square, so that a swapped x / y shows
 

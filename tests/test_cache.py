@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import cache
-import dataset
-import decode
 from conftest import write_image
+
+from simsiam import cache, dataset, decode
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a name Linux allows that is not valid UTF-8

@@ -7,16 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import write_class_tree
 
 import classifier
-import runs
-import schedule
-import dataset
-import devices
-import evaluate
 import train
-from conftest import write_class_tree
-from model import Classifier, load_checkpoint
+from simsiam import dataset, devices, evaluate, runs, schedule
+from simsiam.model import Classifier, load_checkpoint
 
 # 3 classes x 20 images: 4 test and 4 labelled images per class, 2 steps of 6 per epoch
 SPLITS = ["--labels", "12", "--test-fraction", "0.2"]

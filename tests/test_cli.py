@@ -10,9 +10,9 @@ import torch
 
 import classifier
 import plot
-import runs
 import train
-from model import load_checkpoint
+from simsiam import runs
+from simsiam.model import load_checkpoint
 
 SMALL = ["--image-size", "32", "--labels", "6", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
 

@@ -11,19 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from emulated_cuda import CudaTensor, emulated_cuda
 
 import bench
 import classifier
-import dataset
-import devices
-import evaluate
 import pictures
 import predict
-import recipe
-import runs
 import train
-from emulated_cuda import CudaTensor, emulated_cuda
-from model import SimSiam, load_checkpoint
+from simsiam import dataset, devices, evaluate, recipe, runs
+from simsiam.model import SimSiam, load_checkpoint
 
 CUDA = torch.device("cuda", 0)
 SMALL = ["--image-size", "32", "--labels", "6", "--test-fraction", "0.2", "--workers", "2"]

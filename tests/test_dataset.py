@@ -4,12 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import write_image
 from PIL import Image
 
-import cache
-import dataset
-import decode
-from conftest import write_image
+from simsiam import cache, dataset, decode
 
 
 def test_class_folder_layout(class_tree):

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import dataset
-import recipe
-import runs
-import schedule
 import train
-from model import D, SimSiam, load_checkpoint
+from simsiam import dataset, recipe, runs, schedule
+from simsiam.model import D, SimSiam, load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SETTINGS = {"batch_size": 16, "image_size": 32, "labels": 6, "test_fraction": 0.2, "seed": 0,

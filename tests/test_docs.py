@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_PETIMAGES
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import download
-from download import DownloadError, download_dataset
+from simsiam import download
+from simsiam.download import DownloadError, download_dataset
 
 ARCHIVE_NAME = "kagglecatsanddogs_5340.zip"
 

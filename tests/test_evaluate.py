@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import evaluate
+from simsiam import evaluate
 
 
 def gaussian_problem(num_train: int, num_test: int, dims: int, num_classes: int, separation: float,

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import classifier
-import runs
 from experiments import common, headline
+from simsiam import runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -40,9 +40,10 @@ def test_headline_tiny(tmp_path):
 
 
 def test_supervised_bound_trains(tmp_path):
-    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's labels outside the test and validation splits
-    (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when the head's lr
-    is above its stability limit (0.1 went from 0.81 to 1.30 at epoch 3), and the last is below the first."""
+    """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's labels outside the test and
+    validation splits (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when
+    the head's lr is above its stability limit (0.1 went from 0.81 to 1.30 at epoch 3), and the last is below the
+    first."""
     out = tmp_path / "supervised"
     classifier.main([*headline.SUPERVISED, "--demo", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                      "--epochs", "8", "--image-size", "32", "--device", "cpu", "--workers", "2"])

@@ -15,8 +15,8 @@ RUN_KEYS = {"backbone", "mode", "labels", "all_labels", "seed", "test_accuracy",
 
 @pytest.fixture(scope="module")
 def tiny(module_folder):
-    """One --tiny run (the demo set: 320 images outside the test and validation splits; size 10, and 1,000, which does not fit), as (runs folder,
-    results folder). The seed rule's other sizes: test_seed_rule."""
+    """One --tiny run (the demo set: 320 images outside the test and validation splits; size 10, and 1,000, which
+    does not fit), as (runs folder, results folder). The seed rule's other sizes: test_seed_rule."""
     folder = module_folder
     label_efficiency.main(["--tiny", "--sizes", "10", "1000", "--runs", str(folder / "runs"),
                            "--results", str(folder / "results")])
@@ -68,7 +68,8 @@ def test_summary_spreads_over_seeds(tiny):
 
 
 def test_sizes_beyond_the_labellable_images_are_skipped(tiny):
-    """1,000 labels, more than the 320 images outside the test and validation splits hold, are left out of the sizes with a note."""
+    """1,000 labels, more than the 320 images outside the test and validation splits hold, are left out of the
+    sizes with a note."""
     result = json.loads((tiny[1] / "label-efficiency.json").read_text())
     assert result["sizes"] == [10] and result["split"]["to_label"] == 320
     assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("1,000 labels skipped")

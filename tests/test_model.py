@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-import model
-from model import (CheckpointError, Classifier, D, SimSiam, backbone_state, load_checkpoint, resnet18_backbone,
-                   save_checkpoint, unwrap, z_std)
+from simsiam import model
+from simsiam.model import (CheckpointError, Classifier, D, SimSiam, backbone_state, load_checkpoint, resnet18_backbone,
+                           save_checkpoint, unwrap, z_std)
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import write_image
 
 import classifier
-import dataset
-import pretrained
-import runs
 import train
-from conftest import write_image
-from model import load_checkpoint
+from simsiam import dataset, pretrained, runs
+from simsiam.model import load_checkpoint
 
 SMALL = ["--image-size", "32", "--device", "cpu", "--workers", "2"]
 LABELLED = ["--labels", "6", "--test-fraction", "0.2"]  # the labelled folder's split, in every script

@@ -2,16 +2,14 @@
 the resolution it takes from the checkpoint, and its refusal of a checkpoint pretrained with another test split."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import evaluate
 import pictures
-import pretrained
 import train
+from simsiam import evaluate, pretrained
 
 TINY = ["--image-size", "32", "--labels", "12", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
 

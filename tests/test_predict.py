@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_class_tree, write_image
 from PIL import Image
 
 import classifier
-import dataset
-import devices
-import evaluate
 import predict
-import runs
-from conftest import write_class_tree, write_image
-from model import Classifier, load_checkpoint, save_checkpoint
+from simsiam import dataset, devices, evaluate, runs
+from simsiam.model import Classifier, load_checkpoint, save_checkpoint
 
 CLASSES = ["Cat", "Dog", "Fox"]
 

@@ -15,11 +15,9 @@ import pytest
 import torch
 
 import classifier
-import dataset
-import evaluate
-import runs
 import train
-from model import CheckpointError
+from simsiam import dataset, evaluate, runs
+from simsiam.model import CheckpointError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--epochs", "1", "--batch-size", "8", "--image-size", "16", "--labels", "6", "--test-fraction", "0.2",

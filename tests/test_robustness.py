@@ -10,16 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ONE_THREAD, train_command, write_image
 from PIL import Image
 
 import classifier
-import dataset
-import decode
-import recipe
-import runs
 import train
-from conftest import ONE_THREAD, train_command, write_image
-from model import Classifier, load_checkpoint, save_checkpoint
+from simsiam import dataset, decode, recipe, runs
+from simsiam.model import Classifier, load_checkpoint, save_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

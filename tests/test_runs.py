@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ONE_THREAD, train_command
 
 import classifier
-import devices
 import plot
-import recipe
-import runs
 import train
-from conftest import ONE_THREAD, train_command
-from model import load_checkpoint
+from simsiam import devices, recipe, runs
+from simsiam.model import load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL = ["--image-size", "32", "--labels", "6", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]

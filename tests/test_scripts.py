@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED_PETIMAGES
 
 import classifier
 import plot
-import runs
 import train
-from conftest import SHARED_PETIMAGES
-from model import load_checkpoint
+from simsiam import runs
+from simsiam.model import load_checkpoint
 
 TINY = ["--image-size", "32", "--labels", "12", "--test-fraction", "0.2", "--device", "cpu", "--workers", "2"]
 

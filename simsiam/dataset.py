@@ -26,9 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-import cache
-import devices
-import download
+from simsiam import cache, devices, download
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import dataset
-import runs
-from model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone
+from simsiam import dataset, runs
+from simsiam.model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone
 
 
 def read(path: Path, hint: str = "train one with train.py") -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import decode
+from simsiam import decode
 
 
 class CacheError(Exception):

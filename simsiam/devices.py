@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchvision
 
-import distributed
+from simsiam import distributed
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -7,10 +7,9 @@ import functools
 
 import torch
 
-import augment
-import devices
-from model import D, SimSiam, z_std
-from runs import RunError
+from simsiam import augment, devices
+from simsiam.model import D, SimSiam, z_std
+from simsiam.runs import RunError
 
 # train.py's defaults. 150 px and batch 256 as the original repository; the optimisation follows the paper's
 # small-data (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to

@@ -10,14 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-import cache
-import dataset
-import devices
-import distributed
-import download
-from model import CheckpointError
-import runs
-from runs import Interrupted, RunError
+from simsiam import cache, dataset, devices, distributed, download, runs
+from simsiam.model import CheckpointError
+from simsiam.runs import Interrupted, RunError
 
 # reported as one line, exit 2
 ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError, devices.DeviceError,
@@ -157,6 +152,8 @@ def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = 
     args = parser.parse_args(argv)
     if args.demo and args.data != parser.get_default("data"):
         parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
+    if getattr(args, "tensorboard", False):
+        runs.summary_writer()  # refused before any work when the package is missing
     return args
 
 
@@ -166,6 +163,9 @@ def add_output_arguments(group, default: Path | None, resumable: bool, shown_def
     group.add_argument("--out", type=Path, default=default,
                        help=f"run folder (default: {shown_default}); one holding another run is refused "
                             f"unless {unless}")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also write every metrics.jsonl record to TensorBoard event files in OUT/tensorboard "
+                            "(needs pip install tensorboard): tensorboard --logdir runs")
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out: its run files are deleted before any work starts")

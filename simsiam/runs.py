@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -21,9 +22,9 @@ except ImportError:  # Windows
 
 from tqdm import tqdm
 
-from model import CheckpointError
+from simsiam.model import CheckpointError
 
-REPOSITORY = Path(__file__).resolve().parent
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # The version of the evaluation protocol, recorded in every args.json and SimSiam checkpoint; raised whenever a
 # change makes new figures incomparable with older ones. 1: the kNN monitor read the test split at every epoch and
@@ -61,8 +62,9 @@ def duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- the run folder
 
+TENSORBOARD = "tensorboard"  # OUT/tensorboard: TensorBoard's event files, under --tensorboard
 RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
-             "labelled.json")  # what runs write
+             "labelled.json", TENSORBOARD)  # what runs write
 
 
 def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
@@ -148,7 +150,13 @@ def start_run(folder: RunFolder) -> None:
         raise RunError(f"{out} received {', '.join(appeared)} from another run while this one started: choose "
                        f"another --out, or pass --overwrite to replace it")
     for name in folder.replaced:
-        (out / name).unlink(missing_ok=True)
+        if name == TENSORBOARD and (out / name).is_dir():  # its event files only: nothing else of the user's
+            for events in (out / name).glob("events.out.tfevents.*"):
+                events.unlink()
+            with contextlib.suppress(OSError):
+                (out / name).rmdir()
+        else:
+            (out / name).unlink(missing_ok=True)
 
 
 def resume_checkpoint(resume: Path | bool | None, out: Path) -> Path | None:
@@ -220,16 +228,44 @@ def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
     (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-class Metrics:
-    """OUT/metrics.jsonl: one flat JSON object per event, appended and flushed at once."""
+def summary_writer():
+    """torch's TensorBoard SummaryWriter class; a RunError naming the install command when the tensorboard package,
+    which it needs and the project does not require, is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package, which is not installed: pip install "
+                       "tensorboard (or run without --tensorboard; metrics.jsonl holds the same records)") from None
+    return SummaryWriter
 
-    def __init__(self, path: Path):
-        self.path = path
+
+class Metrics:
+    """OUT/metrics.jsonl: one flat JSON object per event, appended and flushed at once. With `tensorboard`, each
+    record also goes to TensorBoard's event files in OUT/tensorboard, from the same dictionary, so the two never
+    disagree: its numbers as scalars at step `epoch` (an event's, such as the classifier's final record, under
+    EVENT/key at the last epoch), at the record's time. `purge_from`: the first epoch a resumed run writes again;
+    TensorBoard hides the earlier run's events from there on, as truncate_metrics drops its records."""
+
+    def __init__(self, path: Path, tensorboard: bool = False, purge_from: int | None = None):
+        self.path, self.tensorboard, self.purge_from = path, tensorboard, purge_from
+        self.writer, self.step = None, 0  # the writer is opened by the first record, on the process that logs
 
     def log(self, **record) -> None:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            self.write_scalars(record)
+
+    def write_scalars(self, record: dict) -> None:
+        if self.writer is None:
+            self.writer = summary_writer()(self.path.parent / TENSORBOARD, purge_step=self.purge_from)
+        self.step = record.get("epoch", self.step)
+        prefix = f"{record['event']}/" if "event" in record else ""
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("time", "epoch"):
+                self.writer.add_scalar(prefix + key, value, self.step, walltime=record["time"])
+        self.writer.flush()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import augment
-import dataset
-import devices
-import runs
+from simsiam import augment, dataset, devices, runs
 
 KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al. 2018, as in common kNN monitors)
 
