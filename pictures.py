@@ -222,7 +222,8 @@ def main(argv=None) -> None:
     rows = splits.pretrain[torch.randperm(len(splits.pretrain), generator=choose)[:args.view_images]]
     batch = dataset.gather(images, rows, device)  # (R, 3, S, S) uint8
     generator = devices.generator(device, args.seed)
-    pairs = [(augment.simsiam_view(batch, image_size, generator), augment.simsiam_view(batch, image_size, generator))
+    blur_reference = checkpoint["args"].get("blur_reference_size", augment.BLUR_REFERENCE_SIZE)  # the run's blur
+    pairs = [tuple(augment.simsiam_view(batch, image_size, generator, blur_reference) for _ in range(2))
              for _ in range(args.view_pairs)]
     plot_views(out / "views.png", batch, pairs,
                f"SimSiam's two views x1, x2 of pretraining images\naugment.simsiam_view called twice per pair, as in "

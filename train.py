@@ -30,7 +30,8 @@ from simsiam import cli, dataset, devices, distributed, evaluate, recipe, runs, 
 from simsiam.model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, finite_state, load_checkpoint,
                            save_checkpoint)
 
-CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "seed")  # warned of
+CHECKED_ON_RESUME = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "blur_reference_size",
+                     "seed")  # warned of
 DEMO, CPU = recipe.DEMO, recipe.CPU
 
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SGD weight decay (default: %(default)s, CIFAR recipe)")
     group.add_argument("--momentum", type=cli.in_range(float, 0, 1), default=defaults["momentum"],
                        help="SGD momentum (default: %(default)s)")
+    group.add_argument("--blur-reference-size", type=cli.image_size, default=defaults["blur_reference_size"],
+                       metavar="PX", help="the view side for which the blur's sigma range, 0.1-2 px, holds: it is "
+                                          "scaled by --image-size / PX (default: %(default)s, MoCo v2's crops; "
+                                          "the --image-size itself: 0.1-2 px at any size)")
     group = parser.add_argument_group("run")
     cli.add_output_arguments(group, Path("runs/simsiam"), resumable=True)
     cli.add_run_arguments(group)
@@ -156,7 +161,8 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.SGD, steps_per_ep
                             desc=f"epoch {progress.epoch + 1}/{args.epochs}")
     for step, batch in enumerate(bar, start=first_step):  # batch: (B, 3, S, S) uint8, on the device
         lrs = schedule.set_lr(optimizer, progress.epoch * steps_per_epoch + step, steps_per_epoch * args.epochs)
-        x1, x2 = recipe.views(batch, args.image_size, progress.augment_generator, args.compile)
+        x1, x2 = recipe.views(batch, args.image_size, progress.augment_generator, args.compile,
+                              args.blur_reference_size)
         loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
         progress.add(step, loss, std)
         bar.set_postfix(loss=f"{readout.update(loss, step):.4f}", refresh=False)

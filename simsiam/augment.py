@@ -18,7 +18,8 @@ Deviations, for speed:
     - the crop is resized bilinearly without antialiasing (torchvision's antialias=False); the default cache is
       8/7 of the output side, so a crop is shrunk by at most that factor.
 Scaled with the view's side: the blur's sigma range, 0.1-2 px at 224 px, is the same fraction of a smaller view
-(0.014-0.29 px at 32 px), so that a small view is blurred as much as a 224 px one, not seven times more.
+(0.014-0.29 px at 32 px), so that a small view is blurred as much as a 224 px one, not seven times more. The
+reference side is a parameter (train.py --blur-reference-size): at the view's own side, 0.1-2 px whatever its size.
 """
 from __future__ import annotations
 
@@ -160,15 +161,15 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))
 
 
-def blur_sigma_range(size: int) -> tuple[float, float]:
-    """The blur's sigma range in px for size x size views: BLUR_SIGMA scaled from BLUR_REFERENCE_SIZE."""
-    return BLUR_SIGMA[0] * size / BLUR_REFERENCE_SIZE, BLUR_SIGMA[1] * size / BLUR_REFERENCE_SIZE
+def blur_sigma_range(size: int, reference: int = BLUR_REFERENCE_SIZE) -> tuple[float, float]:
+    """The blur's sigma range in px for size x size views: BLUR_SIGMA, chosen for `reference` px views, scaled."""
+    return BLUR_SIGMA[0] * size / reference, BLUR_SIGMA[1] * size / reference
 
 
-def blur_kernel(size: int) -> int:
+def blur_kernel(size: int, reference: int = BLUR_REFERENCE_SIZE) -> int:
     """The blur's kernel side for size x size views: 2 ceil(3 max sigma) + 1, covering +-3 sigma (13 at 224 px,
-    3 at 32 px)."""
-    return 2 * math.ceil(3 * blur_sigma_range(size)[1]) + 1
+    3 at 32 px; 13 at any size with `reference` the size itself)."""
+    return 2 * math.ceil(3 * blur_sigma_range(size, reference)[1]) + 1
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -199,9 +200,10 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5, sigma scaled to the side), each drawn per
-    image."""
+def colour_augment(x: torch.Tensor, generator: torch.Generator,
+                   blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
+    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5, sigma scaled to the side from
+    `blur_reference`), each drawn per image."""
     n = x.shape[0]
     jitter = chance(JITTER_PROBABILITY, n, generator)
     ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
@@ -211,17 +213,18 @@ def colour_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = adjust_hue(x, torch.where(jitter, uniform(-HUE, HUE, n, generator), zeros))
     x = blend(x, grayscale(x), (~chance(GRAYSCALE_PROBABILITY, n, generator)).float())
     side = x.shape[-1]
-    sigma = torch.where(chance(BLUR_PROBABILITY, n, generator), uniform(*blur_sigma_range(side), n, generator),
-                        zeros + 1e-3)
-    return gaussian_blur(x, sigma, blur_kernel(side))
+    sigma = torch.where(chance(BLUR_PROBABILITY, n, generator),
+                        uniform(*blur_sigma_range(side, blur_reference), n, generator), zeros + 1e-3)
+    return gaussian_blur(x, sigma, blur_kernel(side, blur_reference))
 
 
-def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator,
+                 blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
     """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
     n, side = images.shape[0], images.shape[-1]
     boxes = random_crop_boxes(n, side, generator)
     x = resized_crop(to_float(images), boxes, chance(0.5, n, generator), size)
-    return normalize(colour_augment(x, generator))
+    return normalize(colour_augment(x, generator, blur_reference))
 
 
 def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -15,14 +15,16 @@ from simsiam.runs import RunError
 # small-data (CIFAR-10) recipe rather than ImageNet's (base lr 0.05, wd 1e-4): 23,000 small photos are closer to
 # CIFAR's 50,000 than to ImageNet's 1.28 M, and the stronger weight decay is what keeps small-data runs stable.
 DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150,  # image size in px
-            "lr": 0.03, "weight_decay": 5e-4, "momentum": 0.9}  # base lr: peak lr = lr * batch_size / 256
+            "lr": 0.03, "weight_decay": 5e-4, "momentum": 0.9,  # base lr: peak lr = lr * batch_size / 256
+            "blur_reference_size": augment.BLUR_REFERENCE_SIZE}  # the blur scaled with the view's side
 # --demo, for a CPU: 32 px and a high lr, so that a couple of hundred steps visibly move the loss
 DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
 # --cpu: real photos on a CPU in under an hour (2 cores, the 23,000-photo pack: docs/cpu.md says how it was found).
 # 32 px: a step costs about a twentieth of one at 150 px; batch 128 and base lr 0.2 (a peak of 0.1, about the
 # CIFAR recipe's 0.06 at batch 512 raised for a run of a few thousand steps); an 18-epoch schedule (a 30-epoch one
-# peaked at epoch 9 and fell back while its lr stayed high).
-CPU = {"epochs": 18, "batch_size": 128, "image_size": 32, "lr": 0.2, "device": "cpu"}
+# peaked at epoch 9 and fell back while its lr stayed high); the blur's 0.1-2 px at the 32 px view itself, not
+# scaled down from 224 px (to be measured: the scaled blur's runs stayed at random init's level).
+CPU = {"epochs": 18, "batch_size": 128, "image_size": 32, "lr": 0.2, "blur_reference_size": 32, "device": "cpu"}
 
 
 # Memory of one training step per input pixel per image (two views, forward and backward, optimiser included): a
@@ -65,13 +67,14 @@ def compiled_view():
     return torch.compile(augment.simsiam_view)
 
 
-def views(batch: torch.Tensor, image_size: int, generator: torch.Generator,
-          compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S), on its device."""
+def views(batch: torch.Tensor, image_size: int, generator: torch.Generator, compiled: bool = False,
+          blur_reference: int = augment.BLUR_REFERENCE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S), on its device;
+    `blur_reference`: the view side the blur's sigma range is chosen for (augment.blur_sigma_range)."""
     view = compiled_view() if compiled else augment.simsiam_view
     layout = devices.memory_format(batch.device)
-    x1 = view(batch, image_size, generator).contiguous(memory_format=layout)
-    x2 = view(batch, image_size, generator).contiguous(memory_format=layout)
+    x1 = view(batch, image_size, generator, blur_reference).contiguous(memory_format=layout)
+    x2 = view(batch, image_size, generator, blur_reference).contiguous(memory_format=layout)
     return x1, x2
 
 

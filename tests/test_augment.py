@@ -155,6 +155,8 @@ def test_blur_scales_with_the_view_side():
     low, high = augment.blur_sigma_range(32)
     assert low == pytest.approx(0.1 / 7) and high == pytest.approx(2 / 7) and augment.blur_kernel(32) == 3
     assert augment.blur_kernel(150) == 11 and augment.blur_kernel(16) == 3
+    # with the view's own side as the reference (train.py --blur-reference-size 32): 0.1-2 px, 13 taps
+    assert augment.blur_sigma_range(32, 32) == pytest.approx(augment.BLUR_SIGMA) and augment.blur_kernel(32, 32) == 13
 
 
 def test_normalize_matches_torchvision(images):

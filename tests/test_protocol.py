@@ -16,7 +16,7 @@ import torch
 
 import classifier
 import train
-from simsiam import dataset, evaluate, runs
+from simsiam import augment, dataset, evaluate, runs
 from simsiam.model import CheckpointError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -255,6 +255,24 @@ def test_cpu_preset_sets_the_recipe_and_explicit_flags_win():
     assert {key: getattr(args, key) for key in train.CPU} == train.CPU
     assert train.parse_args(["--cpu", "--epochs", "3"]).epochs == 3
     assert train.parse_args([]).image_size == 150  # the GPU defaults without it
+
+
+def test_the_blur_reference_size_reaches_the_step(class_tree, tmp_path, monkeypatch):
+    """train.py's views are blurred with the kernel of its --blur-reference-size: 3 taps for 32 px views scaled from
+    224 px (the default), 13 taps (0.1-2 px) with the view's own side as the reference; args.json records it."""
+    kernels = []
+    blur = augment.gaussian_blur
+    monkeypatch.setattr(augment, "gaussian_blur", lambda x, sigma, kernel_size: kernels.append(kernel_size)
+                        or blur(x, sigma, kernel_size))
+    for reference, taps in [(None, 3), (32, 13)]:
+        kernels.clear()
+        out = tmp_path / f"run-{reference}"
+        flag = [] if reference is None else ["--blur-reference-size", str(reference)]
+        train.main(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                    "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--labels", "6", "--test-fraction",
+                    "0.2", "--device", "cpu", *flag])
+        assert kernels and set(kernels) == {taps}
+        assert json.loads((out / "args.json").read_text())["blur_reference_size"] == (reference or 224)
 
 
 def test_cpu_and_demo_presets_are_one_or_the_other(capsys):
