@@ -284,7 +284,7 @@ def test_cpu_and_demo_presets_are_one_or_the_other(capsys):
 def test_tqdm_disable_hides_the_bars(monkeypatch):
     """TQDM_DISABLE=1, set before tqdm is imported as a user sets it, hides a bar the scripts show (an explicit
     disable=False used to override it); a bar they hide stays hidden without it."""
-    code = "import runs; print(runs.progress_bar(range(3), show=True).disable)"
+    code = "from simsiam import runs; print(runs.progress_bar(range(3), show=True).disable)"
     hidden = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, env={**os.environ, "TQDM_DISABLE": "1"},
                             capture_output=True, text=True)
     assert hidden.stdout.strip() == "True", hidden.stderr
