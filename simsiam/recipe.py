@@ -19,11 +19,11 @@ DEFAULTS = {"epochs": 200, "batch_size": 256, "image_size": 150,  # image size i
             "blur_reference_size": augment.BLUR_REFERENCE_SIZE}  # the blur scaled with the view's side
 # --demo, for a CPU: 32 px and a high lr, so that a couple of hundred steps visibly move the loss
 DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
-# --cpu: real photos on a CPU in under an hour (2 cores, the 23,000-photo pack: docs/cpu.md says how it was found).
-# 32 px: a step costs about a twentieth of one at 150 px; batch 128 and base lr 0.2 (a peak of 0.1, about the
-# CIFAR recipe's 0.06 at batch 512 raised for a run of a few thousand steps); an 18-epoch schedule (a 30-epoch one
-# peaked at epoch 9 and fell back while its lr stayed high); the blur's 0.1-2 px at the 32 px view itself, not
-# scaled down from 224 px (to be measured: the scaled blur's runs stayed at random init's level).
+# --cpu: real photos on a CPU in under an hour (2 cores, the 23,000-photo pack: about 36 minutes). 32 px: a step
+# costs about a twentieth of one at 150 px; batch 128 and base lr 0.2 (a peak of 0.1, about the CIFAR recipe's 0.06
+# at batch 512 raised for a run of a few thousand steps); 18 epochs; the blur's 0.1-2 px at the 32 px view itself.
+# Not yet a recipe that shows SimSiam paying: of the three configurations measured (docs/cpu.md), none put SimSiam's
+# probes ahead of random init's; this one, the shortest, came closest with the SGD probe.
 CPU = {"epochs": 18, "batch_size": 128, "image_size": 32, "lr": 0.2, "blur_reference_size": 32, "device": "cpu"}
 
 

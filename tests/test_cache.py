@@ -170,7 +170,8 @@ def test_decoding_processes_exit_with_the_main_one(class_tree, tmp_path):
     """kill -9 of the main process mid-build: its decoding processes exit too, instead of waiting for work for
     ever while holding the staging file's disk space."""
     script = textwrap.dedent(f"""
-        import os, time, dataset, decode
+        import os, time
+        from simsiam import dataset, decode
         def slow(path, size):
             open(os.path.join({str(tmp_path)!r}, f"worker-{{os.getpid()}}"), "w").close()
             time.sleep(0.5)
