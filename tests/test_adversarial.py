@@ -59,6 +59,7 @@ def contents(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- --overwrite
 
 
+@pytest.mark.slow
 def test_overwrite_with_a_missing_data_folder_keeps_the_old_run(class_tree, tmp_path, capsys):
     """train.py --data <a typo> --overwrite fails on the data and leaves the previous run's files as they were."""
     train.main(train_args(class_tree, tmp_path))
@@ -107,6 +108,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", CORRUPTIONS)
 def test_a_malformed_last_pt_is_refused_naming_the_entry(class_tree, tmp_path, capsys, entry):
     """A last.pt whose args is a list, lacks image_size, has an empty split record, an optimizer state with other
@@ -186,6 +188,7 @@ def test_plot_skips_records_it_did_not_write(class_tree, tmp_path, capsys):
 # ---------------------------------------------------------------- a full disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(class_tree, tmp_path, capsys, monkeypatch):
     """ENOSPC while last.pt is written: one line saying where the previous checkpoint is and how much space the
     new one needs; the previous last.pt is intact."""
@@ -207,6 +210,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(class_tree, tmp_
 # ---------------------------------------------------------------- names that are not UTF-8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes in a name")
 def test_names_that_are_not_utf8_go_through_every_script(tmp_path, capsys):
     """A Latin-1 photo name (caf\\xe9.jpg) and a Latin-1 class folder: train, resume, classifier, plot, pictures
@@ -260,6 +264,7 @@ def test_experiment_flags_that_cannot_work_are_refused(tmp_path, capsys):
 # ---------------------------------------------------------------- two runs, one folder
 
 
+@pytest.mark.slow
 def test_a_run_folder_belongs_to_one_process(class_tree, tmp_path, capsys):
     """While another process holds a run folder, a run into it is refused naming that process, even with
     --overwrite, and the folder's files stay as they were; once that process has ended, the folder is free."""
@@ -407,6 +412,7 @@ def test_a_class_whose_every_file_is_skipped_says_why(class_tree, tmp_path, caps
         "permission denied"
 
 
+@pytest.mark.slow
 def test_messages_offer_only_what_exists(class_tree, tmp_path, capsys):
     """A run that fails on non-finite numbers before any save says that no checkpoint was kept; a last.pt with
     NaN weights is refused on resume as such; the classifier, which has no --resume, never offers it."""

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import bench
 
 KEYS = {"device", "torch", "image_size", "batch_size", "precision", "ceiling_images_per_s", "pipeline_images_per_s",
         "baseline_images_per_s", "peak_memory_gb", "cache_build_s"}
 
 
+@pytest.mark.slow
 def test_bench_writes_every_key(tmp_path, capsys):
     """A tiny CPU run prints the table and writes a JSON with every key, throughputs positive."""
     bench.main(["--demo", "--device", "cpu", "--image-size", "32", "--batch-size", "8", "--steps", "2",

@@ -164,6 +164,7 @@ def test_dead_decoding_process_is_a_data_error(class_tree, cache_dir, monkeypatc
     assert list(cache_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 @needs_fork
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_decoding_processes_exit_with_the_main_one(class_tree, tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments import check_machine
 
 STEPS = ["bench", "pretrain", "stop", "resume", "frozen", "finetune", "predict"]
 
 
+@pytest.mark.slow
 def test_every_step_passes_on_the_cpu(tmp_path, capsys):
     """--device cpu --tiny: every step passes (the resumed run equals the uninterrupted one bit for bit), the
     table is printed and written, the exit status is 0."""
@@ -21,6 +24,7 @@ def test_every_step_passes_on_the_cpu(tmp_path, capsys):
     assert "7 of 7 steps passed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_failed_steps_are_named_with_their_error(tmp_path, capsys):
     """On a device the machine lacks, each step fails with the script's one-line error, the steps that need
     their output are not run, and the exit status is 1."""

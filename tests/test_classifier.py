@@ -65,6 +65,7 @@ def test_finetune_logs_the_backbone_lr_at_its_factor(class_tree, tmp_path):
         assert record["backbone_lr"] == pytest.approx(0.1 * record["lr"])
 
 
+@pytest.mark.slow
 def test_resolution_follows_the_checkpoint(pretrained, tmp_path, capsys):
     """Without --image-size and --cache-size, a SimSiam backbone is probed at the image size and from the cache
     size it was pretrained with (32 px from 40 px), and args.json records them."""

@@ -42,6 +42,7 @@ def test_one_lr_convention():
     assert train.parse_args(["--base-lr", "0.05"]).lr == 0.05
 
 
+@pytest.mark.slow
 def test_resume_from_a_path_continues_into_a_new_folder(class_tree, tmp_path, capsys):
     """--resume PATH continues another run's last.pt into a new --out, exactly as --resume in place would,
     and leaves the source run untouched."""

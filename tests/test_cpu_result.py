@@ -14,6 +14,7 @@ from experiments import cpu_result
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_cpu_result_tiny(tmp_path):
     """--tiny: pretrains, probes both backbones on the same test images, prints the table and a verdict per probe,
     and writes the JSON summary, the markdown table and the small files (no checkpoints)."""

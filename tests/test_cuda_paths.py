@@ -219,6 +219,7 @@ def test_progress_readout_shows_a_landed_value(gpu):
 # ---------------------------------------------------------------- evaluation
 
 
+@pytest.mark.slow
 def test_knn_embedding_and_closed_form_probe_on_the_gpu(gpu):
     """evaluate.embed, knn_accuracy and logistic_probe on a GPU cache give the CPU's results (fp32)."""
     torch.manual_seed(0)
@@ -255,6 +256,7 @@ def pretrained_on_gpu(class_tree, tmp_path, monkeypatch):
     return tmp_path / "simsiam"
 
 
+@pytest.mark.slow
 def test_train_on_the_gpu_end_to_end(pretrained_on_gpu):
     """train.py on CUDA: bf16, the cache on the GPU, a finite epoch, and checkpoints that load on a CPU with
     weights_only=True."""
@@ -275,6 +277,7 @@ def test_train_on_a_host_cache_prefetches_pinned_batches(class_tree, tmp_path, g
     assert record["cache_on"] == "cpu" and gpu.pins >= steps and gpu.pageable_async_copies == 0
 
 
+@pytest.mark.slow
 def test_classifier_frozen_and_finetuned_on_the_gpu(pretrained_on_gpu, class_tree, tmp_path, gpu, capsys):
     """classifier.py on CUDA, frozen (with the closed-form probe) and fine-tuned, from a GPU-pretrained backbone."""
     for mode in ([], ["--finetune"]):
@@ -288,6 +291,7 @@ def test_classifier_frozen_and_finetuned_on_the_gpu(pretrained_on_gpu, class_tre
     assert "test accuracy:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_pictures_and_predict_on_the_gpu(pretrained_on_gpu, class_tree, tmp_path, gpu, capsys):
     """pictures.py and predict.py on CUDA: the pictures are written, every photo is classified."""
     pictures.main(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "pics"),
@@ -303,6 +307,7 @@ def test_pictures_and_predict_on_the_gpu(pretrained_on_gpu, class_tree, tmp_path
     assert "20 classified" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host_cache", [False, True])
 def test_bench_on_the_gpu(class_tree, tmp_path, gpu, host_cache):
     """bench.py on CUDA, the cache on the GPU or forced to the host (its pinned prefetch path measured)."""
@@ -319,6 +324,7 @@ def test_bench_on_the_gpu(class_tree, tmp_path, gpu, host_cache):
 # ---------------------------------------------------------------- resuming on another device
 
 
+@pytest.mark.slow
 def test_epoch_end_checkpoint_from_a_cpu_resumes_on_the_gpu(class_tree, tmp_path, monkeypatch):
     """A last.pt written on a CPU at an epoch's end continues on CUDA; the momentum buffers take the layout of the
     channels_last parameters."""

@@ -63,6 +63,7 @@ def relative_difference(weights: dict, reference: dict, start: dict) -> float:
     return (error / moved).sqrt().item()
 
 
+@pytest.mark.slow
 def test_two_processes_match_gradient_accumulation(class_tree, tmp_path):
     """torchrun with 2 gloo processes: one siam.pt and one metrics.jsonl, replicas in sync, and the weights
     of a single process computing each global batch as two accumulated half-batches."""

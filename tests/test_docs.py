@@ -74,6 +74,7 @@ def test_every_documented_command_parses(document, module, arguments):
 CPU_CHAIN = "CPU-sized runs of the same chain"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_PETIMAGES.is_dir(), reason="needs the shared 4,000-photo PetImages folder")
 def test_the_readme_cpu_chain_runs_as_written(tmp_path):
     """The README's CPU-sized commands, pasted into a shell in a folder that holds data/PetImages, all succeed."""

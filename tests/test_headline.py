@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import classifier
 from experiments import common, headline
 from simsiam import runs
@@ -14,6 +16,7 @@ from simsiam import runs
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_headline_tiny(tmp_path):
     """--tiny with pretraining flags: prints its estimate first, pretrains as asked, runs every classifier row for
     each label seed and the supervised bound, and writes the JSON summary, the markdown table and the small files
@@ -39,6 +42,7 @@ def test_headline_tiny(tmp_path):
     assert len(labelled["indices"]) == 260  # the 400 demo images --tiny takes but 100 test and 40 validation
 
 
+@pytest.mark.slow
 def test_supervised_bound_trains(tmp_path):
     """With the headline's SUPERVISED settings, a from-scratch ResNet18 on the demo set's labels outside the test and
     validation splits (32 px, 8 epochs of one step) trains: no epoch's loss rises above the first's, as it does when

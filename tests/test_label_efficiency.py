@@ -41,6 +41,7 @@ def test_seed_rule_needs_a_last_step_for_all():
         label_efficiency.parse_args(["--seed-rule", "50:4", "500:2"])
 
 
+@pytest.mark.slow
 def test_one_run_per_backbone_mode_size_and_seed(tiny):
     """The JSON records every run with its keys: per backbone x mode, label seeds 0 and 1 at 10 labels (the --tiny
     rule 10:2 all:1), and one run on all 320 images outside the test and validation splits."""
@@ -53,6 +54,7 @@ def test_one_run_per_backbone_mode_size_and_seed(tiny):
     assert runs == expected
 
 
+@pytest.mark.slow
 def test_summary_spreads_over_seeds(tiny):
     """Per backbone x mode x size the summary holds its number of seeds and mean, std, min and max of the test
     accuracy (min <= mean <= max), and of the closed-form probe exactly where the runs are frozen."""
@@ -67,6 +69,7 @@ def test_summary_spreads_over_seeds(tiny):
     assert result["pretraining"]["command"].startswith("python train.py")
 
 
+@pytest.mark.slow
 def test_sizes_beyond_the_labellable_images_are_skipped(tiny):
     """1,000 labels, more than the 320 images outside the test and validation splits hold, are left out of the
     sizes with a note."""
@@ -75,6 +78,7 @@ def test_sizes_beyond_the_labellable_images_are_skipped(tiny):
     assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("1,000 labels skipped")
 
 
+@pytest.mark.slow
 def test_every_run_holds_out_the_same_split_at_the_same_pixels(tiny):
     """Every classifier run (copied args.json) used the same split seed, test fraction, limit, resolution and
     cache as the pretraining, and every final record counts the same test images."""
@@ -89,6 +93,7 @@ def test_every_run_holds_out_the_same_split_at_the_same_pixels(tiny):
     assert {run["num_test"] for run in result["runs"]} == {result["split"]["num_test"]} == {40}
 
 
+@pytest.mark.slow
 def test_plot_is_a_png(tiny):
     """The plot is a readable PNG of a figure's size."""
     with Image.open(tiny[1] / "label-efficiency.png") as image:
@@ -96,6 +101,7 @@ def test_plot_is_a_png(tiny):
         assert image.format == "PNG" and image.size[0] > 800 and image.size[1] > 600
 
 
+@pytest.mark.slow
 def test_small_files_copied_without_checkpoints(tiny):
     """Each run's args, metrics and labelled indices are copied to the results, and no checkpoint is."""
     copied = list((tiny[1] / "label-efficiency").rglob("*"))
@@ -103,6 +109,7 @@ def test_small_files_copied_without_checkpoints(tiny):
     assert not any(path.suffix == ".pt" for path in copied)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_split_refused(tiny):
     """--checkpoint pretrained with another --split-seed is refused before any classifier run starts."""
     runs = tiny[0]

@@ -75,6 +75,7 @@ def test_classifier_refuses_loose_photos(loose_photos, tmp_path, capsys):
     assert "train.py" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_monitor_data_and_evaluation_on_another_folder(loose_photos, class_tree, tmp_path, capsys):
     """--monitor-data gives the kNN monitor its queries and bank from a labelled folder; classifier.py then
     evaluates the backbone on that folder's held-out split."""
@@ -108,6 +109,7 @@ def test_copies_of_test_images_are_refused_with_their_count(loose_photos, class_
     assert "3 of the 12 test images" in error and not (tmp_path / "probe" / "classifier.pt").exists()
 
 
+@pytest.mark.slow
 def test_monitor_test_copies_are_left_out_of_pretraining(loose_photos, class_tree, tmp_path, capsys):
     """With --monitor-data, pretraining photos that are copies of the monitor's test or validation images are left
     out (said at start-up), so that the labelled folder's held-out evaluation stays honest and allowed, and the

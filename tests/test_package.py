@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "classifier", "plot", "pictures", "predict", "bench"}
 
@@ -19,6 +20,7 @@ def test_the_top_holds_scripts_only():
     assert {"model", "dataset", "evaluate", "runs", "recipe", "augment"} <= modules
 
 
+@pytest.mark.slow
 def test_installed_namesakes_are_imported_from_the_repository_root(tmp_path):
     """Packages named like the shared modules, installed beside the repository (here on PYTHONPATH), are the ones
     `import NAME` finds from the repository's root, where a script's folder comes first on sys.path; the scripts

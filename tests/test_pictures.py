@@ -27,6 +27,7 @@ def run_pictures(tmp_path, data, *extra) -> None:
 # ---------------------------------------------------------------- the script
 
 
+@pytest.mark.slow
 def test_pictures_writes_three_readable_pngs(class_tree, tmp_path, capsys):
     """After a tiny train.py run, pictures.py writes views.png, neighbours.png and features.png, each a PNG that
     PIL opens at a readable size, and prints one line per PNG."""
@@ -53,6 +54,7 @@ def test_checkpoint_with_another_test_split_is_refused(class_tree, tmp_path, cap
     assert not list((tmp_path / "plots").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_bank_size_limits_the_images_searched(class_tree, tmp_path, capsys):
     """--bank-size 20 searches the neighbours among 20 of the 48 pretraining images, and says so."""
     run_train(tmp_path, class_tree)

@@ -64,6 +64,7 @@ def test_copies_of_validation_images_are_neither_pretrained_nor_labelled():
     assert copy not in splits.pretrain.tolist() and copy not in splits.labelled.tolist()
 
 
+@pytest.mark.slow
 def test_the_monitor_never_reads_the_test_split(class_tree, tmp_path, monkeypatch):
     """Every image train.py embeds for its kNN monitor during pretraining is a labelled or validation image;
     none is a test image (the test split is the final evaluation's alone)."""
@@ -98,6 +99,7 @@ def test_no_validation_split_means_no_monitor(class_tree, tmp_path, capsys):
 # ---------------------------------------------------------------- the protocol version
 
 
+@pytest.mark.slow
 def test_runs_and_checkpoints_record_the_protocol_and_older_checkpoints_are_refused(class_tree, tmp_path, capsys):
     """args.json and siam.pt record runs.PROTOCOL; a checkpoint of an older protocol (no entry, or another
     number) is refused by classifier.py and by --resume with one line that says why and what to do."""
@@ -196,6 +198,7 @@ def gaussian_problem(num_train: int, num_test: int, dims: int, separation: float
     return (*draw(num_train), *draw(num_test))
 
 
+@pytest.mark.slow
 def test_fit_logistic_matches_scikit_learn():
     """At a fixed penalty lambda, fit_logistic's weights and bias are scikit-learn's multinomial
     LogisticRegression's at C = 1 / (lambda n) (the same objective, summed instead of averaged)."""
@@ -257,6 +260,7 @@ def test_cpu_preset_sets_the_recipe_and_explicit_flags_win():
     assert train.parse_args([]).image_size == 150  # the GPU defaults without it
 
 
+@pytest.mark.slow
 def test_the_blur_reference_size_reaches_the_step(class_tree, tmp_path, monkeypatch):
     """train.py's views are blurred with the kernel of its --blur-reference-size: 3 taps for 32 px views scaled from
     224 px (the default), 13 taps (0.1-2 px) with the view's own side as the reference; args.json records it."""
@@ -281,6 +285,7 @@ def test_cpu_and_demo_presets_are_one_or_the_other(capsys):
     assert "--demo and --cpu are two presets" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tqdm_disable_hides_the_bars(monkeypatch):
     """TQDM_DISABLE=1, set before tqdm is imported as a user sets it, hides a bar the scripts show (an explicit
     disable=False used to override it); a bar they hide stays hidden without it."""

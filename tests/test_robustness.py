@@ -109,6 +109,7 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     assert data.skipped == {"Cat/bomb.png": "too many pixels (decompression bomb)"}
 
 
+@pytest.mark.slow
 def test_train_runs_on_the_messy_tree(messy_tree, tmp_path, capsys):
     """train.py reports the skip count at start-up and pretrains on every decodable image."""
     train.main(["--data", str(messy_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
@@ -162,6 +163,7 @@ def test_out_of_range_arguments(flag, value, expected, capsys):
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run(class_tree, tmp_path, monkeypatch, capsys):
     """A NaN loss stops with the epoch and step, exit 2, and the last good checkpoint is kept."""
     args = ["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
@@ -186,6 +188,7 @@ def test_collapse_alarm(class_tree, tmp_path, capsys):
     assert runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["collapse_warning"] is True
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     """kill -9 in the middle of a run leaves a loadable checkpoint; --resume then ends with exactly the
     weights of an uninterrupted run (deterministic CPU settings: same threads, same seeds)."""

@@ -52,6 +52,7 @@ def test_train_refuses_a_folder_holding_a_run(class_tree, tmp_path, capsys):
     assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run(class_tree, tmp_path):
     """--overwrite deletes the old run's files first: metrics.jsonl then holds the new run only."""
     train.main(train_args(class_tree, tmp_path))
@@ -100,6 +101,7 @@ def test_resume_refuses_another_split(class_tree, tmp_path, capsys, flag, value,
     assert load_checkpoint(tmp_path / "run" / "last.pt", "simsiam")["split"] == recorded
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data(class_tree, tmp_path, capsys):
     """Resuming on another data folder (same class names) is refused, naming --data."""
     train.main(train_args(class_tree, tmp_path))
@@ -165,6 +167,7 @@ def test_cache_dir_under_a_file_is_refused_before_work(class_tree, tmp_path, cap
     assert "--cache-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_reads_what_a_killed_run_leaves(class_tree, tmp_path, capsys):
     """plot.py skips a run whose args.json was cut short and ignores odd metrics lines; --out a file is refused."""
     train.main(train_args(class_tree, tmp_path, "run", "--epochs", "2"))
@@ -183,6 +186,7 @@ def test_plot_reads_what_a_killed_run_leaves(class_tree, tmp_path, capsys):
 # ---------------------------------------------------------------- 7. interrupts and preemption
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_the_step_and_resume_is_bit_identical(uninterrupted, tmp_path, signal_number):
     """SIGTERM or SIGINT mid-run: last.pt is written at that step, one line says how to resume, the exit status
@@ -226,6 +230,7 @@ def test_interrupted_state_round_trips(class_tree, tmp_path):
                        torch.rand(4, generator=progress.augment_generator))
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_needs_the_same_batches(class_tree, tmp_path, capsys):
     """A run interrupted mid-epoch resumes only with its batch size and number of processes: its saved step and
     augmentation streams mean nothing for other batches. Refused in one line, exit 2."""

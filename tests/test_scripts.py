@@ -29,6 +29,7 @@ def run_classifier(tmp_path, data, name, *extra) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
     """train -> classifier (random, SimSiam, fine-tuned) -> plot leave every promised file."""
     run_train(tmp_path, class_tree)
@@ -58,6 +59,7 @@ def test_whole_chain_on_a_class_tree(class_tree, tmp_path, capsys):
     assert "(probe against random)" in table and "fine-tuned:" not in table  # no random fine-tuned run to pair
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical(class_tree, tmp_path):
     """After frozen training, the classifier's backbone equals the SimSiam backbone bit for bit."""
     run_train(tmp_path, class_tree)
@@ -75,6 +77,7 @@ class Killed(Exception):
     """Stands for a process killed at that point: nothing catches it."""
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(class_tree, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed ends with exactly the weights of an uninterrupted run."""
     run_train(tmp_path, class_tree, "--epochs", "3")
@@ -129,6 +132,7 @@ def test_classifier_evaluates_on_another_folder(class_tree, tmp_path):
     assert runs.read_jsonl(out / "metrics.jsonl")[-1]["num_test"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_PETIMAGES.is_dir(), reason="../shared/data not present")
 def test_chain_on_real_photos(tmp_path):
     """The chain on a few hundred of the real cat and dog JPEGs."""
@@ -143,6 +147,7 @@ def test_chain_on_real_photos(tmp_path):
     assert final["num_test"] == 30 and 0 <= final["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_resume_warns_about_changed_settings(class_tree, tmp_path, capsys):
     """Resuming with another recipe (here more epochs) continues, saying what changed."""
     run_train(tmp_path, class_tree, "--epochs", "1")

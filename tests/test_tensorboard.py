@@ -26,6 +26,7 @@ def from_jsonl(path, key: str) -> list[tuple[int, float]]:
     return [(record["epoch"], record[key]) for record in runs.read_jsonl(path) if "epoch" in record]
 
 
+@pytest.mark.slow
 def test_train_and_classifier_write_their_records(class_tree, tmp_path):
     """Every number of every epoch record is a scalar at its epoch, with the value metrics.jsonl holds (TensorBoard
     stores float32); the classifier's final record is under final/; without the flag no event file is written."""
