@@ -344,9 +344,14 @@ def test_ctrl_c_in_an_experiment_starts_no_queued_run(tmp_path, monkeypatch):
     experiment exits with one line saying how to go on."""
     jobs = [(["-c", "import time; time.sleep(1.5)"], tmp_path / f"run-{i}.log") for i in range(3)]
     from experiments import common
+    # Python's own Ctrl-C handler, which a process started in the background (SIGINT ignored there) lacks
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(runs.Interrupted, match="no further run started; run the same command again"):
-        common.run_all(jobs, parallel=1)
+        try:
+            common.run_all(jobs, parallel=1)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "run-0.log").exists()
     assert not (tmp_path / "run-1.log").exists() and not (tmp_path / "run-2.log").exists()
 

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "classifier", "plot", "pictures", "predict", "bench"}
 
