@@ -180,10 +180,13 @@ def test_decoding_processes_exit_with_the_main_one(class_tree, tmp_path):
         decode.decode_file = slow
         dataset.load_images({str(class_tree)!r}, 24, {str(tmp_path / "cache")!r}, workers=2)
     """)
-    main = subprocess.Popen([sys.executable, "-c", script], cwd=REPOSITORY, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"})
+    errors = tmp_path / "main.err"
+    with open(errors, "w") as stderr:
+        main = subprocess.Popen([sys.executable, "-c", script], cwd=REPOSITORY, stderr=stderr,
+                                env={**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"})
     until = time.time() + 60
     while len(workers := list(tmp_path.glob("worker-*"))) < 2 and time.time() < until:
+        assert main.poll() is None, f"the main process ended before its workers started: {errors.read_text()}"
         time.sleep(0.05)
     main.kill()
     main.wait()
