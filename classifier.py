@@ -179,15 +179,6 @@ def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.Ima
     return (loss_sum / seen).item(), (correct / seen).item(), lrs
 
 
-def read_predictions(folder: Path) -> dict:
-    """--compare's run: its predictions.json, read before any work starts."""
-    try:
-        return json.loads((folder / "predictions.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise runs.RunError(f"--compare {folder}: no readable predictions.json ({error.__class__.__name__}); pass "
-                            f"the folder of a classifier run of this version") from None
-
-
 def compare(predictions: dict, other: dict, folder: Path) -> None:
     """Print this run minus --compare's run, image by image, for each probe both have."""
     for key, probe in evaluate.PROBE_PREDICTIONS.items():
@@ -211,7 +202,7 @@ def main(argv=None) -> None:
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
-    other = None if args.compare is None else read_predictions(args.compare)
+    other = None if args.compare is None else runs.read_predictions(args.compare)  # before any work starts
     checkpoint = None
     if not args.random:  # checked before any decoding starts
         checkpoint = pretrained.read(args.checkpoint, hint="train one with train.py, or pass --random")

@@ -197,21 +197,21 @@ def made_on(run_args: dict) -> str:
 def predictions_of(run: dict) -> dict | None:
     """A finished classifier run's predictions.json, or None (an older run, or an unreadable file)."""
     try:
-        return json.loads((run["folder"] / "predictions.json").read_text()) if run["final"] is not None else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return runs.read_predictions(run["folder"]) if run["final"] is not None else None
+    except runs.RunError:
         return None
 
 
 def paired_rows(classifiers: list[dict]) -> list[str]:
     """SimSiam - random init, image by image, for every SimSiam run and random-init run of the same mode tested on
     the same images (their predictions.json): the paired difference of each probe, with its standard error."""
+    ordered = sorted(classifiers, key=lambda r: r["name"])
+    predictions = {run["folder"]: predictions_of(run) for run in ordered}  # each file read once
     lines = []
-    for simsiam in sorted(classifiers, key=lambda r: r["name"]):
-        for random in sorted(classifiers, key=lambda r: r["name"]):
-            if (simsiam["args"]["backbone"], random["args"]["backbone"]) != ("simsiam", "random") or (
-                    simsiam["args"]["mode"] != random["args"]["mode"]):
-                continue
-            a, b = predictions_of(simsiam), predictions_of(random)
+    for simsiam in (run for run in ordered if run["args"]["backbone"] == "simsiam"):
+        for random in (run for run in ordered if run["args"]["backbone"] == "random"
+                       and run["args"]["mode"] == simsiam["args"]["mode"]):
+            a, b = predictions[simsiam["folder"]], predictions[random["folder"]]
             for key, probe in evaluate.PROBE_PREDICTIONS.items():
                 probe = "fine-tuned" if key == "head" and simsiam["args"]["mode"] == "finetune" else probe
                 difference = None if a is None or b is None else evaluate.compare_predictions(a, b, key)

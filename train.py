@@ -327,8 +327,9 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
         group.update(own)
     recipe.match_layout(optimizer)
     torch.set_rng_state(state["rng"])
-    changed = {key: (state["args"].get(key), getattr(args, key)) for key in CHECKED_ON_RESUME
-               if state["args"].get(key) != getattr(args, key)}
+    was = {key: state["args"].get(key, recipe.DEFAULTS.get(key)) for key in CHECKED_ON_RESUME}  # a setting newer
+    # than the checkpoint: the default the code of then had
+    changed = {key: (was[key], getattr(args, key)) for key in CHECKED_ON_RESUME if was[key] != getattr(args, key)}
     if changed and context.is_main:
         print(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
     if context.is_main:

@@ -293,6 +293,16 @@ def final_record(path: Path) -> dict | None:
     return final_of(read_jsonl(path))
 
 
+def read_predictions(folder: Path) -> dict:
+    """A classifier run's OUT/predictions.json (each test image's name, label and predicted classes); a RunError
+    when the folder holds none that can be read."""
+    try:
+        return json.loads((folder / "predictions.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{folder} holds no readable predictions.json ({error.__class__.__name__}): pass the folder "
+                       f"of a classifier run of this version") from None
+
+
 def truncate_metrics(path: Path, after_epoch: int) -> None:
     """Drop the records of epochs after `after_epoch` (a resumed run writes them again), atomically."""
     if path.is_file():

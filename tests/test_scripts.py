@@ -149,11 +149,17 @@ def test_chain_on_real_photos(tmp_path):
 
 @pytest.mark.slow
 def test_resume_warns_about_changed_settings(class_tree, tmp_path, capsys):
-    """Resuming with another recipe (here more epochs) continues, saying what changed."""
+    """Resuming with another recipe (here more epochs) continues, saying what changed; a setting newer than the
+    checkpoint (here --blur-reference-size, left out of its args) counts as the default the code of then had."""
     run_train(tmp_path, class_tree, "--epochs", "1")
+    last = tmp_path / "simsiam" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["args"]["blur_reference_size"]
+    torch.save(state, last)
     run_train(tmp_path, class_tree, "--epochs", "2", "--resume")
     out = capsys.readouterr().out
     assert "resumed from" in out and "warning: resuming with settings" in out and "'epochs': (1, 2)" in out
+    assert "blur_reference_size" not in out
     assert [r["epoch"] for r in runs.read_jsonl(tmp_path / "simsiam" / "metrics.jsonl")] == [1, 2]
 
 
