@@ -4,6 +4,8 @@ random-init one, compared on the same held-out test images, which neither the pr
 
     python -m experiments.cpu_result                      # data/PetImages, train.py --cpu
     python -m experiments.cpu_result --tiny               # CPU smoke run on the --demo set (CI)
+    python -m experiments.cpu_result --runs runs/cpu-48px --results results/cpu-48px -- --image-size 48 --epochs 12
+                                                          # another configuration: train.py's flags after --
 
 Run again after a failure or a kill, it reuses every run that finished and resumes an unfinished pretraining.
 Runs the repository's own scripts, as a user would:
@@ -40,14 +42,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                         help="epochs of the SGD linear probes (default: %(default)s, classifier.py's)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
+    parser.add_argument("train_flags", nargs="*", metavar="-- TRAIN_FLAGS",
+                        help="train.py flags after a --, applied after the recipe's: another configuration to try")
     return parser.parse_args(argv)
 
 
-def pretraining_flags(tiny: bool) -> list[str]:
-    """train.py's flags: the --cpu recipe, or under --tiny the experiments' smallest pretraining."""
+def pretraining_flags(tiny: bool, changes: list[str] = ()) -> list[str]:
+    """train.py's flags: the --cpu recipe, or under --tiny the experiments' smallest pretraining, then `changes`
+    (train.py's later flags win)."""
     if tiny:
-        return [text for key, value in common.TINY_TRAIN.items() for text in ("--" + key.replace("_", "-"), str(value))]
-    return ["--cpu"]
+        recipe_flags = [text for key, value in common.TINY_TRAIN.items()
+                        for text in ("--" + key.replace("_", "-"), str(value))]
+    else:
+        recipe_flags = ["--cpu"]
+    return [*recipe_flags, *changes]
 
 
 def verdict(difference: dict) -> bool:
@@ -65,7 +73,7 @@ def main(argv=None) -> None:
     options = common.data_options(args.data, args.tiny, runs_dir, image_size)
     data = common.data_flags(options)
     simsiam = runs_dir / "simsiam"
-    train_command, pretrain_s = common.pretrain(data, simsiam, pretraining_flags(args.tiny), runs_dir / "train.log")
+    train_command, pretrain_s = common.pretrain(data, simsiam, pretraining_flags(args.tiny, args.train_flags), runs_dir / "train.log")
     checkpoint_path = simsiam / "siam.pt"
     resolution = common.resolution_flags(pretrained.read(checkpoint_path))
 
