@@ -306,6 +306,7 @@ def main(argv=None) -> None:
     (out / "predictions.json").write_text(json.dumps(predictions))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test_indices), test_set=test_set.name,
                 **closed_form)
+    runs.replaced_run_gone(out)  # the run an --overwrite replaces may go now
     print(f"saved {out / 'classifier.pt'}")
     if closed_form:
         edge = (" (the edge of its grid: the best penalty may lie beyond)" if closed_form["closed_form_at_edge"]

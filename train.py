@@ -282,6 +282,7 @@ def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs
                             f"{last_good(out, 'check --momentum')}")
     save_checkpoint(out / "last.pt", "simsiam", model, optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
                     epoch=completed_epochs, **recorded, **progress)
+    runs.replaced_run_gone(out)  # a good checkpoint: the run an --overwrite replaces may go
     if not progress:
         save_checkpoint(out / "siam.pt", "simsiam", model, epoch=completed_epochs, **recorded)
         export_backbone(model, out / "backbone.pt")

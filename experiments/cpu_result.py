@@ -73,7 +73,8 @@ def main(argv=None) -> None:
     options = common.data_options(args.data, args.tiny, runs_dir, image_size)
     data = common.data_flags(options)
     simsiam = runs_dir / "simsiam"
-    train_command, pretrain_s = common.pretrain(data, simsiam, pretraining_flags(args.tiny, args.train_flags), runs_dir / "train.log")
+    train_command, pretrain_s = common.pretrain(data, simsiam, pretraining_flags(args.tiny, args.train_flags),
+                                                runs_dir / "train.log")
     checkpoint_path = simsiam / "siam.pt"
     resolution = common.resolution_flags(pretrained.read(checkpoint_path))
 

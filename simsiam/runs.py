@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -97,6 +98,11 @@ def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = Non
     the run continues it (`resume_from` its last.pt) or replaces it (`overwrite`); `resumable`: the script has
     --resume to offer."""
     held = tuple(name for name in RUN_FILES if (out / name).exists())
+    strangers = [name for name in held if (out / name).is_dir() != (name == TENSORBOARD) or (out / name).is_symlink()]
+    if strangers:
+        raise RunError(f"{out / strangers[0]} is not what a run writes there (a "
+                       f"{'folder' if (out / strangers[0]).is_dir() else 'file or link'}): this project deletes or "
+                       f"replaces only its own files; move it, or choose another --out")
     if resume_from is not None and not resume_from.is_file():
         raise RunError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
     continues_out = resume_from is not None and resume_from.resolve() == (out / "last.pt").resolve()
@@ -134,14 +140,22 @@ def hold(out: Path) -> None:
 
 
 def release() -> None:
-    """Let go of every run folder this process holds (hold)."""
+    """Let go of every run folder this process holds (hold), first putting back any run that it was replacing and
+    has not yet replaced with a good checkpoint (start_run)."""
+    while _replacing:
+        _put_back(_replacing.popitem()[1])
     while _locks:
         _locks.popitem()[1].close()
 
 
+REPLACED = ".replaced"  # OUT/.replaced: the files of the run an --overwrite replaces, until its first good save
+
+
 def start_run(folder: RunFolder) -> None:
-    """Create the run folder, hold it (hold), and delete the files of the run it replaces: called just before the
-    first step, when the data, the checkpoint and the settings have all passed their checks (check_out)."""
+    """Create the run folder, hold it (hold), and set the files of the run it replaces aside in OUT/.replaced:
+    called just before the first step, when the data, the checkpoint and the settings have all passed their checks
+    (check_out). They are deleted once this run has saved its first good checkpoint (replaced_run_gone), and put
+    back if it ends before that (release), so that a failed --overwrite loses nothing."""
     out = folder.out
     out.mkdir(parents=True, exist_ok=True)
     hold(out)
@@ -149,14 +163,57 @@ def start_run(folder: RunFolder) -> None:
     if appeared:  # written by a run that started together with this one and has already ended
         raise RunError(f"{out} received {', '.join(appeared)} from another run while this one started: choose "
                        f"another --out, or pass --overwrite to replace it")
+    if not folder.replaced:
+        return
+    aside = out / REPLACED
+    if aside.exists():
+        raise RunError(f"{aside} holds the files of a run that an --overwrite, killed before its first checkpoint, "
+                       f"was replacing: move them back into {out} to keep that run, or delete {aside}")
+    aside.mkdir()
+    _replacing[out.resolve()] = out
     for name in folder.replaced:
-        if name == TENSORBOARD and (out / name).is_dir():  # its event files only: nothing else of the user's
+        if name == TENSORBOARD:  # its event files only: nothing else of the user's
+            (aside / name).mkdir()
             for events in (out / name).glob("events.out.tfevents.*"):
+                os.replace(events, aside / name / events.name)
+        else:
+            os.replace(out / name, aside / name)
+
+
+_replacing = {}  # run folder -> its path, for each run folder whose replaced run waits in OUT/.replaced
+
+
+def replaced_run_gone(out: Path) -> None:
+    """Delete the run that this run replaces (start_run), now that this one has saved a good checkpoint."""
+    if _replacing.pop(out.resolve(), None) is not None:
+        _remove_run_files(out / REPLACED)
+        (out / REPLACED).rmdir()
+
+
+def _remove_run_files(folder: Path) -> None:
+    """Delete the run files (RUN_FILES, a TensorBoard folder's event files) in `folder`, nothing else."""
+    for name in RUN_FILES:
+        if name == TENSORBOARD and (folder / name).is_dir():
+            for events in (folder / name).glob("events.out.tfevents.*"):
                 events.unlink()
             with contextlib.suppress(OSError):
-                (out / name).rmdir()
-        else:
-            (out / name).unlink(missing_ok=True)
+                (folder / name).rmdir()
+        elif (folder / name).is_file():
+            (folder / name).unlink()
+
+
+def _put_back(out: Path) -> None:
+    """Delete the files of a run that ended before its first good checkpoint and put back the run it was replacing."""
+    aside = out / REPLACED
+    _remove_run_files(out)
+    for path in aside.rglob("*"):
+        if path.is_file():
+            (out / path.relative_to(aside)).parent.mkdir(exist_ok=True)
+            os.replace(path, out / path.relative_to(aside))
+    with contextlib.suppress(OSError):
+        (aside / TENSORBOARD).rmdir()
+    aside.rmdir()
+    print(f"the run in {out} that this one was to replace is back as it was", file=sys.stderr)
 
 
 def resume_checkpoint(resume: Path | bool | None, out: Path) -> Path | None:

@@ -54,12 +54,97 @@ def test_train_refuses_a_folder_holding_a_run(class_tree, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_overwrite_replaces_the_run(class_tree, tmp_path):
-    """--overwrite deletes the old run's files first: metrics.jsonl then holds the new run only."""
+    """--overwrite replaces the old run's files: metrics.jsonl then holds the new run only, nothing is left aside."""
     train.main(train_args(class_tree, tmp_path))
     (tmp_path / "run" / "notes.txt").write_text("mine")
     train.main(train_args(class_tree, tmp_path, "run", "--overwrite"))
     assert [r["epoch"] for r in runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only run files are deleted
+    assert not (tmp_path / "run" / runs.REPLACED).exists()
+
+
+def run_files(folder: Path) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != ".lock"}
+
+
+def write_run(folder: Path) -> dict:
+    """A run folder as a finished run leaves it, with a file of the user's and TensorBoard events beside the run's."""
+    (folder / runs.TENSORBOARD).mkdir(parents=True)
+    for name in ("args.json", "metrics.jsonl", "last.pt", "siam.pt", "notes.txt",
+                 f"{runs.TENSORBOARD}/events.out.tfevents.1.host", f"{runs.TENSORBOARD}/mine.txt"):
+        (folder / name).write_text(f"old {name}")
+    return run_files(folder)
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(tmp_path):
+    """The rule under --overwrite: the old run's files wait in OUT/.replaced until the new run's first good save;
+    a run that ends before it (any error, however it ends: release) gets the old run back, byte for byte, and its
+    own files are gone. Files that are not run files are never moved."""
+    before = write_run(tmp_path / "run")
+    runs.start_run(runs.check_out(tmp_path / "run", overwrite=True))
+    assert not (tmp_path / "run" / "siam.pt").exists() and (tmp_path / "run" / "notes.txt").exists()
+    assert (tmp_path / "run" / runs.TENSORBOARD / "mine.txt").exists()
+    (tmp_path / "run" / "metrics.jsonl").write_text("new")  # the new run's first files
+    (tmp_path / "run" / "args.json").write_text("new")
+    runs.release()
+    assert run_files(tmp_path / "run") == before and not (tmp_path / "run" / runs.REPLACED).exists()
+
+
+def test_an_overwrite_deletes_the_old_run_at_its_first_good_save(tmp_path):
+    write_run(tmp_path / "run")
+    runs.start_run(runs.check_out(tmp_path / "run", overwrite=True))
+    (tmp_path / "run" / "last.pt").write_text("new")
+    runs.replaced_run_gone(tmp_path / "run")
+    runs.release()
+    assert run_files(tmp_path / "run") == {"last.pt": b"new", "notes.txt": b"old notes.txt",
+                                           f"{runs.TENSORBOARD}/mine.txt": f"old {runs.TENSORBOARD}/mine.txt".encode()}
+
+
+def test_the_run_a_killed_overwrite_set_aside_is_never_deleted(tmp_path, capsys):
+    """A process killed between setting the old run aside and its first save leaves OUT/.replaced: the next run
+    into that folder is refused, naming it, and nothing in it is touched."""
+    write_run(tmp_path / "run")
+    runs.start_run(runs.check_out(tmp_path / "run", overwrite=True))
+    runs._replacing.clear()  # what a SIGKILL does: nothing puts it back
+    runs.release()
+    aside = run_files(tmp_path / "run" / runs.REPLACED)
+    with pytest.raises(runs.RunError, match=r"\.replaced holds the files of a run"):
+        runs.start_run(runs.check_out(tmp_path / "run", overwrite=True))
+    runs.release()
+    assert run_files(tmp_path / "run" / runs.REPLACED) == aside
+
+
+@pytest.mark.parametrize("name", ["siam.pt", "metrics.jsonl", runs.TENSORBOARD])
+def test_a_run_file_name_that_is_not_a_run_file_is_refused(tmp_path, name):
+    """A folder named like a checkpoint (or a file named like the TensorBoard folder) is not the project's:
+    check_out refuses it, even with --overwrite, and it stays."""
+    if name == runs.TENSORBOARD:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / name).write_text("mine")
+    else:
+        (tmp_path / "run" / name).mkdir(parents=True)
+    with pytest.raises(runs.RunError, match="is not what a run writes there"):
+        runs.check_out(tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / name).exists()
+
+
+@pytest.mark.slow
+def test_a_failed_overwrite_keeps_both_scripts_runs(class_tree, tmp_path, monkeypatch, capsys):
+    """The example: train.py --overwrite that stops on a non-finite loss before its first checkpoint, and a
+    classifier.py --overwrite that stops on one, leave the runs they were to replace as they were."""
+    train.main(train_args(class_tree, tmp_path))
+    classifier.main(classifier_args(class_tree, tmp_path, "probe", "--finetune"))
+    before = {out: run_files(tmp_path / out) for out in ("run", "probe")}
+    capsys.readouterr()
+    assert exit_status(train.main, train_args(class_tree, tmp_path, "run", "--overwrite", "--lr", "1e30")) == 2
+    real_loss = classifier.F.cross_entropy
+    monkeypatch.setattr(classifier.F, "cross_entropy", lambda logits, targets: real_loss(logits, targets) * torch.inf)
+    assert exit_status(classifier.main, classifier_args(class_tree, tmp_path, "probe", "--overwrite",
+                                                        "--finetune")) == 2
+    error = capsys.readouterr().err
+    assert "non-finite" in error and error.count("is back as it was") == 2
+    assert {out: run_files(tmp_path / out) for out in before} == before
 
 
 def test_classifier_refuses_a_folder_holding_a_run(class_tree, tmp_path, capsys):
