@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from simsiam import augment, cli, dataset, devices, evaluate, pretrained, recipe, runs, schedule
+from simsiam import augment, cli, dataset, decode, devices, evaluate, pretrained, recipe, runs, schedule
 from simsiam.model import Classifier, finite_state, save_checkpoint
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
@@ -131,7 +131,7 @@ class TestSet(NamedTuple):
     files: list[str]  # (M,) names, relative to the folder they come from, for predictions.json
     name: str  # for the console: "400 held-out test images"
     fingerprint: str  # names the test set in args.json, so that plot.py never mixes two on one axis
-    hashes: torch.Tensor  # (M,) content hashes, checked against a SimSiam backbone's pretraining images
+    hashes: torch.Tensor  # (M, 2) photo identities (decode.perceptual_hash), checked against training images
 
 
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> TestSet:
@@ -149,10 +149,18 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits) -> Test
                             f"({data.classes})")
     print(f"test data: {dataset.describe(other)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
-    everything = torch.arange(len(other.files))
-    return TestSet(other.images, everything, mapping[other.labels], list(other.files),
-                   f"{len(everything):,} images of {args.test_data}",
-                   dataset.fingerprint([str(other.root / name) for name in other.files], everything), other.hashes)
+    trained_on = splits.pretrain if args.all_labels else splits.labelled
+    seen = decode.near(other.hashes, data.hashes[trained_on])  # the same photos, in any format, under any name
+    kept = torch.nonzero(~seen).flatten()
+    if seen.any():
+        print(f"note: {int(seen.sum()):,} of the {len(seen):,} images of --test-data {args.test_data} are photos this "
+              f"classifier trains on (compared by their pixels): left out of the test set")
+    if len(kept) == 0:
+        raise runs.RunError(f"every image of --test-data {args.test_data} is a photo this classifier trains on: "
+                            f"test on photos it never sees")
+    return TestSet(other.images, kept, mapping[other.labels[kept]], [other.files[i] for i in kept],
+                   f"{len(kept):,} images of {args.test_data}",
+                   dataset.fingerprint([str(other.root / name) for name in other.files], kept), other.hashes[kept])
 
 
 def train_epoch(model: Classifier, optimizer: torch.optim.SGD, data: dataset.ImageSet, batches,

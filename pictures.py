@@ -192,6 +192,9 @@ def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if not args.demo and args.out.resolve().is_relative_to(args.data.resolve()):
+        raise runs.RunError(f"--out {args.out} lies inside --data {args.data}: the next run would read its PNG files "
+                            f"as photos; choose a folder outside it")
     out = runs.writable_folder(args.out, "--out")
     runs.writable_folder(args.cache_dir, "--cache-dir")
     runtime = devices.make_runtime(args.device, args.precision)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from simsiam import cli, dataset, decode, devices, evaluate, pretrained, runs
-from simsiam.model import Classifier, load_checkpoint
+from simsiam.model import Classifier, finite_state, load_checkpoint
 
 DEFAULT_CHECKPOINT = Path("runs") / runs.classifier_run_name(random=False, finetune=False) / "classifier.pt"
 
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     runtime = devices.make_runtime(args.device, args.precision)
     device = runtime.device
 
-    if not args.checkpoint.is_file():
+    if not args.checkpoint.exists():
         raise runs.RunError(f"{args.checkpoint}: no such checkpoint file: train a classifier first (python "
                             f"classifier.py --data data/PetImages, after train.py), or pass --checkpoint "
                             f"RUN/classifier.pt")
@@ -162,6 +162,9 @@ def main(argv=None) -> None:
     except RuntimeError as error:
         raise runs.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
                             f"{' '.join(str(error).split())}") from None
+    if not finite_state(model):
+        raise runs.RunError(f"{args.checkpoint} holds non-finite weights (damaged, or edited): train the classifier "
+                            f"again")
     model = model.to(device, memory_format=runtime.memory_format).eval()
     print(f"{args.checkpoint}: {len(classes)} classes ({', '.join(classes)}) at {image_size} px from a {cache_size} px "
           f"decode, on {device} ({runtime.precision}); files: {len(files):,}")

@@ -8,7 +8,7 @@
 
 One step is train_epoch's loop: the lr of this step (schedule.py), two augmented views and one SGD step on the
 symmetric loss (recipe.py, which bench.py times; the network and D are in model.py). Writes OUT/siam.pt (the
-SimSiam weights and the content hashes of the images they were pretrained on, for classifier.py), OUT/backbone.pt
+SimSiam weights and the perceptual hashes of the images they were pretrained on, for classifier.py), OUT/backbone.pt
 (the ResNet18 backbone in torchvision's key format), OUT/last.pt (everything --resume needs), OUT/metrics.jsonl
 (per epoch: loss, z-std, lr, images/s, kNN accuracy) and OUT/args.json.
 """
@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from simsiam import cli, dataset, devices, distributed, evaluate, recipe, runs, schedule
+from simsiam import cli, dataset, decode, devices, distributed, evaluate, recipe, runs, schedule
 from simsiam.model import (PROJECTION_DIM, CheckpointError, SimSiam, export_backbone, finite_state, load_checkpoint,
                            save_checkpoint)
 
@@ -235,13 +235,20 @@ def knn_monitor(model: SimSiam, monitor: Monitor, args: argparse.Namespace, runt
                                  len(monitor.data.classes), args.knn_k).item()
 
 
+def fitting_batch_size(num_images: int, world_size: int) -> int:
+    """A batch size for a small folder: the largest power of two that leaves an epoch at least 4 steps (so that
+    BatchNorm sees several batches), a multiple of the `world_size` processes, at least one image per process."""
+    size = 2 ** max(0, (num_images // 4).bit_length() - 1)
+    return max(world_size, size // world_size * world_size)
+
+
 def leave_out_copies(pretrain: torch.Tensor, data: dataset.ImageSet, monitor: Monitor,
                      print_on_main) -> torch.Tensor:
     """The pretraining indices less the photos that are copies (by content) of --monitor-data's test or validation
     images, so that the monitor's queries, and a classifier's later test on that folder, were never pretrained
     on."""
     held_out = torch.cat([monitor.splits.test, monitor.splits.validation])
-    copies = torch.isin(data.hashes[pretrain], monitor.data.hashes[held_out])
+    copies = decode.near(data.hashes[pretrain], monitor.data.hashes[held_out])
     if copies.any():
         print_on_main(f"note: {int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of "
                       f"--monitor-data's test or validation images: left out of pretraining")
@@ -381,11 +388,13 @@ def main(argv=None) -> None:
                       "the test split); the loss and z-std are logged as always")
     if args.batch_size % context.world_size or args.batch_size > len(pretrain):
         raise runs.RunError(f"--batch-size {args.batch_size} must divide among {context.world_size} processes and "
-                            f"not exceed the {len(pretrain)} pretraining images")
+                            f"not exceed the {len(pretrain):,} pretraining images: pass --batch-size "
+                            f"{fitting_batch_size(len(pretrain), context.world_size)}")
     initial_lr, steps_per_epoch = schedule.peak_lr(args.lr, args.batch_size), len(pretrain) // args.batch_size
     split_record = {**dataset.split_identity(data, splits, options), "monitor_data": str(args.monitor_data),
                     "pretraining_fingerprint": dataset.fingerprint(data.files, pretrain)}
     recorded = {"args": runs.plain_args(args), "split": split_record, "pretraining_hashes": data.hashes[pretrain],
+                "hash_kind": decode.HASH_KIND,
                 "code": runs.code_version(), "protocol": runs.PROTOCOL, "environment": devices.environment(device)}
 
     model = SimSiam().to(device, memory_format=runtime.memory_format)

@@ -3,8 +3,8 @@
 
 A cache folder, named after its data folder, resolution and a key of the file list:
     images.u8     the kept images, in file order
-    meta.json     the kept and skipped files, each kept photo's shorter side and content hash (of its file's
-                  bytes: the leak rule's identity of a photo), the shape, byte count and a digest of sampled rows
+    meta.json     the kept and skipped files, each kept photo's shorter side and perceptual hash (of its pixels:
+                  the leak rule's identity of a photo), the shape, byte count and a digest of sampled rows
     skipped.txt   each undecodable file and why
 It is built in a staging folder renamed into place when complete, checked against meta.json on every open and
 rebuilt when damaged; a killed build's staging folder is removed by the next run. A dead decoding process, a
@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -61,7 +62,7 @@ def _exit_with(parent: int) -> None:
 
 
 def _decode_into(task: tuple[int, str]) -> tuple[int, int, int, str | None]:
-    """(index, the photo's shorter side in px, its content hash, None) once its row is written, or (index, 0, 0,
+    """(index, the photo's shorter side in px, its perceptual hash, None) once its row is written, or (index, 0, 0,
     why it failed)."""
     index, path = task
     try:
@@ -76,7 +77,7 @@ def decode_all(root: Path, files: list[str], array_path: Path, shape: tuple,
                workers: int) -> tuple[dict[int, str], dict[int, tuple[int, int]]]:
     """Decode each file into its row of the (N, 3, S, S) array at `array_path` on `workers` processes, with a
     progress bar; returns the failures (index -> kind) and, for the decoded photos, index -> (shorter side in px,
-    content hash).
+    perceptual hash).
     A process that dies (killed for memory, SIGBUS) raises BrokenProcessPool instead of losing its images and
     leaving the build waiting for ever."""
     tasks = [(index, str(root / name)) for index, name in enumerate(files)]
@@ -161,7 +162,7 @@ def cache_problem(folder: Path, files: list[str], size: int) -> str | None:
         shape, expected_bytes, digest = tuple(meta["shape"]), meta["bytes"], meta["digest"]
         listed = sorted([*meta["files"], *meta["skipped"]])
         if not len(meta["sides"]) == len(meta["hashes"]) == len(meta["files"]):
-            raise ValueError("one shorter side and one content hash per kept file")
+            raise ValueError("one shorter side and one perceptual hash per kept file")
     except FileNotFoundError:
         return "meta.json missing"
     except (OSError, ValueError, KeyError, TypeError):
@@ -222,17 +223,26 @@ def compact(array_path: Path, shape: tuple, kept: list[int]) -> tuple:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "simsiam-cats-dogs"
+    """$XDG_CACHE_HOME/simsiam-cats-dogs, else ~/.cache/...; where no home folder is known (HOME unset and no
+    passwd entry, as in some containers), a folder of this user's in the temporary directory."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "simsiam-cats-dogs"
+    try:
+        return Path.home() / ".cache" / "simsiam-cats-dogs"
+    except (RuntimeError, KeyError):  # Path.home(): "Could not determine home directory"
+        return Path(tempfile.gettempdir()) / f"simsiam-cats-dogs-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 def cache_key(root: Path, files: list[str], size: int) -> str:
-    """Changes when the file list, any file's size or time, the resolution or the decoding changes. Names are
+    """Changes when the file list, any file's size or times, the resolution or the decoding changes. A file's
+    times include its inode's change time (ctime) and its inode number, which no copy can set: a photo replaced by
+    another of the same size with its modification time restored (cp -p, rsync -t) changes them too. Names are
     hashed as the bytes the OS gave (os.fsencode), so a name that is not valid UTF-8 works too."""
     digest = hashlib.sha1(f"{decode.VERSION} {size}".encode())
     for name in files:
         try:
             stat = (root / name).stat()
-            state = f"{stat.st_size} {stat.st_mtime_ns}"
+            state = f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns} {stat.st_ino}"
         except OSError:  # vanished since the listing: the build skips it and the next listing drops it
             state = "missing"
         digest.update(b"\n" + os.fsencode(name) + f" {state}".encode())
@@ -261,7 +271,7 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
         meta = {"version": decode.VERSION, "root": str(root), "size": size, "shape": kept_shape,
                 "bytes": math.prod(kept_shape), "digest": content_digest(array_path, kept_shape),
                 "files": [files[i] for i in kept], "sides": [decoded[i][0] for i in kept],
-                "hashes": [decoded[i][1] for i in kept],  # decode.content_hash of each kept file
+                "hashes": [decoded[i][1] for i in kept],  # decode.perceptual_hash of each kept photo
                 "skipped": {files[i]: kind for i, kind in sorted(failures.items())}}
         # json's ensure_ascii (the default) writes a name that is not UTF-8 as \udcXX escapes, read back unchanged
         (staging / "meta.json").write_text(json.dumps(meta))

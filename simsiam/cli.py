@@ -42,6 +42,9 @@ def reports_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except BrokenPipeError:  # the reader of stdout has gone (predict.py | head): end quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail
+            raise SystemExit(128 + 13) from None  # 13: SIGPIPE
         finally:
             runs.release()  # the run folders it held
     return run

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from simsiam import cache, devices, download
+from simsiam import cache, decode, devices, download
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                  ".heic", ".heif", ".avif"}  # the last three are decoded where Pillow can, else skipped with why
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 KAGGLE_NAME = re.compile(r"([^.]+)\.[0-9]+\.[^.]+")  # cat.0.jpg: class, number, suffix
 LAYOUTS = "ROOT/<class>/<image> (PetImages/Cat/0.jpg) or ROOT/<class>.<n>.<ext> (Kaggle's train/cat.0.jpg)"
@@ -102,10 +103,15 @@ def loose_photos(root: Path) -> bool:
 
 def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
     """(every image file under `folder` at any depth, the folders under it that could not be read), each sorted;
-    hidden files and folders (.thumbnails/) are left out, and symbolic links to folders not followed."""
-    files, unreadable = [], []
-    for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
-        folders[:] = [name for name in folders if not name.startswith(".")]
+    hidden files and folders (.thumbnails/) are left out. Symbolic links to folders are followed, each folder
+    read once however many links lead to it, so that a link loop ends."""
+    files, unreadable, visited = [], [], set()
+    for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename)),
+                                          followlinks=True):
+        visited.add(os.path.realpath(parent))
+        folders[:] = [name for name in folders if not name.startswith(".")
+                      and os.path.realpath(os.path.join(parent, name)) not in visited]
+        visited.update(os.path.realpath(os.path.join(parent, name)) for name in folders)
         files += [path for path in (Path(parent) / name for name in names) if is_image_file(path)]
     return sorted(files), sorted(unreadable)
 
@@ -140,6 +146,12 @@ def find_images(root: Path, min_classes: int = 2,
     folders = subfolders(root)
     if folders:  # one sub-folder per class
         classes = [folder.name for folder in folders]
+        beside = [path.name for path in sorted(root.iterdir()) if is_image_file(path)]
+        if beside:
+            raise DataError(f"{root} holds {len(beside):,} photos ({beside[0]!r} ...) beside its sub-folders, which "
+                            f"are read as classes ({', '.join(map(repr, classes[:5]))}{' ...' * (len(classes) > 5)}), "
+                            f"so they would have no label: move them into a class folder, or, to pretrain on every "
+                            f"photo under {root} without labels, pass train.py --unlabelled")
         pairs = [(name, label) for label, folder in enumerate(folders) for name in tree_entries(root, folder)]
     else:  # flat: the class is the file-name prefix before the first dot
         classes, pairs = flat_layout(root)
@@ -177,7 +189,7 @@ class ImageSet:
     skipped: dict[str, str]  # file -> why it was skipped
     cache_path: Path
     source_sides: torch.Tensor  # (N,) int64: each photo's shorter side in px before it was resized to S
-    hashes: torch.Tensor  # (N,) int64: decode.content_hash of each file, the photo's identity whatever its name
+    hashes: torch.Tensor  # (N, 2) int64: decode.perceptual_hash of each photo, its identity whatever its file
 
 
 def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
@@ -200,7 +212,7 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
                     labels=torch.tensor([label_of[name] for name in kept], dtype=torch.int64),
                     skipped=meta["skipped"], cache_path=folder,
                     source_sides=torch.tensor(meta["sides"], dtype=torch.int64),
-                    hashes=torch.tensor(meta["hashes"], dtype=torch.int64))
+                    hashes=torch.tensor(meta["hashes"], dtype=torch.int64).reshape(-1, 2))
 
 
 def missing_class(name: str, label: int, label_of: dict[str, int], skipped: dict[str, str], limit: int | None,
@@ -255,7 +267,7 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     """Deterministic from (seed, label_seed): the test split is stratified and depends on `seed` (and
     `test_fraction`) only, so every script, every validation size and every label draw holds out the same test
     images; the stratified validation split (`val_fraction` of each class) comes next from the same shuffle, and
-    the labelled subset is drawn from the rest. With the content `hashes`, a copy of a test or validation image
+    the labelled subset is drawn from the rest. With the perceptual `hashes`, a copy of a test or validation image
     (under another name, or in another class) is left out of the images after it. Without classes (unlabelled
     photos), nothing is held out."""
     if num_classes == 0:
@@ -275,9 +287,9 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
         others.append(members[num_test + num_validation:])
     if hashes is not None:
         held_out = hashes[torch.cat(test)]
-        validation = [rest[~torch.isin(hashes[rest], held_out)] for rest in validation]
+        validation = [rest[~decode.near(hashes[rest], held_out)] for rest in validation]
         held_out = torch.cat([held_out, hashes[torch.cat(validation)]])
-        others = [rest[~torch.isin(hashes[rest], held_out)] for rest in others]
+        others = [rest[~decode.near(hashes[rest], held_out)] for rest in others]
     labelled = []
     for c, rest in enumerate(others):
         if len(rest) < per_class_labels[c] + 1:
@@ -374,6 +386,10 @@ def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Spl
     `verbose`."""
     root = photos_folder(options)
     cache_size = options.cache_size or default_cache_size(options.image_size)
+    if cache_size < options.image_size:
+        raise DataError(f"--cache-size {cache_size} is below --image-size {options.image_size}: every image would be "
+                        f"enlarged from fewer pixels than the network sees; pass --cache-size {options.image_size} or "
+                        f"more, or leave it out (default {default_cache_size(options.image_size)})")
     data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers,
                        unlabelled=options.unlabelled and not options.demo)
     splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,

@@ -184,9 +184,11 @@ ENTRIES = {
     "progress": ("each process's place in its epoch", lambda v: isinstance(v, list) and all(
         isinstance(p, dict) and PROGRESS_KEYS <= p.keys() and is_count(p["epoch"]) and is_count(p["step"])
         for p in v)),
-    "pretraining_hashes": ("a 1-d int64 tensor of content hashes", lambda v: isinstance(v, torch.Tensor)
-                           and v.dtype == torch.int64 and v.dim() == 1),
-    "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+    "pretraining_hashes": ("an (N, 2) int64 tensor of photo identities, one row per pretraining photo (none would "
+                           "let any test image pass the leak check)", lambda v: isinstance(v, torch.Tensor)
+                           and v.dtype == torch.int64 and v.dim() == 2 and v.shape[1] == 2 and len(v) > 0),
+    "classes": ("a list of distinct class names", lambda v: isinstance(v, list) and len(v) >= 1
+                and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)),
     "labelled_indices": ("a list of indices", lambda v: isinstance(v, list) and all(map(is_count, v))),
     "protocol": ("an evaluation protocol's number", is_count),
     "environment": ("a record of the run's software and hardware", lambda v: isinstance(v, dict)),
@@ -212,10 +214,18 @@ def as_tuple(types) -> tuple:
     return types if isinstance(types, tuple) else (types,)
 
 
+CHECKPOINT_NAMES = {"simsiam": ("siam.pt", "last.pt"), "classifier": ("classifier.pt",)}  # in a run folder
+
+
 def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
     """Read a checkpoint of `kind` holding the entries `needs` (besides "model") without unpickling code, each
     entry checked for its form (ENTRIES); raise CheckpointError saying what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        inside = [name for name in CHECKPOINT_NAMES[kind] if (path / name).is_file()]
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass "
+                              + (f"{path / inside[0]}" if inside else f"the {' or '.join(CHECKPOINT_NAMES[kind])} "
+                                 f"of a {kind} run"))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

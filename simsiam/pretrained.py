@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simsiam import dataset, runs
+from simsiam import dataset, decode, runs
 from simsiam.model import CheckpointError, backbone_state, load_checkpoint, resnet18_backbone
 
 
@@ -17,6 +17,11 @@ def read(path: Path, hint: str = "train one with train.py") -> dict:
     try:
         checkpoint = load_checkpoint(path, kind="simsiam", needs=("args", "split", "pretraining_hashes"))
         runs.check_protocol(checkpoint, path)
+        if checkpoint.get("hash_kind") != decode.HASH_KIND:
+            raise CheckpointError(f"{path} identifies its pretraining photos by "
+                                  f"{checkpoint.get('hash_kind') or 'the bytes of their files'}, this code by their "
+                                  f"pixels ({decode.HASH_KIND}), so the check that no test image was pretrained on "
+                                  f"cannot compare them: pretrain again with train.py")
     except CheckpointError as error:
         raise CheckpointError(f"cannot use --checkpoint: {error} ({hint})") from None
     return checkpoint
@@ -48,12 +53,12 @@ def load_backbone(checkpoint: dict, path: Path, backbone: nn.Module | None = Non
 
 def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
     """Refuse a backbone whose pretraining saw any of the test images, by content: the checkpoint's recorded
-    pretraining hashes against the test images' (decode.content_hash), whichever folder they come from and under
-    whichever name."""
+    pretraining hashes against the test images' (decode.perceptual_hash), whichever folder they come from, under
+    whichever name, in whichever format or size."""
     seen = checkpoint["pretraining_hashes"]
-    count = int(torch.isin(test_hashes, seen).sum())
+    count = int(decode.near(test_hashes, seen).sum())
     if count:
         raise CheckpointError(f"{count:,} of the {len(test_hashes):,} test images were among the {len(seen):,} "
-                              f"images {path} was pretrained on (compared by content, whatever their names), so its "
-                              f"test accuracy would not be held out: evaluate with the data options it was "
-                              f"pretrained with, or on images it never saw")
+                              f"images {path} was pretrained on (compared by their pixels, whatever their names or "
+                              f"formats), so its test accuracy would not be held out: evaluate with the data options "
+                              f"it was pretrained with, or on images it never saw")
