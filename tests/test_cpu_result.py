@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import train
 from experiments import cpu_result
+from simsiam import recipe
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -37,3 +39,14 @@ def test_verdict_needs_both_the_margin_and_the_standard_errors():
     assert cpu_result.verdict({"difference": 0.06, "standard_error": 0.015})
     assert not cpu_result.verdict({"difference": 0.04, "standard_error": 0.001})  # below the margin
     assert not cpu_result.verdict({"difference": 0.06, "standard_error": 0.025})  # under 3 standard errors
+
+
+def test_another_configuration_is_trained_with_the_flags_after_the_recipe():
+    """`python -m experiments.cpu_result -- --image-size 48 --epochs 10`: train.py gets the recipe, then the flags
+    given, which win; without them, the recipe alone."""
+    args = cpu_result.parse_args(["--runs", "runs/x", "--", "--image-size", "48", "--epochs", "10"])
+    flags = cpu_result.pretraining_flags(args.tiny, args.train_flags)
+    assert flags == ["--cpu", "--image-size", "48", "--epochs", "10"]
+    assert cpu_result.pretraining_flags(False, cpu_result.parse_args([]).train_flags) == ["--cpu"]
+    parsed = train.parse_args(["--cpu", "--image-size", "48", "--epochs", "10"])
+    assert (parsed.image_size, parsed.epochs, parsed.batch_size) == (48, 10, recipe.CPU["batch_size"])

@@ -56,7 +56,7 @@ def test_the_test_split_does_not_depend_on_the_validation_split():
 def test_copies_of_validation_images_are_neither_pretrained_nor_labelled():
     """A photo whose content equals a validation image's, under another index, is left out of pretraining and of
     the labels, as copies of test images are."""
-    hashes = torch.arange(600)
+    hashes = torch.randint(-2 ** 63, 2 ** 63 - 1, (600, 2), generator=torch.Generator().manual_seed(0))
     validation = splits_of(LABELS, 0.1, hashes).validation
     copy = int(splits_of(LABELS, 0.1, hashes).pretrain[0])
     hashes[copy] = hashes[validation[0]]
