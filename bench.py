@@ -37,9 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_arguments(parser)
     group = parser.add_argument_group("benchmark (sizes and optimiser as train.py's defaults)")
-    group.add_argument("--image-size", type=cli.positive(int), default=defaults["image_size"],
+    group.add_argument("--image-size", type=cli.image_size, default=defaults["image_size"],
                        help="crop side in px (default: %(default)s)")
-    group.add_argument("--batch-size", type=cli.positive(int), default=defaults["batch_size"],
+    group.add_argument("--batch-size", type=cli.batch_size, default=defaults["batch_size"],
                        help="images per step, two views each (default: %(default)s)")
     group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
     group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")

@@ -109,9 +109,13 @@ def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
     for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename)),
                                           followlinks=True):
         visited.add(os.path.realpath(parent))
-        folders[:] = [name for name in folders if not name.startswith(".")
-                      and os.path.realpath(os.path.join(parent, name)) not in visited]
-        visited.update(os.path.realpath(os.path.join(parent, name)) for name in folders)
+        kept = []
+        for name in folders:
+            real = os.path.realpath(os.path.join(parent, name))
+            if not name.startswith(".") and real not in visited:
+                kept.append(name)
+                visited.add(real)
+        folders[:] = kept
         files += [path for path in (Path(parent) / name for name in names) if is_image_file(path)]
     return sorted(files), sorted(unreadable)
 

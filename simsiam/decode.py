@@ -6,6 +6,7 @@ and palette images; every one either decodes to RGB here or is named for the ski
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,3 +102,30 @@ def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> t
         same_colour = ((colours(rows)[:, None] - other_colours[None]).abs() <= NEAR_LEVELS).all(2)
         found[start:start + chunk] = ((distance <= NEAR_BITS) & same_colour).any(1)
     return found
+
+
+def failure_kind(path: Path, error: Exception) -> str:
+    """A short name for why a file could not be decoded, for the skip report. It must not raise: a file deleted
+    or made unreadable since the listing is named like any other bad file, not allowed to stop the build."""
+    if isinstance(error, FileNotFoundError):
+        return "vanished"
+    try:
+        if path.is_dir():  # a folder that could not be listed (dataset.tree_entries)
+            return "unreadable folder"
+        if isinstance(error, PermissionError):
+            return "permission denied"
+        if path.stat().st_size == 0:
+            return "empty file"
+    except FileNotFoundError:  # deleted between the failed decode and now
+        return "vanished"
+    except OSError as stat_error:
+        return f"unreadable ({type(stat_error).__name__})"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too many pixels (decompression bomb)"
+    if isinstance(error, Image.UnidentifiedImageError):
+        if path.suffix.lower() in (".heic", ".heif", ".avif"):
+            return f"{path.suffix[1:].upper()} photo that this Pillow cannot decode (convert it to JPEG)"
+        return "not an image"
+    if "truncated" in str(error).lower():
+        return "truncated image"
+    return f"unreadable ({type(error).__name__})"

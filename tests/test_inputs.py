@@ -79,7 +79,7 @@ def test_a_damaged_classifier_predicts_nothing(tmp_path, capsys, damage, message
     """classifier.pt with two classes of one name, or a NaN in its head: one line, exit 2, no predictions."""
     model = Classifier(2)
     if damage == "nan":
-        model.head.weight.data[0, 0] = float("nan")
+        next(model.head.parameters()).data.view(-1)[0] = float("nan")
     save_checkpoint(tmp_path / "classifier.pt", "classifier", model,
                     classes=["Cat", "Cat"] if damage == "classes" else ["Cat", "Dog"],
                     args={"image_size": 32, "cache_size": 36})
