@@ -38,6 +38,9 @@ NUMBERS = ("loss", "z_std", "knn_accuracy", "lr", "images_per_s", "train_loss", 
            "closed_form_accuracy")  # the per-epoch and final fields plot.py draws or tabulates
 
 
+ACCURACIES = ("knn_accuracy", "train_accuracy", "test_accuracy", "closed_form_accuracy")  # fractions in [0, 1]
+
+
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -54,6 +57,10 @@ def run_problem(run_args, records: list[dict]) -> str | None:
             value = record.get(field, 0)
             if not (is_number(value) or (field == "knn_accuracy" and value is None)):  # None: no monitor
                 return f"metrics.jsonl field {field!r} is {value!r}, not a number"
+    for record in records:
+        for field in ACCURACIES:
+            if is_number(record.get(field)) and not 0 <= record[field] <= 1:
+                return f"metrics.jsonl field {field!r} is {record[field]!r}, not an accuracy between 0 and 1"
     final = runs.final_of(records)
     if final is not None and not (is_number(final.get("test_accuracy")) and isinstance(final.get("num_test"), int)
                                   and final["num_test"] > 0):

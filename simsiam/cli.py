@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import functools
 import math
 import os
@@ -14,6 +15,8 @@ from simsiam import cache, dataset, devices, distributed, download, runs
 from simsiam.model import CheckpointError
 from simsiam.runs import Interrupted, RunError
 
+# a write that failed for want of space or permission, anywhere: reported as one line, exit 2
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # reported as one line, exit 2
 ERRORS = (RunError, dataset.DataError, cache.CacheError, download.DownloadError, CheckpointError, devices.DeviceError,
           distributed.LaunchError)
@@ -26,8 +29,9 @@ def report(message: str) -> None:
 
 
 def reports_errors(main):
-    """Decorate a script's main: the library's errors become one line on stderr and exit status 2, Ctrl-C one
-    line and exit status 130; a bug still shows its traceback. Its run folders are let go when it ends."""
+    """Decorate a script's main: the library's errors, and a write that failed for want of space or permission
+    (WRITE_FAILURES), become one line on stderr and exit status 2, Ctrl-C one line and exit status 130, a closed
+    stdout pipe a quiet exit 141; a bug still shows its traceback. Its run folders are let go when it ends."""
     @functools.wraps(main)
     def run(argv=None):
         show_odd_names()
@@ -45,6 +49,12 @@ def reports_errors(main):
         except BrokenPipeError:  # the reader of stdout has gone (predict.py | head): end quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail
             raise SystemExit(128 + 13) from None  # 13: SIGPIPE
+        except OSError as error:
+            if error.errno not in WRITE_FAILURES:
+                raise  # a bug, or something this project should have caught where it happened: the traceback
+            report(f"cannot write {error.filename or 'a file'}: {error.strerror} (free some space, or choose a "
+                   f"writable folder); the files written before are as they were")
+            raise SystemExit(2) from None
         finally:
             runs.release()  # the run folders it held
     return run

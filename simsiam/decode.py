@@ -45,7 +45,9 @@ def square(source, size: int) -> tuple[np.ndarray, int, int]:
     """((size, size, 3) uint8: upright (EXIF), RGB, shorter side resized to `size`, centre-cropped square; the
     photo's shorter side in px before resizing; its perceptual hash), from a path or a binary file."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # up to twice Pillow's limit (179 megapixels) a photo decodes: phones take 108-megapixel ones, and a JPEG is
+        # decoded at 1/8 scale where that is enough (draft); beyond, Pillow raises DecompressionBombError
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(source) as image:
             side = min(image.size)
             wanted = max(size, HASH_SIDE)
@@ -120,8 +122,9 @@ def failure_kind(path: Path, error: Exception) -> str:
         return "vanished"
     except OSError as stat_error:
         return f"unreadable ({type(stat_error).__name__})"
-    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "too many pixels (decompression bomb)"
+    if isinstance(error, Image.DecompressionBombError):
+        return (f"too many pixels (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:,.0f} megapixels, Pillow's limit against "
+                f"decompression bombs)")
     if isinstance(error, Image.UnidentifiedImageError):
         if path.suffix.lower() in (".heic", ".heif", ".avif"):
             return f"{path.suffix[1:].upper()} photo that this Pillow cannot decode (convert it to JPEG)"

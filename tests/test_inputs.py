@@ -3,6 +3,7 @@ cache below the image size, pictures written into the data, a damaged classifier
 batch. Each ends in a correct run or one clear line with exit 2."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from conftest import write_image
 from PIL import Image
 
 import pictures
+import plot
 import predict
 import train
-from simsiam import cache, dataset, decode
+from simsiam import cache, dataset, decode, runs
 from simsiam.model import CheckpointError, Classifier, load_checkpoint, save_checkpoint
 
 
@@ -135,3 +137,32 @@ def test_a_run_folder_given_as_checkpoint_names_the_file_to_pass(tmp_path):
         load_checkpoint(tmp_path / "run", "simsiam")
     with pytest.raises(CheckpointError, match="pass the classifier.pt of a classifier run"):
         load_checkpoint(tmp_path / "run", "classifier")
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_run_it_replaces(class_tree, tmp_path, monkeypatch, capsys):
+    """No space left at any write (here metrics.jsonl, at the first epoch's end): one line naming the file, exit
+    2, and the run that --overwrite was replacing is back as it was. Other OS errors still show their traceback."""
+    common = ["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+              "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--labels", "6", "--device", "cpu"]
+    train.main(common)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.name != ".lock"}
+
+    def full(self, **record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+    monkeypatch.setattr(runs.Metrics, "log", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train.main([*common, "--overwrite"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "cannot write" in error and "No space left on device" in error
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.name != ".lock"} == before
+    monkeypatch.setattr(runs.Metrics, "log", lambda self, **record: (_ for _ in ()).throw(OSError(errno.EBADF, "x")))
+    with pytest.raises(OSError):
+        train.main([*common, "--overwrite"])
+
+
+def test_plot_refuses_an_accuracy_outside_0_to_1():
+    """A foreign or edited record with an accuracy above 1 (a percentage, say) is named, not plotted."""
+    final = {"event": "final", "test_accuracy": 57.2, "num_test": 2300}
+    assert "not an accuracy between 0 and 1" in plot.run_problem({}, [final])
+    assert plot.run_problem({}, [{**final, "test_accuracy": 0.572}]) is None

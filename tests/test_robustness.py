@@ -98,15 +98,19 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    """An image over PIL's pixel limit is skipped as a decompression bomb, not decoded."""
+    """An image over twice PIL's pixel limit is skipped as a decompression bomb, not decoded, the limit named; one
+    between the limit and twice it (a 108-megapixel phone photo against the 89-megapixel limit) is decoded."""
     root = tmp_path / "PetImages"
     for name in ("Cat", "Dog"):
         for i in range(3):
             write_image(root / name / f"{i}.jpg", seed=i, size=(20, 20))
     write_image(root / "Cat" / "bomb.png", seed=9, size=(200, 200))
+    write_image(root / "Cat" / "large.png", seed=8, size=(90, 90))  # 8,100 pixels: between 5,000 and 10,000
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # inherited by the forked decoding processes
     data = dataset.load_images(root, 16, tmp_path / "cache", workers=1)
-    assert data.skipped == {"Cat/bomb.png": "too many pixels (decompression bomb)"}
+    assert data.skipped == {"Cat/bomb.png": "too many pixels (over 0 megapixels, Pillow's limit against "
+                                            "decompression bombs)"}
+    assert "Cat/large.png" in data.files
 
 
 @pytest.mark.slow
