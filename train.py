@@ -320,6 +320,12 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
         raise runs.RunError(f"{last} was interrupted mid-epoch on {interrupted_on}, whose augmentation stream "
                             f"cannot go on on {device.type}: resume it with --device {interrupted_on} (a run "
                             f"saved at an epoch's end resumes on any device)")
+    if args.epochs < state["epoch"]:
+        planned = state["args"].get("epochs", "its own number of epochs")
+        raise runs.RunError(f"--epochs {args.epochs} is below the {state['epoch']} epochs {last} has completed, and "
+                            f"a run cannot be shortened after the fact (its lr schedule was for {planned}): to "
+                            f"train on, pass --epochs above {state['epoch']}; its siam.pt is the model after epoch "
+                            f"{state['epoch']}")
     model.load_state_dict(state["model"])
     if not finite_state(model):
         raise CheckpointError(f"{last} holds non-finite weights, which no run of train.py saves: it cannot be "

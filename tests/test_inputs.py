@@ -15,6 +15,7 @@ import torch
 from conftest import write_image
 from PIL import Image
 
+import bench
 import pictures
 import plot
 import predict
@@ -166,3 +167,26 @@ def test_plot_refuses_an_accuracy_outside_0_to_1():
     final = {"event": "final", "test_accuracy": 57.2, "num_test": 2300}
     assert "not an accuracy between 0 and 1" in plot.run_problem({}, [final])
     assert plot.run_problem({}, [{**final, "test_accuracy": 0.572}]) is None
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "1"), ("--image-size", "1")])
+def test_bench_refuses_sizes_no_step_can_take(flag, value, capsys):
+    """bench.py takes the ranges train.py takes: a batch of one (BatchNorm needs two), an image under 16 px."""
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args([flag, value])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_with_fewer_epochs_is_refused(class_tree, tmp_path, capsys):
+    """--resume --epochs 1 on a run that completed 2: not "nothing to do, finished" but one line saying the run
+    cannot be shortened, what to pass instead, and which model siam.pt is; the run's files are untouched."""
+    common = ["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+              "--batch-size", "16", "--image-size", "32", "--labels", "6", "--device", "cpu"]
+    train.main([*common, "--epochs", "2"])
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train.main([*common, "--epochs", "1", "--resume"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "--epochs 1 is below the 2 epochs" in error and "--epochs above 2" in error
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
