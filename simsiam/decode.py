@@ -18,7 +18,7 @@ VERSION = 3  # part of the cache key: bump when decoding or the cache record cha
 # perceptual hash: the signs of the low-frequency DCT coefficients of its grey square at HASH_SIDE px, against their
 # median; the second, its mean colour (R, G, B, one byte each). Two photos are one when their hashes differ in at
 # most NEAR_BITS bits and their mean colours by at most NEAR_LEVELS levels in every channel. Measured on the 4,000
-# 200 px JPEGs against the same photos among the 23,000 112 px WebP files (docs/data.md): 3,998 of the 4,000 pairs
+# 200 px JPEGs against the same photos among the 23,000 112 px WebP files (docs/protocol.md): 3,998 of the 4,000 pairs
 # within 8 bits (all within 10). The colour keeps apart pictures of one layout in other colours (the demo set's
 # shapes), which the grey hash alone takes for one.
 HASH_SIDE = 32

@@ -171,13 +171,7 @@ def start_run(folder: RunFolder) -> None:
                        f"was replacing: move them back into {out} to keep that run, or delete {aside}")
     aside.mkdir()
     _replacing[out.resolve()] = out
-    for name in folder.replaced:
-        if name == TENSORBOARD:  # its event files only: nothing else of the user's
-            (aside / name).mkdir()
-            for events in (out / name).glob("events.out.tfevents.*"):
-                os.replace(events, aside / name / events.name)
-        else:
-            os.replace(out / name, aside / name)
+    _move_run_files(out, aside)
 
 
 _replacing = {}  # run folder -> its path, for each run folder whose replaced run waits in OUT/.replaced
@@ -190,29 +184,33 @@ def replaced_run_gone(out: Path) -> None:
         (out / REPLACED).rmdir()
 
 
+def _run_files(folder: Path) -> list[Path]:
+    """The files a run wrote in `folder`, relative to it: its RUN_FILES and its TensorBoard event files, nothing
+    else of the user's."""
+    return ([Path(name) for name in RUN_FILES if name != TENSORBOARD and (folder / name).is_file()]
+            + [events.relative_to(folder) for events in (folder / TENSORBOARD).glob("events.out.tfevents.*")])
+
+
+def _move_run_files(source: Path, target: Path) -> None:
+    for name in _run_files(source):
+        (target / name).parent.mkdir(exist_ok=True)
+        os.replace(source / name, target / name)
+
+
 def _remove_run_files(folder: Path) -> None:
-    """Delete the run files (RUN_FILES, a TensorBoard folder's event files) in `folder`, nothing else."""
-    for name in RUN_FILES:
-        if name == TENSORBOARD and (folder / name).is_dir():
-            for events in (folder / name).glob("events.out.tfevents.*"):
-                events.unlink()
-            with contextlib.suppress(OSError):
-                (folder / name).rmdir()
-        elif (folder / name).is_file():
-            (folder / name).unlink()
+    for name in _run_files(folder):
+        (folder / name).unlink()
+    with contextlib.suppress(OSError):  # only when nothing of the user's is left in it
+        (folder / TENSORBOARD).rmdir()
 
 
 def _put_back(out: Path) -> None:
     """Delete the files of a run that ended before its first good checkpoint and put back the run it was replacing."""
-    aside = out / REPLACED
     _remove_run_files(out)
-    for path in aside.rglob("*"):
-        if path.is_file():
-            (out / path.relative_to(aside)).parent.mkdir(exist_ok=True)
-            os.replace(path, out / path.relative_to(aside))
+    _move_run_files(out / REPLACED, out)
     with contextlib.suppress(OSError):
-        (aside / TENSORBOARD).rmdir()
-    aside.rmdir()
+        (out / REPLACED / TENSORBOARD).rmdir()
+    (out / REPLACED).rmdir()
     print(f"the run in {out} that this one was to replace is back as it was", file=sys.stderr)
 
 
