@@ -9,8 +9,8 @@
     python bench.py --demo --device cpu --image-size 48 --batch-size 16 --steps 3 --warmup 1   # CPU smoke run
 
 Prints a table (images/s, seconds per 25,000-image epoch, peak memory, ratios b/a and b/c) and writes the same
-figures as JSON. The cache is built into a fresh temporary folder, so cache_build_s is a cold build; warm_start_s
-is a second run's start: opening that cache, placing it, and the first step.
+figures as JSON. The cache is built into a fresh folder under --cache-dir, deleted at the end, so cache_build_s is a
+cold build; warm_start_s is a second run's start: opening that cache, placing it, and the first step.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from simsiam import augment, cli, dataset, devices, recipe, schedule
+from simsiam import augment, cli, dataset, devices, recipe, runs, schedule
 from simsiam.model import SimSiam
 
 EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
@@ -121,9 +121,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     runtime = devices.make_runtime(args.device, args.precision)
     device, precision = runtime.device, runtime.precision
+    recipe.check_memory(args.image_size, args.batch_size, runtime)  # before any decoding
     torch.manual_seed(args.seed)
     layout = runtime.memory_format
-    temporary_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    # a cache of its own, timed, under --cache-dir (the temporary folder may be small or read-only)
+    temporary_cache = Path(tempfile.mkdtemp(prefix=".bench-", dir=runs.writable_folder(args.cache_dir, "--cache-dir")))
     try:
         started = time.perf_counter()
         data, splits = dataset.open_data(dataset.DataOptions.from_args(args, cache_dir=temporary_cache))

@@ -236,7 +236,7 @@ def main(argv=None) -> None:
 
     model = Classifier(len(data.classes))
     if checkpoint is not None:
-        pretrained.load_backbone(checkpoint, args.checkpoint, model.backbone)
+        pretrained.load_backbone(checkpoint, model.backbone)
         pretrained.check_unseen(checkpoint, args.checkpoint, test_set.hashes)
     model = model.to(device, memory_format=runtime.memory_format)
     model.backbone.requires_grad_(args.finetune)

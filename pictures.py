@@ -213,7 +213,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)  # here, so that the random backbone is resnet18_backbone() right after the seed
     backbones = {"random-init": resnet18_backbone(), "SimSiam": resnet18_backbone()}
-    pretrained.load_backbone(checkpoint, args.checkpoint, backbones["SimSiam"])
+    pretrained.load_backbone(checkpoint, backbones["SimSiam"])
     backbones = {name: backbone.to(device, memory_format=runtime.memory_format)
                  for name, backbone in backbones.items()}
     print(f"random-init and SimSiam (epoch {checkpoint.get('epoch')}, pretrained at "

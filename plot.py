@@ -2,6 +2,7 @@
 and what it lacked (the collapse metric, kNN accuracy during pretraining, held-out test accuracy).
 
     python plot.py                                   # every run under runs/, PNGs into runs/plots
+    python plot.py runs/demo --out runs/demo/plots   # the runs in one folder (the quick start's)
     python plot.py runs/simsiam runs/classifier-random-frozen runs/classifier-simsiam-frozen --out figures
 
 Writes OUT/simsiam.png (loss, z-std against 1/sqrt(d), kNN accuracy per epoch) and OUT/classifier.png
@@ -29,7 +30,8 @@ from simsiam.model import PROJECTION_DIM
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, nargs="*", help="run folders (default: every run under runs/)")
+    parser.add_argument("runs", type=Path, nargs="*",
+                        help="run folders, or folders holding runs at any depth (default: every run under runs/)")
     parser.add_argument("--out", type=Path, default=Path("runs/plots"), help="folder for the PNGs")
     return parser.parse_args(argv)
 
@@ -66,6 +68,18 @@ def run_problem(run_args, records: list[dict]) -> str | None:
                                   and final["num_test"] > 0):
         return "metrics.jsonl final record lacks 'test_accuracy' or 'num_test' as numbers"
     return None
+
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    """Each of `paths` that is a run folder, and for one that is not, the run folders anywhere under it (outside
+    hidden folders, such as the .replaced of a run being replaced)."""
+    folders = []
+    for path in paths:
+        inside = [] if (path / "metrics.jsonl").is_file() else sorted(
+            found.parent for found in path.rglob("metrics.jsonl")
+            if not any(part.startswith(".") for part in found.relative_to(path).parts))
+        folders += inside or [path]
+    return folders
 
 
 def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -231,7 +245,7 @@ def paired_rows(classifiers: list[dict]) -> list[str]:
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    folders = args.runs or sorted(p.parent for p in Path("runs").glob("*/metrics.jsonl"))
+    folders = run_folders(args.runs or [Path("runs")])
     pretraining, classifiers = load_runs(folders)
     if not pretraining and not classifiers:
         raise runs.RunError(f"no runs found in {[str(f) for f in folders] or 'runs/'}: run train.py and "

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from simsiam import cli, dataset, decode, devices, evaluate, pretrained, runs
-from simsiam.model import Classifier, finite_state, load_checkpoint
+from simsiam.model import Classifier, load_checkpoint
 
 DEFAULT_CHECKPOINT = Path("runs") / runs.classifier_run_name(random=False, finetune=False) / "classifier.pt"
 
@@ -150,21 +150,16 @@ def main(argv=None) -> None:
     device = runtime.device
 
     if not args.checkpoint.exists():
-        raise runs.RunError(f"{args.checkpoint}: no such checkpoint file: train a classifier first (python "
-                            f"classifier.py --data data/PetImages, after train.py), or pass --checkpoint "
-                            f"RUN/classifier.pt")
+        found = sorted(Path("runs").rglob("classifier.pt"))  # the quick start's are in runs/demo/, runs/quickstart/
+        raise runs.RunError(f"{args.checkpoint}: no such checkpoint file: " + (
+            f"pass one of the classifiers under runs/ with --checkpoint: {', '.join(map(str, found[:4]))}"
+            if found else "train a classifier first (python classifier.py --data data/PetImages, after train.py), "
+                          "or pass --checkpoint RUN/classifier.pt"))
     checkpoint = load_checkpoint(args.checkpoint, kind="classifier", needs=("classes", "args"))
     classes, trained = checkpoint["classes"], checkpoint["args"]
     image_size, cache_size = pretrained.resolution(None, None, trained, trained["image_size"])
     model = Classifier(len(classes))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise runs.RunError(f"{args.checkpoint} does not fit a ResNet18 classifier of {len(classes)} classes: "
-                            f"{' '.join(str(error).split())}") from None
-    if not finite_state(model):
-        raise runs.RunError(f"{args.checkpoint} holds non-finite weights (damaged, or edited): train the classifier "
-                            f"again")
+    model.load_state_dict(checkpoint["model"])  # its form checked by load_checkpoint
     model = model.to(device, memory_format=runtime.memory_format).eval()
     print(f"{args.checkpoint}: {len(classes)} classes ({', '.join(classes)}) at {image_size} px from a {cache_size} px "
           f"decode, on {device} ({runtime.precision}); files: {len(files):,}")

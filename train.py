@@ -298,14 +298,18 @@ def save(out: Path, model: SimSiam, optimizer: torch.optim.SGD, completed_epochs
 # ---------------------------------------------------------------- the run
 
 
-def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record: dict, args: argparse.Namespace,
+def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, recorded: dict, args: argparse.Namespace,
            runtime: devices.Runtime) -> EpochProgress:
     """Load last.pt into `model` and `optimizer` (this run's lr schedule kept) and the global RNG; return where its
-    epoch stands. Refused: another held-out split, or a mid-epoch stop that cannot go on with the same draws."""
+    epoch stands. Refused: another held-out split or other pretraining photos (a data folder that was moved is
+    fine), or a mid-epoch stop that cannot go on with the same draws."""
     context, device = runtime.context, runtime.device
-    state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split"))
+    state = load_checkpoint(last, kind="simsiam", needs=("optimizer", "rng", "epoch", "args", "split",
+                                                         "pretraining_hashes"))
     runs.check_protocol(state, last)
-    differences = dataset.split_differences(state["split"], split_record)
+    differences = dataset.split_differences(state["split"], recorded["split"])
+    if not differences and not torch.equal(state["pretraining_hashes"], recorded["pretraining_hashes"]):
+        differences = ["the pretraining photos' pixels (the same names, other photos)"]
     if differences:
         raise runs.RunError(f"cannot resume {last}: its held-out split was made differently "
                             f"({'; '.join(differences)}), so its epochs may have trained on the new test images. "
@@ -326,21 +330,21 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
                             f"a run cannot be shortened after the fact (its lr schedule was for {planned}): to "
                             f"train on, pass --epochs above {state['epoch']}; its siam.pt is the model after epoch "
                             f"{state['epoch']}")
-    model.load_state_dict(state["model"])
-    if not finite_state(model):
-        raise CheckpointError(f"{last} holds non-finite weights, which no run of train.py saves: it cannot be "
-                              f"continued; start again with --overwrite")
+    model.load_state_dict(state["model"])  # its form checked by load_checkpoint, as every entry's
     own_schedule = [{key: group[key] for key in ("name", "peak_lr", "fixed") if key in group}
                     for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError, TypeError) as error:
+        recipe.match_layout(optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: its 'optimizer' state does not fit this model's optimiser "
                               f"({' '.join(str(error).split())})") from None
     for group, own in zip(optimizer.param_groups, own_schedule):  # this run's lr (--lr may have changed)
         group.update(own)
-    recipe.match_layout(optimizer)
     torch.set_rng_state(state["rng"])
+    if state["split"].get("data") != recorded["split"]["data"] and context.is_main:
+        print(f"note: {last} was pretrained on {state['split'].get('data')}, which now lies in "
+              f"{recorded['split']['data']} (the same file names and pixels): resuming")
     was = {key: state["args"].get(key, recipe.DEFAULTS.get(key)) for key in CHECKED_ON_RESUME}  # a setting newer
     # than the checkpoint: the default the code of then had
     changed = {key: (was[key], getattr(args, key)) for key in CHECKED_ON_RESUME if was[key] != getattr(args, key)}
@@ -348,8 +352,13 @@ def resume(last: Path, model: SimSiam, optimizer: torch.optim.SGD, split_record:
         print(f"warning: resuming with settings that differ from the interrupted run's (was, now): {changed}")
     if context.is_main:
         runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=state["epoch"])
-    return (EpochProgress.restore(mid_epoch[context.rank], args.seed, runtime) if mid_epoch
-            else EpochProgress.start(state["epoch"], args.seed, runtime))
+    if not mid_epoch:
+        return EpochProgress.start(state["epoch"], args.seed, runtime)
+    try:
+        return EpochProgress.restore(mid_epoch[context.rank], args.seed, runtime)
+    except RuntimeError as error:  # a generator state of another length
+        raise CheckpointError(f"{last}: its 'progress' entry does not fit this run's augmentation generator "
+                              f"({' '.join(str(error).split())})") from None
 
 
 @cli.reports_errors
@@ -408,7 +417,7 @@ def main(argv=None) -> None:
     if last is None:
         progress = EpochProgress.start(0, args.seed, runtime)
     else:
-        progress = resume(last, model, optimizer, split_record, args, runtime)
+        progress = resume(last, model, optimizer, recorded, args, runtime)
         print_on_main(f"resumed from {last} at epoch {progress.epoch + 1}, step {progress.step}")
     wrapped_model = distributed.wrap(model, context, device)  # DDP and/or compiled; shares its weights with `model`
     wrapped_model = torch.compile(wrapped_model) if args.compile else wrapped_model

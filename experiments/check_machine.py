@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file, python experiments/check_machine.py: import from the repository root, as
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # python -m experiments.check_machine does
+
 from simsiam import cli, dataset, runs
 from simsiam.model import load_checkpoint
 

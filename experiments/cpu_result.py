@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+if not __package__:  # run as a file, python experiments/cpu_result.py: import from the repository root, as
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # python -m experiments.cpu_result does
 
 from experiments import common
 from simsiam import cli, evaluate, pretrained, recipe, runs

@@ -25,8 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+if not __package__:  # run as a file, python experiments/headline.py: import from the repository root, as
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # python -m experiments.headline does
 
 from experiments import common
 from experiments.common import SUPERVISED

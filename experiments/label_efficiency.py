@@ -24,12 +24,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
+
+if not __package__:  # run as a file, python experiments/label_efficiency.py: import from the repository root, as
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # python -m experiments.label_efficiency does
 
 from experiments import common
 from simsiam import cli, dataset, figures, pretrained, runs

@@ -298,7 +298,10 @@ def open_cache(root: Path, files: list[str], size: int, cache_dir: Path,
     with a one-line warning on stderr when it fails its check. Removes abandoned staging folders first."""
     cache_dir = Path(cache_dir)
     remove_abandoned(cache_dir)
-    folder = cache_dir / f"{root.name}-{size}px-{cache_key(root, files, size)}"
+    # the folder's name, at most 64 bytes of it, makes the cache easy to find; the key tells caches apart (a name
+    # of 240 bytes would take the cache's own name, and its staging name, over the 255 bytes a file system allows)
+    label = os.fsdecode(os.fsencode(root.name)[:64])
+    folder = cache_dir / f"{label}-{size}px-{cache_key(root, files, size)}"
     if not folder.exists():
         build_cache(root, files, size, folder, workers or os.cpu_count() or 1)
     elif (problem := cache_problem(folder, files, size)) is not None:

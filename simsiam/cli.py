@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from simsiam import cache, dataset, devices, distributed, download, runs
-from simsiam.model import CheckpointError
+from simsiam.model import MIN_IMAGE_SIZE, CheckpointError
 from simsiam.runs import Interrupted, RunError
 
 # a write that failed for want of space or permission, anywhere: reported as one line, exit 2
@@ -61,10 +61,13 @@ def reports_errors(main):
 
 
 def show_odd_names() -> None:
-    """Let stdout and stderr print file names that are not valid UTF-8 (lone surrogates in Python) as dataset.shown
-    does, instead of raising UnicodeEncodeError at the first print of one."""
+    """Let stdout and stderr print what their encoding cannot hold instead of raising UnicodeEncodeError at the
+    first print of it: file names that are not valid UTF-8 (lone surrogates in Python) as dataset.shown does, and
+    on a console that is not UTF-8 (PYTHONIOENCODING=ascii, a Latin-1 locale) every other character as a Python
+    escape (\\u2192 for an arrow)."""
     def escape(error: UnicodeEncodeError) -> tuple[str, int]:
-        return dataset.shown(error.object[error.start:error.end]), error.end
+        text = dataset.shown(error.object[error.start:error.end])
+        return text.encode("ascii", "backslashreplace").decode("ascii"), error.end
     codecs.register_error("shown", escape)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -97,7 +100,6 @@ def positive(kind):
 
 fraction = in_range(float, 0, 1, include_low=False)  # a share strictly between 0 and 1
 seed = in_range(int, 0, 2 ** 32)  # torch seeds are 64-bit; epoch seeds multiply this by about 2^30
-MIN_IMAGE_SIZE = 16  # px: ResNet18 halves the side five times
 image_size = in_range(int, MIN_IMAGE_SIZE)
 batch_size = in_range(int, 2)  # BatchNorm in training needs two samples
 

@@ -225,8 +225,8 @@ def missing_class(name: str, label: int, label_of: dict[str, int], skipped: dict
     was skipped, and why."""
     members = [file for file, its_label in label_of.items() if its_label == label]
     if not members:
-        return (f"--limit {limit} drew no image of class {name!r} from {root}: raise --limit (a few per class "
-                f"at the least)" if limit is not None else f"no image of class {name!r} in {root}")
+        return (f"--limit {limit} drew no image of class {name!r} from {root}: raise --limit"
+                if limit is not None else f"no image of class {name!r} in {root}")
     reasons = Counter(skipped[file] for file in members if file in skipped).most_common()
     return (f"no usable image of class {name!r} in {root}: all {len(members):,} of its files were skipped "
             f"({', '.join(f'{n:,} {kind}' for kind, n in reasons)}; see {cache_folder / 'skipped.txt'}): make them "
@@ -284,8 +284,7 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=split_generator)]
-        num_test = max(1, round(test_fraction * len(members))) if test_fraction > 0 else 0
-        num_validation = max(1, round(val_fraction * len(members))) if val_fraction > 0 else 0
+        num_test, num_validation = split_count(len(members), test_fraction), split_count(len(members), val_fraction)
         test.append(members[:num_test])
         validation.append(members[num_test:num_test + num_validation])
         others.append(members[num_test + num_validation:])
@@ -298,14 +297,36 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     for c, rest in enumerate(others):
         if len(rest) < per_class_labels[c] + 1:
             name = class_names[c] if class_names else str(c)
-            raise DataError(f"class {name!r} has {len(test[c]) + len(validation[c]) + len(rest)} usable images "
-                            f"(copies of held-out images not counted); the test split ({len(test[c])}), the "
-                            f"validation split ({len(validation[c])}) and the labelled subset "
-                            f"({per_class_labels[c]}) need more: add images or lower --labels / --test-fraction / "
-                            f"--val-fraction")
+            usable = len(test[c]) + len(validation[c]) + len(rest)
+            copies = int((labels == c).sum()) - usable
+            fitting = num_classes * min(len(rest) - 1 for rest in others)  # the most --labels these images can take
+            lower = (f"--labels (--labels {fitting} fits)" if fitting >= num_classes
+                     else "--test-fraction / --val-fraction")
+            raise DataError(f"class {name!r} has {usable} usable images"
+                            f"{f' ({copies} copies of held-out images not counted)' if copies else ''}, and "
+                            f"{least_per_class(per_class_labels[c], test_fraction, val_fraction)} at the least are "
+                            f"needed: {len(test[c])} for the test split, {len(validation[c])} for the validation "
+                            f"split, {per_class_labels[c]} labelled and one more to pretrain on; add images, or "
+                            f"lower {lower}")
         labelled.append(rest[torch.randperm(len(rest), generator=label_generator)[:per_class_labels[c]]])
     return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
                   pretrain=torch.cat(others).sort().values, validation=torch.cat(validation).sort().values)
+
+
+def split_count(members: int, fraction: float) -> int:
+    """How many of a class's `members` a stratified split of `fraction` holds out: at least one, unless none."""
+    return max(1, round(fraction * members)) if fraction > 0 else 0
+
+
+def least_per_class(labels_per_class: int, test_fraction: float, val_fraction: float) -> int | None:
+    """The fewest images of a class make_splits can split: its test and validation shares, its labels and one more
+    to pretrain on; None when the two fractions leave nothing."""
+    if test_fraction + val_fraction >= 1:
+        return None
+    members = labels_per_class + 1
+    while members - split_count(members, test_fraction) - split_count(members, val_fraction) < labels_per_class + 1:
+        members += 1
+    return members
 
 
 def fingerprint(files: list[str], indices: torch.Tensor) -> str:
@@ -320,7 +341,9 @@ def shown(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-SPLIT_SETTINGS = {"data": "--data", "files_fingerprint": "the file list", "seed": "--split-seed",
+# what --resume compares (the data folder's path is not: a folder moved elsewhere holds the same photos, which
+# train.py checks by their pixels)
+SPLIT_SETTINGS = {"files_fingerprint": "the file list", "seed": "--split-seed",
                   "test_fraction": "--test-fraction", "val_fraction": "--val-fraction", "limit": "--limit",
                   "classes": "the classes",
                   "monitor_data": "--monitor-data", "pretraining_fingerprint": "the pretraining images"}
@@ -385,6 +408,19 @@ def photos_folder(options: DataOptions) -> Path:
     return make_demo_images(options.cache_dir / DEMO_FOLDER) if options.demo else options.data
 
 
+def check_split_sizes(options: DataOptions) -> None:
+    """Refuse, before any decoding, split options that no data can satisfy: held-out fractions that leave nothing,
+    or a --limit below what two classes need at the least (least_per_class)."""
+    if options.test_fraction + options.val_fraction >= 1:
+        raise DataError(f"--test-fraction {options.test_fraction} and --val-fraction {options.val_fraction} hold out "
+                        f"every image: together they must stay below 1")
+    least = least_per_class(math.ceil(options.labels / 2), options.test_fraction, options.val_fraction)
+    if options.limit is not None and options.limit < 2 * least:
+        raise DataError(f"--limit {options.limit} is too few to split: with --labels {options.labels}, --test-fraction "
+                        f"{options.test_fraction} and --val-fraction {options.val_fraction} each class needs "
+                        f"{least} images at the least, two classes {2 * least}: raise --limit, or lower --labels")
+
+
 def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Splits]:
     """The decoded images and the splits that `options` ask for (photos_folder); prints the start-up lines when
     `verbose`."""
@@ -394,8 +430,11 @@ def open_data(options: DataOptions, verbose: bool = True) -> tuple[ImageSet, Spl
         raise DataError(f"--cache-size {cache_size} is below --image-size {options.image_size}: every image would be "
                         f"enlarged from fewer pixels than the network sees; pass --cache-size {options.image_size} or "
                         f"more, or leave it out (default {default_cache_size(options.image_size)})")
+    unlabelled = options.unlabelled and not options.demo
+    if not unlabelled:
+        check_split_sizes(options)
     data = load_images(root, cache_size, options.cache_dir, options.limit, options.split_seed, options.workers,
-                       unlabelled=options.unlabelled and not options.demo)
+                       unlabelled=unlabelled)
     splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,
                          options.label_seed, data.classes, data.hashes, options.val_fraction)
     if verbose:

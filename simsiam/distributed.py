@@ -73,8 +73,13 @@ def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
 
 
 def barrier(context: Context) -> None:
+    """Wait for every process. One that stopped before it (a run folder or data refused by rank 0, which alone
+    checks it) has said why in its own line: the others end with one line too, not a traceback."""
     if context.is_distributed:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:  # gloo: "Connection closed by peer" (NCCL's processes are stopped by torchrun)
+            raise LaunchError("stopped: another process of this run ended first (its error line says why)") from None
 
 
 def mean(value: torch.Tensor, context: Context) -> torch.Tensor:

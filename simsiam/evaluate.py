@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simsiam import augment, dataset, devices, runs
+from simsiam import augment, dataset, devices, recipe, runs
 
 KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al. 2018, as in common kNN monitors)
 
@@ -19,7 +19,8 @@ KNN_TEMPERATURE = 0.1  # similarity weighting of the neighbours' votes (Wu et al
 def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime: devices.Runtime,
           batch_size: int = 512, desc: str = "embedding") -> torch.Tensor:
     """(len(indices), 512) float32 features of the evaluation view, backbone in eval mode, with a progress bar
-    (it can take minutes on a CPU)."""
+    (it can take minutes on a CPU), in batches of at most `batch_size` that fit in the device's memory."""
+    batch_size = recipe.fitting_batch(size, batch_size, runtime)
     was_training = backbone.training
     backbone.eval()
     features = []

@@ -7,6 +7,8 @@ The network, the loss D(p, z), the collapse metric and the checkpoint format, in
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import pickle
 import shutil
@@ -23,6 +25,7 @@ ARCH = "resnet18"
 FEATURE_DIM = 512  # ResNet18's pooled feature width
 PROJECTION_DIM = 2048  # d, the paper's output dimension of f and h (§4, "Projection MLP")
 PREDICTION_HIDDEN_DIM = 512  # the predictor's bottleneck (§4, "Prediction MLP")
+MIN_IMAGE_SIZE = 16  # px: ResNet18 halves the side five times
 CHECKPOINT_FORMAT = "simsiam-cats-dogs"
 CHECKPOINT_VERSION = 1
 
@@ -168,22 +171,34 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def is_side(value) -> bool:
+    return is_count(value) and value >= MIN_IMAGE_SIZE
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_byte_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
 PROGRESS_KEYS = {"epoch", "step", "augment_generator", "loss_sum", "std_sum"}
 # The form of every entry a checkpoint may hold: (what it must be, the check). load_checkpoint applies it once.
 ENTRIES = {
     "model": ("a state dict of tensors", lambda v: isinstance(v, dict) and all(
-        isinstance(t, torch.Tensor) for t in v.values())),
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())),
     "epoch": ("a count of epochs", is_count),
     "args": ("a record of the run's arguments", lambda v: isinstance(v, dict)),
     "split": ("a record of the held-out split", lambda v: isinstance(v, dict) and isinstance(
         v.get("test_fingerprint"), str)),
     "optimizer": ("an optimiser state", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) for g in v["param_groups"])),
-    "rng": ("the CPU generator's state", lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8
-            and v.shape == torch.get_rng_state().shape),
+    "rng": ("the CPU generator's state", lambda v: is_byte_tensor(v) and v.shape == torch.get_rng_state().shape),
     "progress": ("each process's place in its epoch", lambda v: isinstance(v, list) and all(
         isinstance(p, dict) and PROGRESS_KEYS <= p.keys() and is_count(p["epoch"]) and is_count(p["step"])
-        for p in v)),
+        and is_byte_tensor(p["augment_generator"]) and is_finite_number(p["loss_sum"])
+        and is_finite_number(p["std_sum"]) and isinstance(p.get("device", ""), str) for p in v)),
     "pretraining_hashes": ("an (N, 2) int64 tensor of photo identities, one row per pretraining photo (none would "
                            "let any test image pass the leak check)", lambda v: isinstance(v, torch.Tensor)
                            and v.dtype == torch.int64 and v.dim() == 2 and v.shape[1] == 2 and len(v) > 0),
@@ -193,25 +208,55 @@ ENTRIES = {
     "protocol": ("an evaluation protocol's number", is_count),
     "environment": ("a record of the run's software and hardware", lambda v: isinstance(v, dict)),
 }
-# The arguments each kind's readers use, and their form
-ARGUMENTS = {"simsiam": {"image_size": int, "batch_size": int, "cache_size": (int, type(None)), "seed": int},
-             "classifier": {"image_size": int, "cache_size": int}}
+SIDE = (f"a side in px of at least {MIN_IMAGE_SIZE}", is_side)
+# The arguments each kind's readers use: (what each must be, the check); a missing one reads as None
+ARGUMENTS = {"simsiam": {"image_size": SIDE, "cache_size": ("a side in px, or None", lambda v: v is None or is_side(v)),
+                         "batch_size": ("a count of at least 2", lambda v: is_count(v) and v >= 2),
+                         "seed": ("a count", is_count),
+                         "blur_reference_size": ("a side in px, or None", lambda v: v is None or is_side(v))},
+             "classifier": {"image_size": SIDE, "cache_size": SIDE}}
+NEEDS = {"simsiam": ("model",), "classifier": ("model", "classes")}  # what every reader of a kind uses
 
 
 def schema_problem(state: dict, kind: str) -> str | None:
-    """What in a checkpoint's entries does not have the form its readers expect (ENTRIES, ARGUMENTS), or None."""
+    """What in a checkpoint's entries does not have the form its readers expect (ENTRIES, ARGUMENTS, and the
+    weights of its kind's model: weights_problem), or None."""
     for key, (form, fits) in ENTRIES.items():
         if key in state and not fits(state[key]):
             return f"its {key!r} entry is not {form}"
-    for key, types in ARGUMENTS.get(kind, {}).items():
-        if "args" in state and not (isinstance(state["args"].get(key), types) and not isinstance(
-                state["args"].get(key), bool)):
-            return f"its 'args' lack {key!r} as {' or '.join(t.__name__ for t in as_tuple(types))}"
-    return None
+    for key, (form, fits) in ARGUMENTS[kind].items():
+        if "args" in state and not fits(state["args"].get(key)):
+            return f"its 'args' entry {key!r} is {state['args'].get(key)!r}, not {form}"
+    return weights_problem(state["model"], kind, state.get("classes"))
 
 
-def as_tuple(types) -> tuple:
-    return types if isinstance(types, tuple) else (types,)
+@functools.cache
+def model_weights(kind: str, num_classes: int | None) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    """The shape and type of every weight of the model a checkpoint of `kind` holds."""
+    with torch.device("meta"):  # shapes and types only: nothing is allocated or initialised
+        model = SimSiam() if kind == "simsiam" else Classifier(num_classes)
+    return {key: (value.shape, value.dtype) for key, value in model.state_dict().items()}
+
+
+def weights_problem(weights: dict, kind: str, classes: list | None) -> str | None:
+    """What in a state dict does not fit the model of `kind` (every weight's name, shape and type), or holds a
+    value that is not finite (no run of this repository saves one), or None."""
+    expected = model_weights(kind, None if classes is None else len(classes))
+    missing, foreign = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    if missing or foreign:
+        odd = [f"{label} {len(keys)}, such as {min(keys)!r}" for label, keys in (("missing", missing),
+                                                                                 ("foreign", foreign)) if keys]
+        return f"its 'model' entry does not hold a {kind} model's weights ({'; '.join(odd)})"
+    for key, value in weights.items():
+        if (value.shape, value.dtype) != expected[key]:
+            return (f"its 'model' weight {key!r} is {tuple(value.shape)} {value.dtype}, a {kind} model's is "
+                    f"{tuple(expected[key][0])} {expected[key][1]}")
+    floats = [value for value in weights.values() if value.is_floating_point()]
+    if bool(torch.stack([value.sum() for value in floats]).isfinite().all()):  # a tenth of isfinite's time: a NaN
+        return None  # or infinity makes its tensor's sum one
+    bad = next((key for key, value in weights.items() if value.is_floating_point() and not value.isfinite().all()),
+               None)  # None: finite values whose sum overflowed
+    return None if bad is None else f"its 'model' weight {bad!r} holds values that are not finite (NaN or infinity)"
 
 
 CHECKPOINT_NAMES = {"simsiam": ("siam.pt", "last.pt"), "classifier": ("classifier.pt",)}  # in a run folder
@@ -248,7 +293,7 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
                               f"version {CHECKPOINT_VERSION}")
     if state.get("arch") != ARCH:
         raise CheckpointError(f"{path}: architecture {state.get('arch')!r}, expected {ARCH!r}")
-    missing = [key for key in ("model", *needs) if key not in state]
+    missing = [key for key in (*NEEDS[kind], *needs) if key not in state]
     if missing:
         raise CheckpointError(f"{path}: a {kind} checkpoint without {', '.join(repr(key) for key in missing)}"
                               + (" (siam.pt holds the weights only: --resume reads last.pt)"

@@ -40,14 +40,11 @@ def resolution(image_size: int | None, cache_size: int | None, pretrained: dict 
     return image_size, cache_size or dataset.default_cache_size(image_size)
 
 
-def load_backbone(checkpoint: dict, path: Path, backbone: nn.Module | None = None) -> nn.Module:
+def load_backbone(checkpoint: dict, backbone: nn.Module | None = None) -> nn.Module:
     """`backbone` (a new random-init ResNet18 backbone when None) with the checkpoint's backbone weights, loaded
     strictly."""
     backbone = resnet18_backbone() if backbone is None else backbone
-    try:
-        backbone.load_state_dict(backbone_state(checkpoint))
-    except RuntimeError as error:
-        raise CheckpointError(f"--checkpoint {path} does not fit a ResNet18 backbone: {error}") from None
+    backbone.load_state_dict(backbone_state(checkpoint))  # its form checked by load_checkpoint
     return backbone
 
 

@@ -51,6 +51,15 @@ def check_memory(image_size: int, batch_size: int, runtime: devices.Runtime, vie
                        f"smaller --image-size or --batch-size (at {image_size} px about {fitting} images fit)")
 
 
+def fitting_batch(image_size: int, most: int, runtime: devices.Runtime) -> int:
+    """The largest batch, up to `most`, that one view's pass at `image_size` px surely fits in the device's free
+    memory (step_bytes of one view, a training step's, is more than an evaluation pass needs); refused when not
+    even one image fits."""
+    check_memory(image_size, 1, runtime, views=1)
+    free = devices.free_memory(runtime.device)
+    return most if free is None else max(1, min(most, free // step_bytes(image_size, 1, runtime.precision, views=1)))
+
+
 def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD over two groups at peak lr `lr`: the encoder, cosine-decayed, and the predictor, fixed (`fix_pred_lr`,
     paper §4.3); schedule.set_lr sets their lr at every step."""

@@ -105,6 +105,7 @@ CORRUPTIONS = {
                                                        "param_groups": state["optimizer"]["param_groups"][:1]}},
     "rng": lambda state: {**state, "rng": state["rng"][:100]},
     "epoch": lambda state: {**state, "epoch": "1"},
+    "model": lambda state: {**state, "model": {**state["model"], "projector.0.weight": torch.zeros(3, 3)}},
 }
 
 
@@ -112,7 +113,8 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("entry", CORRUPTIONS)
 def test_a_malformed_last_pt_is_refused_naming_the_entry(class_tree, tmp_path, capsys, entry):
     """A last.pt whose args is a list, lacks image_size, has an empty split record, an optimizer state with other
-    groups, an RNG state of another size or a string epoch: --resume refuses it in one line naming the entry."""
+    groups, an RNG state of another size, a string epoch or a weight of another shape: --resume refuses it in one
+    line naming the entry."""
     train.main(train_args(class_tree, tmp_path, "run", "--epochs", "1"))
     last = tmp_path / "run" / "last.pt"
     torch.save(CORRUPTIONS[entry](torch.load(last, weights_only=True)), last)
@@ -400,10 +402,18 @@ def test_an_unreadable_folder_is_listed_in_skipped_txt(class_tree, tmp_path, mon
 # ---------------------------------------------------------------- messages that send the user the right way
 
 
-def test_a_limit_that_draws_no_image_of_a_class_names_the_limit(class_tree, tmp_path, capsys):
-    """--limit 1 draws one image of three classes: the error blames --limit, not missing images."""
-    error = refused(train.main, train_args(class_tree, tmp_path, "run", "--limit", "1"), capsys)
-    assert "--limit 1 drew no image of class" in error
+def test_a_limit_too_small_for_the_splits_says_how_many_they_need(class_tree, tmp_path, capsys):
+    """--limit 1, or 3: refused before any decoding, saying how many images the splits need at the least (with
+    --labels 6, --test-fraction 0.2 and --val-fraction 0.05: 6 a class, 12 for two), not "a few"; a --limit
+    above that which draws no image of a small class blames --limit, not missing images."""
+    for limit in ("1", "3"):
+        error = refused(train.main, train_args(class_tree, tmp_path, "run", "--limit", limit), capsys)
+        assert f"--limit {limit} is too few to split" in error and "6 images at the least, two classes 12" in error
+    assert not list((tmp_path / "cache").glob("*/images.u8"))  # nothing decoded
+    for path in sorted((class_tree / "Fox").glob("*.jpg"))[1:]:
+        path.unlink()
+    error = refused(train.main, train_args(class_tree, tmp_path, "run", "--limit", "12", "--split-seed", "2"), capsys)
+    assert "--limit 12 drew no image of class 'Fox'" in error
 
 
 def test_a_class_whose_every_file_is_skipped_says_why(class_tree, tmp_path, capsys):
@@ -431,7 +441,7 @@ def test_messages_offer_only_what_exists(class_tree, tmp_path, capsys):
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     torch.save(state, last)
     error = refused(train.main, train_args(class_tree, tmp_path, "run", "--epochs", "2", "--resume"), capsys)
-    assert "holds non-finite weights" in error
+    assert "holds values that are not finite" in error
     error = refused(classifier.main, classifier_args(class_tree, tmp_path, "run", "--random"), capsys)
     assert "already holds a run" in error and "--resume" not in error
 

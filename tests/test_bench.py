@@ -13,9 +13,12 @@ KEYS = {"device", "torch", "image_size", "batch_size", "precision", "ceiling_ima
 
 @pytest.mark.slow
 def test_bench_writes_every_key(tmp_path, capsys):
-    """A tiny CPU run prints the table and writes a JSON with every key, throughputs positive."""
+    """A tiny CPU run prints the table and writes a JSON with every key, throughputs positive; the cache it times
+    is built under --cache-dir (not the temporary folder, which may be read-only) and gone at the end."""
     bench.main(["--demo", "--device", "cpu", "--image-size", "32", "--batch-size", "8", "--steps", "2",
-                "--warmup", "1", "--baseline-workers", "1", "--json", str(tmp_path / "bench.json")])
+                "--warmup", "1", "--baseline-workers", "1", "--json", str(tmp_path / "bench.json"),
+                "--cache-dir", str(tmp_path / "cache")])
+    assert not list((tmp_path / "cache").glob(".bench-*"))
     result = json.loads((tmp_path / "bench.json").read_text())
     assert KEYS <= set(result)
     assert result["image_size"] == 32 and result["batch_size"] == 8 and result["precision"] == "fp32"

@@ -18,7 +18,8 @@ SETTINGS = {"batch_size": 16, "image_size": 32, "labels": 6, "test_fraction": 0.
             "base_lr": 0.5}  # a large lr, so that 3 steps move the weights well above float noise
 
 
-def launch(class_tree: Path, tmp_path: Path, processes: int) -> Path:
+def launch(class_tree: Path, tmp_path: Path, processes: int, check: bool = True):
+    """torchrun train.py with `processes` gloo processes into tmp_path/run-N; (that folder, the finished process)."""
     out = tmp_path / f"run-{processes}"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(REPOSITORY / "train.py"), "--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"),
@@ -26,9 +27,9 @@ def launch(class_tree: Path, tmp_path: Path, processes: int) -> Path:
                "--image-size", str(SETTINGS["image_size"]), "--labels", str(SETTINGS["labels"]),
                "--test-fraction", str(SETTINGS["test_fraction"]), "--lr", str(SETTINGS["base_lr"]),
                "--device", "cpu"]
-    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=300,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return out
+    finished = subprocess.run(command, check=check, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return out, finished
 
 
 def accumulated_reference(class_tree: Path, cache_dir: Path, processes: int) -> dict:
@@ -67,7 +68,7 @@ def relative_difference(weights: dict, reference: dict, start: dict) -> float:
 def test_two_processes_match_gradient_accumulation(class_tree, tmp_path):
     """torchrun with 2 gloo processes: one siam.pt and one metrics.jsonl, replicas in sync, and the weights
     of a single process computing each global batch as two accumulated half-batches."""
-    out = launch(class_tree, tmp_path, 2)
+    out, _ = launch(class_tree, tmp_path, 2)
     assert len(list(tmp_path.rglob("siam.pt"))) == 1 and len(list(tmp_path.rglob("metrics.jsonl"))) == 1
     records = runs.read_jsonl(out / "metrics.jsonl")
     assert [r.get("epoch") for r in records if "epoch" in r] == [1]
@@ -111,3 +112,19 @@ def test_ranks_draw_different_reproducible_augmentations():
     """Rank seeds differ from each other and repeat for the same (seed, epoch, rank)."""
     seeds = {train.epoch_seed(0, epoch, rank) for epoch in range(5) for rank in range(8)}
     assert len(seeds) == 40 and train.epoch_seed(0, 2, 1) == train.epoch_seed(0, 2, 1)
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_folder_holding_a_run_is_one_line_a_process(class_tree, tmp_path):
+    """Rank 0 alone checks the run folder; when it refuses, the other process, left waiting for it, ends with one
+    line too (not a traceback from its barrier), and the run in the folder is untouched. torchrun's own failure
+    report follows, as for any failed worker (docs/multi-gpu.md)."""
+    out = tmp_path / "run-2"
+    out.mkdir()
+    (out / "siam.pt").write_bytes(b"an earlier run")
+    _, finished = launch(class_tree, tmp_path, 2, check=False)
+    assert finished.returncode != 0
+    assert "rank 0: error: " in finished.stderr and "already holds a run" in finished.stderr
+    assert "rank 1: error: stopped: another process of this run ended first" in finished.stderr
+    assert "[rank1]: Traceback" not in finished.stderr
+    assert (out / "siam.pt").read_bytes() == b"an earlier run"

@@ -109,7 +109,7 @@ def fake_checkpoint(path: Path, identities: torch.Tensor, **changes) -> Path:
     entries = {"args": {"image_size": 32, "batch_size": 8, "cache_size": None, "seed": 0},
                "split": {"test_fingerprint": "x"}, "pretraining_hashes": identities,
                "hash_kind": decode.HASH_KIND, "protocol": runs.PROTOCOL, **changes}
-    save_checkpoint(path, "simsiam", SimSiam(dim=64, hidden_dim=16), **{k: v for k, v in entries.items()
+    save_checkpoint(path, "simsiam", SimSiam(), **{k: v for k, v in entries.items()
                                                                         if v is not None})
     return path
 

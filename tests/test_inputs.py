@@ -4,6 +4,7 @@ batch. Each ends in a correct run or one clear line with exit 2."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 import sys
@@ -12,16 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image
+from conftest import REPOSITORY, write_image
 from PIL import Image
 
 import bench
+import classifier
 import pictures
 import plot
 import predict
 import train
-from simsiam import cache, dataset, decode, runs
-from simsiam.model import CheckpointError, Classifier, load_checkpoint, save_checkpoint
+from simsiam import cache, cli, dataset, decode, devices, model, recipe, runs
+from simsiam.model import CheckpointError, Classifier, SimSiam, load_checkpoint, save_checkpoint
 
 
 def test_every_jpeg_suffix_is_read_and_an_unreadable_format_says_why(tmp_path):
@@ -77,7 +79,7 @@ def test_pictures_never_write_into_the_data(class_tree, tmp_path, capsys):
     assert not (class_tree / "Cat" / "plots").exists()
 
 
-@pytest.mark.parametrize("damage, message", [("classes", "distinct class names"), ("nan", "non-finite weights")])
+@pytest.mark.parametrize("damage, message", [("classes", "distinct class names"), ("nan", "not finite (NaN")])
 def test_a_damaged_classifier_predicts_nothing(tmp_path, capsys, damage, message):
     """classifier.pt with two classes of one name, or a NaN in its head: one line, exit 2, no predictions."""
     model = Classifier(2)
@@ -119,7 +121,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
               "    for i in range(100000): print('a line of predictions', i)\n"
               "main()\n")
     finished = subprocess.run(f"{sys.executable} -c \"{script}\" | head -1", shell=True, capture_output=True,
-                              text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+                              text=True, cwd=REPOSITORY, timeout=120)
     assert finished.stdout == "a line of predictions 0\n" and "Traceback" not in finished.stderr, finished.stderr
 
 
@@ -190,3 +192,236 @@ def test_resuming_a_finished_run_with_fewer_epochs_is_refused(class_tree, tmp_pa
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "--epochs 1 is below the 2 epochs" in error and "--epochs above 2" in error
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+
+
+# ---------------------------------------------------------------- a checkpoint's every entry
+
+
+def valid_entries(kind: str) -> dict:
+    """Every entry a checkpoint of `kind` may hold, each in the form its readers expect."""
+    if kind == "classifier":
+        return {"model": Classifier(2).state_dict(), "classes": ["Cat", "Dog"], "labelled_indices": [0, 3],
+                "args": {"image_size": 32, "cache_size": 36}, "protocol": runs.PROTOCOL, "environment": {}}
+    return {"model": SimSiam().state_dict(), "epoch": 1, "split": {"test_fingerprint": "x"},
+            "args": {"image_size": 32, "cache_size": None, "batch_size": 8, "seed": 0, "blur_reference_size": 32},
+            "optimizer": {"state": {}, "param_groups": [{}]}, "rng": torch.get_rng_state(),
+            "progress": [{"epoch": 1, "step": 3, "augment_generator": torch.Generator().get_state(),
+                          "loss_sum": -1.5, "std_sum": 0.06, "device": "cpu"}],
+            "pretraining_hashes": torch.ones((3, 2), dtype=torch.int64), "protocol": runs.PROTOCOL, "environment": {}}
+
+
+def changed(entries: dict, key: str, **values) -> dict:
+    return {**entries, key: {**entries[key], **values}}
+
+
+def first_weight(entries: dict, change) -> dict:
+    name = next(iter(entries["model"]))
+    return changed(entries, "model", **{name: change(entries["model"][name])})
+
+
+# a damage of each entry (and of each argument its readers use), as a hand edit or a foreign tool might make it:
+# (kind, what the message names, the damaged entries)
+DAMAGES = [
+    ("simsiam", "'model' weight", lambda e: first_weight(e, lambda w: w[:1])),
+    ("simsiam", "not finite", lambda e: first_weight(e, lambda w: torch.full_like(w, float("nan")))),
+    ("simsiam", "foreign 1", lambda e: changed(e, "model", extra=torch.zeros(1))),
+    ("simsiam", "missing 1", lambda e: {**e, "model": dict(list(e["model"].items())[1:])}),
+    ("simsiam", "'epoch'", lambda e: {**e, "epoch": -1}),
+    ("simsiam", "'args'", lambda e: {**e, "args": ["image_size", 32]}),
+    ("simsiam", "'image_size'", lambda e: changed(e, "args", image_size=8)),
+    ("simsiam", "'cache_size'", lambda e: changed(e, "args", cache_size="36")),
+    ("simsiam", "'batch_size'", lambda e: changed(e, "args", batch_size=1)),
+    ("simsiam", "'seed'", lambda e: changed(e, "args", seed=-1)),
+    ("simsiam", "'blur_reference_size'", lambda e: changed(e, "args", blur_reference_size=0)),
+    ("simsiam", "'split'", lambda e: {**e, "split": {}}),
+    ("simsiam", "'optimizer'", lambda e: changed(e, "optimizer", param_groups=[1])),
+    ("simsiam", "'rng'", lambda e: {**e, "rng": e["rng"][:10]}),
+    ("simsiam", "'progress'", lambda e: {**e, "progress": [{**e["progress"][0], "loss_sum": float("nan")}]}),
+    ("simsiam", "'progress'", lambda e: {**e, "progress": [{**e["progress"][0], "augment_generator": [1, 2]}]}),
+    ("simsiam", "'pretraining_hashes'", lambda e: {**e, "pretraining_hashes": torch.ones(3)}),
+    ("simsiam", "'protocol'", lambda e: {**e, "protocol": "2"}),
+    ("simsiam", "'environment'", lambda e: {**e, "environment": "cpu"}),
+    ("classifier", "'model' weight", lambda e: changed(e, "model", **{"head.1.weight": torch.zeros(3, 512)})),
+    ("classifier", "'classes'", lambda e: {**e, "classes": ["Cat", "Cat"]}),
+    ("classifier", "'labelled_indices'", lambda e: {**e, "labelled_indices": [0, -3]}),
+    ("classifier", "'image_size'", lambda e: changed(e, "args", image_size=True)),
+    ("classifier", "'cache_size'", lambda e: changed(e, "args", cache_size=None)),
+]
+
+
+def test_every_entry_of_a_checkpoint_has_its_form_checked():
+    """The rule: every entry a checkpoint may hold (model.ENTRIES), every argument a reader takes from it
+    (model.ARGUMENTS) and every weight of the model of its kind (names, shapes, types, finite values) is checked
+    when it is read, and a damaged one is named. DAMAGES must cover them all."""
+    entries = {kind: valid_entries(kind) for kind in ("simsiam", "classifier")}
+    for kind, state in entries.items():
+        assert model.schema_problem(state, kind) is None, kind
+    for kind, named, damage in DAMAGES:
+        problem = model.schema_problem(damage(entries[kind]), kind)
+        assert problem is not None and named in problem, (kind, named, problem)
+    covered = {named.strip("'").split("'")[0] for _, named, _ in DAMAGES}
+    assert set(model.ENTRIES) <= covered
+    assert {key for arguments in model.ARGUMENTS.values() for key in arguments} <= covered
+
+
+def test_a_damaged_checkpoint_entry_is_one_line_wherever_it_is_read(class_tree, tmp_path, capsys):
+    """The example: a siam.pt with a weight of another shape, given to pictures.py and classifier.py: one line
+    naming the weight, exit 2, no traceback (predict.py: test_a_damaged_classifier_predicts_nothing)."""
+    siam = tmp_path / "siam.pt"
+    torch.save({"format": model.CHECKPOINT_FORMAT, "version": model.CHECKPOINT_VERSION, "kind": "simsiam",
+                "arch": model.ARCH, **first_weight(valid_entries("simsiam"), lambda w: w[:1])}, siam)
+    data = ["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    for main, argv in [(pictures.main, [*data, "--checkpoint", str(siam), "--out", str(tmp_path / "pictures")]),
+                       (classifier.main, [*data, "--checkpoint", str(siam), "--out", str(tmp_path / "probe")])]:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and "'model' weight 'backbone.conv1.weight'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- consoles and ways of starting
+
+
+def test_a_console_that_is_not_utf8_gets_escapes_not_a_traceback(monkeypatch):
+    """The rule: whatever a script prints reaches a console of any encoding (PYTHONIOENCODING=ascii, a Latin-1
+    locale): what the encoding cannot hold is printed as an escape, a name that is not UTF-8 as its bytes."""
+    console = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", console)
+    cli.show_odd_names()
+    print("57.2% \u2192 56.3% \u00b1 1.3, caf" + os.fsdecode(b"\xe9") + ".jpg")
+    console.flush()
+    assert console.buffer.getvalue() == b"57.2% \\u2192 56.3% \\xb1 1.3, caf\\xe9.jpg\n"
+
+
+def test_a_script_help_on_an_ascii_console(tmp_path):
+    """The example: train.py --help, whose text holds a section sign, under PYTHONIOENCODING=ascii."""
+    finished = subprocess.run([sys.executable, str(REPOSITORY / "train.py"), "--help"], capture_output=True,
+                              env={**os.environ, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path, timeout=120)
+    assert finished.returncode == 0 and b"\\xa7" in finished.stdout, finished.stderr[-500:]
+
+
+EXPERIMENTS = sorted(path.stem for path in (REPOSITORY / "experiments").glob("*.py")
+                     if 'if __name__ == "__main__":' in path.read_text())
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_an_experiment_runs_as_a_file_too(experiment, tmp_path):
+    """python experiments/headline.py, from any folder, runs as python -m experiments.headline does."""
+    finished = subprocess.run([sys.executable, str(REPOSITORY / "experiments" / f"{experiment}.py"), "--help"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert finished.returncode == 0 and "usage:" in finished.stdout, finished.stderr[-500:]
+
+
+# ---------------------------------------------------------------- messages that say what would work
+
+
+@pytest.mark.parametrize("labels, test_fraction, val_fraction", [(250, 0.1, 0.05), (6, 0.2, 0.05), (40, 0.25, 0.1),
+                                                                 (2, 0.5, 0.0)])
+def test_the_fewest_images_a_class_needs_is_what_the_splits_take(labels, test_fraction, val_fraction):
+    """The rule behind every "too few images" message: least_per_class images of each class split, one fewer do
+    not, and the refusal says how many are needed and which --labels would fit."""
+    least = dataset.least_per_class(labels // 2, test_fraction, val_fraction)
+    split = lambda per_class: dataset.make_splits(torch.arange(2).repeat_interleave(per_class), 2, test_fraction,
+                                                  labels, 0, 0, ["Cat", "Dog"], val_fraction=val_fraction)
+    assert len(split(least).labelled) == labels
+    with pytest.raises(dataset.DataError, match=f"{least - 1} usable images, and {least} at the least are needed"):
+        split(least - 1)
+    assert dataset.least_per_class(3, 0.6, 0.4) is None
+
+
+def test_two_photos_a_class_are_told_what_is_missing(tmp_path, capsys):
+    """The example: two photos per class with the defaults: one line saying 148 are needed a class (1 test,
+    1 validation, 125 labelled, one to pretrain on) and that no --labels fits, so the fractions must go down."""
+    for c, name in enumerate(["Cat", "Dog"]):
+        for i in range(2):
+            write_image(tmp_path / "Pets" / name / f"{i}.jpg", seed=10 * c + i)
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", str(tmp_path / "Pets"), "--cache-dir", str(tmp_path / "cache"), "--out",
+                    str(tmp_path / "run"), "--image-size", "16", "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "has 2 usable images, and 148 at the least are needed" in error
+    assert "lower --test-fraction / --val-fraction" in error
+
+
+@pytest.mark.slow
+def test_a_moved_data_folder_resumes_and_other_photos_under_its_names_do_not(class_tree, tmp_path, capsys):
+    """--resume compares the photos, not the folder's path: the same photos moved elsewhere continue the run
+    (with a note), other photos under the same names are refused."""
+    def run(data: Path, epochs: str, *extra: str):
+        train.main(["--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                    "--epochs", epochs, "--batch-size", "16", "--image-size", "32", "--labels", "6", "--device",
+                    "cpu", *extra])
+    run(class_tree, "1")
+    moved = class_tree.rename(tmp_path / "moved")
+    run(moved, "2", "--resume")
+    assert "which now lies in" in capsys.readouterr().out
+    assert [record["epoch"] for record in runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    for path in moved.glob("*/[0-9]*.jpg"):
+        write_image(path, seed=1000 + int(path.stem), size=(36, 28))
+    with pytest.raises(SystemExit) as stop:
+        run(moved, "3", "--resume")
+    assert stop.value.code == 2 and "cannot resume" in capsys.readouterr().err
+
+
+def test_plot_finds_the_runs_in_a_folder_of_runs(tmp_path, monkeypatch):
+    """plot.py with no argument after the quick start (whose runs are in runs/demo/) finds them, as it does under
+    any folder named; a run being replaced (.replaced) is not a run."""
+    for folder in ["demo/simsiam", "demo/classifier-random-frozen", "other", "demo/simsiam/.replaced", "empty"]:
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        if folder != "empty":
+            (tmp_path / "runs" / folder / "metrics.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    runs_folder = Path("runs")
+    assert plot.run_folders([runs_folder]) == [runs_folder / "demo" / "classifier-random-frozen",
+                                               runs_folder / "demo" / "simsiam", runs_folder / "other"]
+    assert plot.run_folders([runs_folder / "demo" / "simsiam", runs_folder / "empty"]) == [
+        runs_folder / "demo" / "simsiam", runs_folder / "empty"]
+
+
+def test_predict_without_a_checkpoint_names_the_ones_there_are(tmp_path, monkeypatch, capsys):
+    """predict.py's default checkpoint is absent after the quick start, whose classifiers are in runs/demo/: the
+    error names them instead of asking for a classifier to be trained."""
+    found = tmp_path / "runs" / "demo" / "classifier-simsiam-frozen" / "classifier.pt"
+    found.parent.mkdir(parents=True)
+    found.write_bytes(b"")
+    write_image(tmp_path / "photo.jpg", seed=1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["photo.jpg", "--device", "cpu"])
+    assert stop.value.code == 2 and "runs/demo/classifier-simsiam-frozen/classifier.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- sizes that cannot fit
+
+
+def test_an_evaluation_pass_takes_the_batch_that_fits(monkeypatch):
+    """The rule: an evaluation pass (embedding for the probes, the kNN monitor, the pictures) uses the largest
+    batch, up to its own, that fits in the device's free memory, and refuses in one line when not even one image
+    does; where the free memory cannot be told, its own batch."""
+    runtime = devices.Runtime(torch.device("cpu"), "fp32")
+    one = recipe.step_bytes(2000, 1, "fp32", views=1)
+    monkeypatch.setattr(devices, "free_memory", lambda device: 10 * one)
+    assert recipe.fitting_batch(2000, 512, runtime) == 10 and recipe.fitting_batch(64, 512, runtime) == 512
+    monkeypatch.setattr(devices, "free_memory", lambda device: one // 2)
+    with pytest.raises(runs.RunError, match="--image-size 2000 and 1 images per process needs about"):
+        recipe.fitting_batch(2000, 512, runtime)
+    monkeypatch.setattr(devices, "free_memory", lambda device: None)
+    assert recipe.fitting_batch(2000, 512, runtime) == 512
+
+
+def test_bench_at_a_size_no_memory_holds_is_one_line(tmp_path, capsys):
+    """The example: bench.py --image-size 20000 (a step of about 100 TB) refused before any decoding."""
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--demo", "--image-size", "20000", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    assert stop.value.code == 2 and "GB of cpu memory" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("*/images.u8"))
+
+
+def test_a_data_folder_with_a_240_byte_name_and_a_dollar_sign_is_cached(tmp_path):
+    """A folder name near the 255-byte limit (and a $ in it) gives a cache folder name within the limit."""
+    root = tmp_path / ("$HOME-" + "x" * 234)
+    for c, name in enumerate(["Cat", "Dog"]):
+        for i in range(2):
+            write_image(root / name / f"{i}.jpg", seed=10 * c + i)
+    data = dataset.load_images(root, 16, tmp_path / "cache")
+    assert len(data.files) == 4 and len(os.fsencode(data.cache_path.name)) < 120
+    assert data.cache_path.name.startswith("$HOME-xxx")

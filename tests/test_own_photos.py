@@ -155,7 +155,7 @@ def test_exported_backbone_loads_into_torchvision(class_tree, tmp_path):
     missing, unexpected = network.load_state_dict(torch.load(run / "backbone.pt", weights_only=True), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
     network.fc = torch.nn.Identity()
-    ours = pretrained.load_backbone(pretrained.read(run / "siam.pt"), run / "siam.pt")
+    ours = pretrained.load_backbone(pretrained.read(run / "siam.pt"))
     batch = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(network.eval()(batch), ours.eval()(batch))
