@@ -209,11 +209,11 @@ ENTRIES = {
     "environment": ("a record of the run's software and hardware", lambda v: isinstance(v, dict)),
 }
 SIDE = (f"a side in px of at least {MIN_IMAGE_SIZE}", is_side)
+SIDE_OR_NONE = (f"a side in px of at least {MIN_IMAGE_SIZE}, or None", lambda v: v is None or is_side(v))
 # The arguments each kind's readers use: (what each must be, the check); a missing one reads as None
-ARGUMENTS = {"simsiam": {"image_size": SIDE, "cache_size": ("a side in px, or None", lambda v: v is None or is_side(v)),
+ARGUMENTS = {"simsiam": {"image_size": SIDE, "cache_size": SIDE_OR_NONE,
                          "batch_size": ("a count of at least 2", lambda v: is_count(v) and v >= 2),
-                         "seed": ("a count", is_count),
-                         "blur_reference_size": ("a side in px, or None", lambda v: v is None or is_side(v))},
+                         "seed": ("a count", is_count), "blur_reference_size": SIDE_OR_NONE},
              "classifier": {"image_size": SIDE, "cache_size": SIDE}}
 NEEDS = {"simsiam": ("model",), "classifier": ("model", "classes")}  # what every reader of a kind uses
 
