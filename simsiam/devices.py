@@ -73,7 +73,8 @@ def make_runtime(device_name: str, precision: str = "auto",
     """The runtime of `--device` and `--precision`; auto precision: bf16 autocast on CUDA, fp32 elsewhere."""
     device = resolve(device_name)
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"  # tensor cores; CPU bf16 is slower than fp32
+        # tensor cores; on a CPU bf16 pays only where the CPU has bf16 units (AMX: docs/cpu.md)
+        precision = "bf16" if device.type == "cuda" else "fp32"
     return Runtime(device, precision, context or distributed.Context())
 
 
