@@ -81,16 +81,15 @@ def views(batch: torch.Tensor, image_size: int, generator: torch.Generator, comp
     """Two independently augmented views x1, x2 (B, 3, size, size) of a uint8 batch (B, 3, S, S), on its device;
     `blur_reference`: the view side the blur's sigma range is chosen for (augment.blur_sigma_range)."""
     view = compiled_view() if compiled else augment.simsiam_view
-    layout = devices.memory_format(batch.device)
-    x1 = view(batch, image_size, generator, blur_reference).contiguous(memory_format=layout)
-    x2 = view(batch, image_size, generator, blur_reference).contiguous(memory_format=layout)
-    return x1, x2
+    return view(batch, image_size, generator, blur_reference), view(batch, image_size, generator, blur_reference)
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
              runtime: devices.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on the symmetric loss (paper eq. 2; the stop-gradient is inside D). Returns (loss, z-std) as
-    detached 0-dim tensors on the device: nothing here waits for the GPU."""
+    detached 0-dim tensors on the device: nothing here waits for the GPU. The views are laid out as the runtime's
+    convolutions want them (channels_last on CUDA and for bf16 on a CPU)."""
+    x1, x2 = (x.contiguous(memory_format=runtime.memory_format) for x in (x1, x2))
     with runtime.autocast():
         p1, p2, z1, z2 = model(x1, x2)  # p: (B, 2048) predictions, z: (B, 2048) projections
         loss = D(p1, z2) / 2 + D(p2, z1) / 2

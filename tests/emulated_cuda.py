@@ -271,7 +271,8 @@ def emulate(monkeypatch, device_count: int):
             "set_device": lambda device: None, "synchronize": lambda device=None: None,
             "mem_get_info": lambda device=None: (80 << 30, 80 << 30), "max_memory_allocated": lambda device=None: 0,
             "reset_peak_memory_stats": lambda device=None: None, "get_device_name": lambda device=None: "emulated",
-            "is_bf16_supported": lambda *a, **k: True, "Event": Event, "_lazy_init": lambda: None}
+            "is_bf16_supported": lambda *a, **k: True, "Event": Event, "_lazy_init": lambda: None,
+            "get_device_capability": lambda device=None: (9, 0)}  # an H200's; cuDNN's first use asks for it
     for name, value in fake.items():
         monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)

@@ -157,12 +157,12 @@ def test_gather_pins_only_host_to_gpu_copies(gpu):
 
 
 def test_views_draw_from_a_generator_on_the_gpu(gpu):
-    """The two views of a GPU batch come out on the GPU in channels_last, drawn from a generator there, and equal
-    the CPU's views from the same seed (the augmentation is the same code on both)."""
+    """The two views of a GPU batch come out on the GPU, drawn from a generator there, and equal the CPU's views
+    from the same seed (the augmentation is the same code on both)."""
     batch = host_images()
     x1, x2 = recipe.views(batch.to(CUDA), 16, devices.generator(CUDA, 5))
     c1, c2 = recipe.views(batch, 16, torch.Generator().manual_seed(5))
-    assert x1.device == CUDA and x1.is_contiguous(memory_format=torch.channels_last)
+    assert x1.device == CUDA
     assert torch.equal(x1.cpu(), c1) and torch.equal(x2.cpu(), c2)
 
 
@@ -170,6 +170,14 @@ def first_conv_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
     """The dtype the model's first convolution computes in, recorded at every call."""
     seen = []
     model.backbone.conv1.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    return seen
+
+
+def inputs_layouts(model: torch.nn.Module) -> list[bool]:
+    """Whether the model's first convolution was given a channels_last input, recorded at every call."""
+    seen = []
+    model.backbone.conv1.register_forward_hook(lambda module, inputs, output: seen.append(
+        inputs[0].is_contiguous(memory_format=torch.channels_last)))
     return seen
 
 
@@ -181,28 +189,31 @@ def test_sgd_step_on_the_gpu_uses_bf16_channels_last_and_fused_sgd(gpu):
     model = SimSiam().to(runtime.device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
     assert optimizer.defaults["fused"] is True
-    dtypes = first_conv_dtypes(model)
+    dtypes, layouts = first_conv_dtypes(model), inputs_layouts(model)
     before = [p.detach().cpu().clone() for p in model.parameters()]
     x1, x2 = recipe.views(host_images(8).to(runtime.device), 32, devices.generator(runtime.device, 0))
     loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
     assert loss.device == CUDA and torch.isfinite(loss).item() and 0 < std.item() < 1
-    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert dtypes == [torch.bfloat16, torch.bfloat16] and layouts == [True, True]
     assert all(not torch.equal(p.detach().cpu(), b) for p, b in zip(model.parameters(), before) if p.dim() > 1)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_cpu_step_in_bf16_and_channels_last():
-    """A CPU can run the GPU's settings: bf16 autocast and channels_last give a finite step computed in bf16."""
-    torch.manual_seed(0)
-    runtime = devices.Runtime(torch.device("cpu"), "bf16")
-    model = SimSiam().to(memory_format=torch.channels_last)
-    optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
-    dtypes = first_conv_dtypes(model)
-    x1, x2 = (x.contiguous(memory_format=torch.channels_last)
-              for x in recipe.views(host_images(8), 32, torch.Generator().manual_seed(0)))
-    loss, _ = recipe.sgd_step(model, optimizer, x1, x2, runtime)
-    assert torch.isfinite(loss) and dtypes == [torch.bfloat16, torch.bfloat16]
-    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+def test_cpu_step_in_bf16_is_channels_last_and_in_fp32_is_not():
+    """On a CPU, bf16 runs as on a GPU: autocast and channels_last weights and views (oneDNN's bf16 convolutions
+    want NHWC), a finite step computed in bf16; fp32 keeps the default layout, where NHWC does not pay."""
+    for precision, channels_last in (("bf16", True), ("fp32", False)):
+        torch.manual_seed(0)
+        runtime = devices.Runtime(torch.device("cpu"), precision)
+        assert (runtime.memory_format == torch.channels_last) == channels_last
+        model = SimSiam().to(memory_format=runtime.memory_format)
+        optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
+        dtypes, layouts = first_conv_dtypes(model), inputs_layouts(model)
+        x1, x2 = recipe.views(host_images(8), 32, torch.Generator().manual_seed(0))
+        loss, _ = recipe.sgd_step(model, optimizer, x1, x2, runtime)
+        computed_in = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert torch.isfinite(loss) and dtypes == [computed_in, computed_in] and layouts == [channels_last] * 2
+        assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_progress_readout_shows_a_landed_value(gpu):
