@@ -166,18 +166,12 @@ def test_views_draw_from_a_generator_on_the_gpu(gpu):
     assert torch.equal(x1.cpu(), c1) and torch.equal(x2.cpu(), c2)
 
 
-def first_conv_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
-    """The dtype the model's first convolution computes in, recorded at every call."""
-    seen = []
-    model.backbone.conv1.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    return seen
-
-
-def inputs_layouts(model: torch.nn.Module) -> list[bool]:
-    """Whether the model's first convolution was given a channels_last input, recorded at every call."""
+def first_conv_calls(model: torch.nn.Module) -> list[tuple[torch.dtype, bool]]:
+    """At every call of the model's first convolution: the dtype it computes in, and whether its input was
+    channels_last."""
     seen = []
     model.backbone.conv1.register_forward_hook(lambda module, inputs, output: seen.append(
-        inputs[0].is_contiguous(memory_format=torch.channels_last)))
+        (output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last))))
     return seen
 
 
@@ -189,12 +183,12 @@ def test_sgd_step_on_the_gpu_uses_bf16_channels_last_and_fused_sgd(gpu):
     model = SimSiam().to(runtime.device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
     assert optimizer.defaults["fused"] is True
-    dtypes, layouts = first_conv_dtypes(model), inputs_layouts(model)
+    calls = first_conv_calls(model)
     before = [p.detach().cpu().clone() for p in model.parameters()]
     x1, x2 = recipe.views(host_images(8).to(runtime.device), 32, devices.generator(runtime.device, 0))
     loss, std = recipe.sgd_step(model, optimizer, x1, x2, runtime)
     assert loss.device == CUDA and torch.isfinite(loss).item() and 0 < std.item() < 1
-    assert dtypes == [torch.bfloat16, torch.bfloat16] and layouts == [True, True]
+    assert calls == [(torch.bfloat16, True)] * 2
     assert all(not torch.equal(p.detach().cpu(), b) for p, b in zip(model.parameters(), before) if p.dim() > 1)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -208,11 +202,11 @@ def test_cpu_step_in_bf16_is_channels_last_and_in_fp32_is_not():
         assert (runtime.memory_format == torch.channels_last) == channels_last
         model = SimSiam().to(memory_format=runtime.memory_format)
         optimizer = recipe.make_optimizer(model, 0.05, 0.9, 5e-4)
-        dtypes, layouts = first_conv_dtypes(model), inputs_layouts(model)
+        calls = first_conv_calls(model)
         x1, x2 = recipe.views(host_images(8), 32, torch.Generator().manual_seed(0))
         loss, _ = recipe.sgd_step(model, optimizer, x1, x2, runtime)
         computed_in = torch.bfloat16 if precision == "bf16" else torch.float32
-        assert torch.isfinite(loss) and dtypes == [computed_in, computed_in] and layouts == [channels_last] * 2
+        assert torch.isfinite(loss) and calls == [(computed_in, channels_last)] * 2
         assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
