@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="PX", help="the view side for which the blur's sigma range, 0.1-2 px, holds: it is "
                                           "scaled by --image-size / PX (default: %(default)s, MoCo v2's crops; "
                                           "the --image-size itself: 0.1-2 px at any size)")
+    group.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=True,
+                       help="start every residual block as the identity (its last BatchNorm scale at 0), as the "
+                            "official SimSiam code (default); --no-zero-init-residual: torchvision's "
+                            "initialisation, the one the random-init baseline has")
     group = parser.add_argument_group("run")
     cli.add_output_arguments(group, Path("runs/simsiam"), resumable=True)
     cli.add_run_arguments(group)
@@ -412,7 +416,7 @@ def main(argv=None) -> None:
                 "hash_kind": decode.HASH_KIND,
                 "code": runs.code_version(), "protocol": runs.PROTOCOL, "environment": devices.environment(device)}
 
-    model = SimSiam().to(device, memory_format=runtime.memory_format)
+    model = SimSiam(zero_init_residual=args.zero_init_residual).to(device, memory_format=runtime.memory_format)
     optimizer = recipe.make_optimizer(model, initial_lr, args.momentum, args.weight_decay)
     if last is None:
         progress = EpochProgress.start(0, args.seed, runtime)

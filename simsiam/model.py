@@ -58,9 +58,13 @@ def prediction_mlp(dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDE
 class SimSiam(nn.Module):
     """backbone + projector form the encoder f; predictor is h."""
 
-    def __init__(self, dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDEN_DIM):
+    def __init__(self, dim: int = PROJECTION_DIM, hidden_dim: int = PREDICTION_HIDDEN_DIM,
+                 zero_init_residual: bool = True):
+        """zero_init_residual: every residual block starts as the identity, as in the official SimSiam code's
+        encoder; False: torchvision's initialisation, that of the random-init baseline (train.py
+        --no-zero-init-residual)."""
         super().__init__()
-        self.backbone = resnet18_backbone(zero_init_residual=True)  # as the official SimSiam code's encoder
+        self.backbone = resnet18_backbone(zero_init_residual)
         self.projector = projection_mlp(FEATURE_DIM, dim)
         self.predictor = prediction_mlp(dim, hidden_dim)
 

@@ -319,3 +319,10 @@ def test_simsiam_encoder_starts_with_identity_residual_blocks():
     random_blocks = [m.bn2 for m in Classifier(2).backbone.modules() if hasattr(m, "bn2")]
     assert len(simsiam_blocks) == 8 and all(torch.count_nonzero(bn.weight) == 0 for bn in simsiam_blocks)
     assert all(torch.all(bn.weight == 1) for bn in random_blocks)
+
+
+def test_simsiam_can_start_from_the_random_baselines_initialisation():
+    """train.py --no-zero-init-residual: SimSiam's backbone initialised as the random-init baseline's (residual
+    blocks not the identity), so that pretraining starts where the baseline stands."""
+    blocks = [m.bn2 for m in SimSiam(zero_init_residual=False).backbone.modules() if hasattr(m, "bn2")]
+    assert len(blocks) == 8 and all(torch.all(bn.weight == 1) for bn in blocks)

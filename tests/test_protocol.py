@@ -260,23 +260,33 @@ def test_cpu_preset_sets_the_recipe_and_explicit_flags_win():
     assert train.parse_args([]).image_size == 150  # the GPU defaults without it
 
 
+def test_zero_init_residual_is_the_default_and_can_be_turned_off():
+    assert train.parse_args([]).zero_init_residual
+    assert not train.parse_args(["--no-zero-init-residual"]).zero_init_residual
+
+
 @pytest.mark.slow
-def test_the_blur_reference_size_reaches_the_step(class_tree, tmp_path, monkeypatch):
+def test_the_blur_reference_size_and_the_initialisation_reach_the_run(class_tree, tmp_path, monkeypatch):
     """train.py's views are blurred with the kernel of its --blur-reference-size: 3 taps for 32 px views scaled from
-    224 px (the default), 13 taps (0.1-2 px) with the view's own side as the reference; args.json records it."""
+    224 px (the default), 13 taps (0.1-2 px) with the view's own side as the reference; args.json records it. The
+    residual blocks' last BatchNorm scales start at 0 (a few steps leave them near it) unless
+    --no-zero-init-residual (near torchvision's 1)."""
     kernels = []
     blur = augment.gaussian_blur
     monkeypatch.setattr(augment, "gaussian_blur", lambda x, sigma, kernel_size: kernels.append(kernel_size)
                         or blur(x, sigma, kernel_size))
-    for reference, taps in [(None, 3), (32, 13)]:
+    for reference, taps, zero_init in [(None, 3, True), (32, 13, False)]:
         kernels.clear()
         out = tmp_path / f"run-{reference}"
-        flag = [] if reference is None else ["--blur-reference-size", str(reference)]
+        flags = [] if reference is None else ["--blur-reference-size", str(reference), "--no-zero-init-residual"]
         train.main(["--data", str(class_tree), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                     "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--labels", "6", "--test-fraction",
-                    "0.2", "--device", "cpu", *flag])
+                    "0.2", "--device", "cpu", *flags])
         assert kernels and set(kernels) == {taps}
-        assert json.loads((out / "args.json").read_text())["blur_reference_size"] == (reference or 224)
+        recorded = json.loads((out / "args.json").read_text())
+        assert recorded["blur_reference_size"] == (reference or 224) and recorded["zero_init_residual"] == zero_init
+        scales = torch.load(out / "siam.pt", weights_only=False)["model"]["backbone.layer1.0.bn2.weight"]
+        assert (scales.abs().max() < 0.1) if zero_init else (scales.min() > 0.9)
 
 
 def test_cpu_and_demo_presets_are_one_or_the_other(capsys):
