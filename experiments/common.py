@@ -155,6 +155,18 @@ def add_folder_arguments(parser: argparse.ArgumentParser, runs: str) -> None:
                         help="where the small files go (default: %(default)s)")
 
 
+def add_label_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """--label-seeds: one labelled subset per seed, each probed in its own run folder."""
+    parser.add_argument("--label-seeds", type=cli.seed, nargs="+", default=[0, 1, 2],
+                        help="one labelled subset per seed, each its own run folder (default: %(default)s)")
+
+
+def check_label_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a seed given twice: its two runs would race for one folder."""
+    if len(set(args.label_seeds)) < len(args.label_seeds):
+        parser.error(f"--label-seeds must differ from each other, got {' '.join(map(str, args.label_seeds))}")
+
+
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     """The pretraining's flags, passed on to train.py (its defaults where absent), or --checkpoint for none."""
     group = parser.add_argument_group("pretraining (train.py's defaults where not given)")

@@ -10,14 +10,18 @@ random-init one, compared on the same held-out test images, which neither the pr
 Run again after a failure or a kill, it reuses every run that finished and resumes an unfinished pretraining.
 Runs the repository's own scripts, as a user would:
     1. train.py --cpu (its kNN monitor reads the validation split, never the test split);
-    2. classifier.py, frozen, over the random-init and over the SimSiam backbone: the same split, the same 250
-       labels, the same pixels; each reports its linear probe (SGD) and its closed-form probe (logistic regression,
-       penalty by cross-validation on the labels) and records its test predictions;
-    3. plot.py.
+    2. classifier.py, frozen, over the random-init and over the SimSiam backbone, once per label draw
+       (--label-seeds, three by default): the same split, the same labels for both backbones, the same pixels;
+       each reports its linear probe (SGD) and its closed-form probe (logistic regression, penalty by
+       cross-validation on the labels) and records its test predictions;
+    3. plot.py, over the first label draw's pair.
 Then, for each probe, the paired difference SimSiam - random init on the same test images with its standard error
-and 95% interval (evaluate.paired_difference), and the verdict: SimSiam ahead by at least MARGIN and by at least
-STANDARD_ERRORS standard errors. Writes RESULTS/cpu-result.json and RESULTS/cpu-result.md (the README's table) and
-copies the runs' small files (no checkpoints) to RESULTS/cpu-result/.
+and 95% interval: per label draw (evaluate.paired_difference, with McNemar's p) and over all draws, each test
+image's correctness averaged over them (evaluate.paired_difference_over_draws). The verdict is the latter's: SimSiam
+ahead by at least MARGIN and by at least STANDARD_ERRORS standard errors. One draw of 250 labels moves the difference
+by a few points either way (docs/cpu.md), which a verdict on one draw would count as the method's. Writes
+RESULTS/cpu-result.json and RESULTS/cpu-result.md (the README's table) and copies the runs' small files (no
+checkpoints) to RESULTS/cpu-result/.
 """
 from __future__ import annotations
 
@@ -45,10 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_folder_arguments(parser, "runs/cpu-result")
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
                         help="epochs of the SGD linear probes (default: %(default)s, classifier.py's)")
+    common.add_label_seeds_argument(parser)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
     parser.add_argument("train_flags", nargs="*", metavar="-- TRAIN_FLAGS",
                         help="train.py flags after a --, applied after the recipe's: another configuration to try")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    common.check_label_seeds(parser, args)
+    return args
 
 
 def pretraining_flags(tiny: bool, changes: list[str] = ()) -> list[str]:
@@ -68,6 +75,12 @@ def verdict(difference: dict) -> bool:
             and difference["difference"] >= STANDARD_ERRORS * difference["standard_error"])
 
 
+def points(row: dict) -> str:
+    """A row's accuracies, paired difference and interval as cpu-result.md's cells."""
+    return (f"{100 * row['random']:.1f}% | {100 * row['simsiam']:.1f}% | {100 * row['difference']:+.1f} ± "
+            f"{100 * row['standard_error']:.1f} points | {100 * row['low']:+.1f} to {100 * row['high']:+.1f}")
+
+
 @cli.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -83,39 +96,48 @@ def main(argv=None) -> None:
     resolution = common.resolution_flags(pretrained.read(checkpoint_path))
 
     epochs = common.TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]
-    probes = {}  # backbone name: (out, command)
-    for name, backbone in (("random", ["--random"]), ("simsiam", ["--checkpoint", str(checkpoint_path)])):
-        out = runs_dir / f"probe-{name}"
-        probes[name] = (out, ["classifier.py", *data, *resolution, *backbone, "--out", str(out), "--overwrite",
-                              *epochs])
+    probes = {}  # (backbone name, label seed): (out, command)
+    for seed in args.label_seeds:
+        for name, backbone in (("random", ["--random"]), ("simsiam", ["--checkpoint", str(checkpoint_path)])):
+            out = runs_dir / f"probe-{name}-labels{seed}"
+            probes[name, seed] = (out, ["classifier.py", *data, *resolution, *backbone, "--label-seed", str(seed),
+                                        "--out", str(out), "--overwrite", *epochs])
     seconds = dict(zip(probes, common.run_all([(command, out.with_suffix(".log")) for out, command in probes.values()],
                                               parallel=1)))
-    common.run(["plot.py", str(simsiam), *(str(out) for out, _ in probes.values()), "--out", str(runs_dir / "plots")],
-               runs_dir / "plot.log")
+    first_pair = [str(probes[name, args.label_seeds[0]][0]) for name in ("random", "simsiam")]
+    common.run(["plot.py", str(simsiam), *first_pair, "--out", str(runs_dir / "plots")], runs_dir / "plot.log")
 
-    predictions = {name: json.loads((out / "predictions.json").read_text()) for name, (out, _) in probes.items()}
-    rows = []
+    predictions = {key: json.loads((out / "predictions.json").read_text()) for key, (out, _) in probes.items()}
+    if not evaluate.same_test_images(*predictions.values()):
+        raise runs.RunError("the probes were not all tested on the same images: this is a bug")
+    rows, averaged = [], []
     for probe, key in PROBES.items():
-        difference = evaluate.compare_predictions(predictions["simsiam"], predictions["random"], key)
-        if difference is None:
-            raise runs.RunError("the two probes were not tested on the same images: this is a bug")
-        rows.append({"probe": probe, "random": difference["accuracy_b"], "simsiam": difference["accuracy_a"],
-                     **difference, "meets_target": verdict(difference)})
+        correct = {name: [evaluate.correctness(predictions[name, seed], key) for seed in args.label_seeds]
+                   for name in ("random", "simsiam")}
+        for seed, simsiam_correct, random_correct in zip(args.label_seeds, correct["simsiam"], correct["random"]):
+            difference = evaluate.paired_difference(simsiam_correct, random_correct)
+            rows.append({"probe": probe, "label_seed": seed, "random": difference["accuracy_b"],
+                         "simsiam": difference["accuracy_a"], **difference})
+        difference = evaluate.paired_difference_over_draws(correct["simsiam"], correct["random"])
+        averaged.append({"probe": probe, "label_seeds": args.label_seeds, "random": difference["accuracy_b"],
+                         "simsiam": difference["accuracy_a"], **difference, "meets_target": verdict(difference)})
     summary = {"hardware": common.hardware(), "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
                "target": {"margin": MARGIN, "standard_errors": STANDARD_ERRORS},
                "pretrain_command": common.shown(train_command, runs_dir, args.runs), "pretrain_s": round(pretrain_s, 1),
                **common.pretraining_summary(simsiam),
-               "probe_commands": {name: common.shown(command, runs_dir, args.runs)
-                                  for name, (_, command) in probes.items()},
-               "probe_s": {name: round(s, 1) for name, s in seconds.items()},
-               "num_test": len(predictions["random"]["labels"]), "rows": rows}
-    table = ["| frozen probe, 250 labels | random init | SimSiam | SimSiam - random (paired SE) | 95% interval | "
-             "test images where only one is right | target met |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    table += [f"| {r['probe']} | {100 * r['random']:.1f}% | {100 * r['simsiam']:.1f}% | "
-              f"{100 * r['difference']:+.1f} ± {100 * r['standard_error']:.1f} points | "
-              f"{100 * r['low']:+.1f} to {100 * r['high']:+.1f} | {r['only_a']} SimSiam, {r['only_b']} random | "
-              f"{'yes' if r['meets_target'] else 'no'} |" for r in rows]
+               "probe_commands": {f"{name}, label seed {seed}": common.shown(command, runs_dir, args.runs)
+                                  for (name, seed), (_, command) in probes.items()},
+               "probe_s": {f"{name}, label seed {seed}": round(s, 1) for (name, seed), s in seconds.items()},
+               "num_test": averaged[0]["num_test"], "label_seeds": args.label_seeds, "averaged": averaged,
+               "rows": rows}
+    table = ["| frozen probe, 250 labels | label draw | random init | SimSiam | SimSiam - random (paired SE) | "
+             "95% interval | McNemar p | target met |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for a in averaged:
+        table += [f"| {a['probe']} | mean of {len(a['label_seeds'])} | {points(a)} | – | "
+                  f"{'yes' if a['meets_target'] else 'no'} |"]
+        table += [f"| | seed {r['label_seed']} | {points(r)} | {r['mcnemar_p']:.2g} | – |"
+                  for r in rows if r["probe"] == a["probe"]]
     results = REPOSITORY / args.results
     (results / "cpu-result").mkdir(parents=True, exist_ok=True)
     (results / "cpu-result.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -126,9 +148,10 @@ def main(argv=None) -> None:
     print(f"pretraining: {summary['pretrain_s'] / 60:.1f} min, {summary['pretrain_epochs']} epochs, z-std "
           f"{summary['final_z_std']:.4f} (min {summary['min_z_std']:.4f}), final validation kNN "
           f"{summary['final_knn_accuracy']:.3f}; {summary['num_test']:,} test images")
-    for row in rows:
-        print(f"verdict, {row['probe']}: SimSiam {'beats' if row['meets_target'] else 'does not beat'} random init "
-              f"by at least {100 * MARGIN:.0f} points and {STANDARD_ERRORS} paired standard errors")
+    for row in averaged:
+        print(f"verdict, {row['probe']}, over {len(row['label_seeds'])} label draws: SimSiam "
+              f"{'beats' if row['meets_target'] else 'does not beat'} random init by at least {100 * MARGIN:.0f} "
+              f"points and {STANDARD_ERRORS} paired standard errors")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ RUNS = list(dict.fromkeys((random, finetune) for _, random, finetune, _ in ROWS)
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_folder_arguments(parser, "runs/headline")
-    parser.add_argument("--label-seeds", type=cli.seed, nargs="+", default=[0, 1, 2],
-                        help="one labelled subset per seed, each its own run folder (default: %(default)s)")
+    common.add_label_seeds_argument(parser)
     parser.add_argument("--parallel", type=cli.positive(int), default=4,
                         help="classifier runs at a time (they share the GPU; default: %(default)s)")
     parser.add_argument("--classifier-epochs", type=cli.positive(int), default=100,
@@ -64,8 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: --demo data, minimal settings")
     common.add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
-    if len(set(args.label_seeds)) < len(args.label_seeds):  # two runs would race for one folder
-        parser.error(f"--label-seeds must differ from each other, got {' '.join(map(str, args.label_seeds))}")
+    common.check_label_seeds(parser, args)
     return args
 
 

@@ -57,37 +57,68 @@ def standard_error(accuracy: float, num_test: int) -> float:
     return (accuracy * (1 - accuracy) / num_test) ** 0.5
 
 
+def mean_with_error(differences: torch.Tensor) -> dict:
+    """The mean of (n,) per-image differences, its standard error (their sample standard deviation over sqrt(n))
+    and a normal 95% interval."""
+    difference, error = differences.mean().item(), (differences.std() / len(differences) ** 0.5).item()
+    return {"difference": difference, "standard_error": error, "low": difference - 1.96 * error,
+            "high": difference + 1.96 * error}
+
+
 def paired_difference(correct_a, correct_b) -> dict:
     """Accuracy of classifier a minus that of classifier b on the same test images, from their per-image
-    correctness (two equal-length sequences of bools): the paired standard error (the sample standard deviation of
-    the per-image differences over sqrt(n)), a normal 95% interval, the discordant counts (only_a: images only a
-    got right) and McNemar's exact two-sided p-value on them. Pairing removes what both get right or wrong alike:
-    its standard error is well below that of two independent accuracies."""
+    correctness (two equal-length sequences of bools): the paired standard error and a normal 95% interval
+    (mean_with_error), the discordant counts (only_a: images only a got right) and McNemar's exact two-sided
+    p-value on them. Pairing removes what both get right or wrong alike: its standard error is well below that of
+    two independent accuracies."""
     a = torch.as_tensor(correct_a, dtype=torch.float64)
     b = torch.as_tensor(correct_b, dtype=torch.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError("paired_difference needs two equal-length sequences of at least 2 test images")
     differences = a - b
-    difference, error = differences.mean().item(), (differences.std() / len(a) ** 0.5).item()
     only_a, only_b = int((differences > 0).sum()), int((differences < 0).sum())
     discordant, fewer = only_a + only_b, min(only_a, only_b)
     tail = Fraction(sum(math.comb(discordant, k) for k in range(fewer + 1)), 2 ** discordant)
-    return {"accuracy_a": a.mean().item(), "accuracy_b": b.mean().item(), "difference": difference,
-            "standard_error": error, "low": difference - 1.96 * error, "high": difference + 1.96 * error,
+    return {"accuracy_a": a.mean().item(), "accuracy_b": b.mean().item(), **mean_with_error(differences),
             "only_a": only_a, "only_b": only_b, "mcnemar_p": min(1.0, float(2 * tail)), "num_test": len(a)}
+
+
+def paired_difference_over_draws(correct_a, correct_b) -> dict:
+    """paired_difference of two kinds of classifier each fitted once per label draw, all tested on the same
+    images: (D, n) per-image correctness, a row per draw, the same draws in the same order for a and b. Each
+    image's correctness is first averaged over the D draws, so the standard error is over the test images, the
+    unit sampled, with the draws' own noise averaged out rather than counted as D times the images. No McNemar
+    p-value: correctness averaged over draws is not a pair of bools."""
+    a = torch.as_tensor(correct_a, dtype=torch.float64)
+    b = torch.as_tensor(correct_b, dtype=torch.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 2:
+        raise ValueError("paired_difference_over_draws needs two equal (draws, test images) tables, 2 images or more")
+    a, b = a.mean(dim=0), b.mean(dim=0)
+    return {"accuracy_a": a.mean().item(), "accuracy_b": b.mean().item(), **mean_with_error(a - b),
+            "num_test": len(a), "draws": len(correct_a)}
 
 
 PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}  # predictions.json keys:
 # the trained head's (the linear probe of a frozen run, the model of a fine-tuned one) and the closed-form probe's
 
 
+def correctness(predictions: dict, key: str) -> list[bool]:
+    """Per test image, whether a classifier run's predictions.json record under `key` got it right."""
+    return [p == label for p, label in zip(predictions[key], predictions["labels"])]
+
+
+def same_test_images(*predictions: dict) -> bool:
+    """Whether classifier runs' predictions.json records were tested on the same images, in the same order."""
+    return all(p.get("files") == predictions[0].get("files") and p.get("labels") == predictions[0].get("labels")
+               for p in predictions)
+
+
 def compare_predictions(a: dict, b: dict, key: str) -> dict | None:
     """paired_difference of two classifier runs' predictions.json records under `key` ("head" or
     "closed_form"), or None when they were not tested on the same images or one lacks `key`."""
-    if a.get("files") != b.get("files") or a.get("labels") != b.get("labels") or key not in a or key not in b:
+    if not same_test_images(a, b) or key not in a or key not in b:
         return None
-    return paired_difference([p == label for p, label in zip(a[key], a["labels"])],
-                             [p == label for p, label in zip(b[key], b["labels"])])
+    return paired_difference(correctness(a, key), correctness(b, key))
 
 
 def describe_difference(difference: dict) -> str:

@@ -246,11 +246,13 @@ def test_names_that_are_not_utf8_go_through_every_script(tmp_path, capsys):
 def test_experiment_flags_that_cannot_work_are_refused(tmp_path, capsys):
     """Two equal label seeds (two runs racing for one folder), --parallel 0, and a --runs or --results that names
     an existing file: each refused in one line, exit 2, before any run starts."""
-    from experiments import headline, label_efficiency
+    from experiments import cpu_result, headline, label_efficiency
 
-    for argv in (["--tiny", "--label-seeds", "0", "0"], ["--tiny", "--parallel", "0"]):
+    for parse, argv in [(headline.parse_args, ["--tiny", "--label-seeds", "0", "0"]),
+                        (headline.parse_args, ["--tiny", "--parallel", "0"]),
+                        (cpu_result.parse_args, ["--tiny", "--label-seeds", "1", "1"])]:
         with pytest.raises(SystemExit) as stop:
-            headline.parse_args(argv)
+            parse(argv)
         assert stop.value.code == 2
     with pytest.raises(SystemExit) as stop:
         label_efficiency.parse_args(["--tiny", "--parallel", "0"])

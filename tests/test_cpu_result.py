@@ -18,17 +18,26 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_cpu_result_tiny(tmp_path):
-    """--tiny: pretrains, probes both backbones on the same test images, prints the table and a verdict per probe,
-    and writes the JSON summary, the markdown table and the small files (no checkpoints)."""
-    finished = subprocess.run([sys.executable, "-m", "experiments.cpu_result", "--tiny", "--runs",
-                               str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+    """--tiny with two label draws: pretrains, probes both backbones once per draw on the same test images, prints
+    the table and a verdict per probe over the draws, and writes the JSON summary, the markdown table and the small
+    files (no checkpoints). Each draw's labels reach its pair of probes; the verdict's difference is the mean of
+    the draws'."""
+    finished = subprocess.run([sys.executable, "-m", "experiments.cpu_result", "--tiny", "--label-seeds", "0", "1",
+                               "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
                               cwd=REPOSITORY, check=True, capture_output=True, text=True, timeout=600)
     summary = json.loads((tmp_path / "results" / "cpu-result.json").read_text())
-    assert [row["probe"] for row in summary["rows"]] == list(cpu_result.PROBES)
-    for row in summary["rows"]:
+    assert [row["probe"] for row in summary["averaged"]] == list(cpu_result.PROBES)
+    for row in summary["averaged"]:
+        draws = [r for r in summary["rows"] if r["probe"] == row["probe"]]
+        assert [r["label_seed"] for r in draws] == row["label_seeds"] == [0, 1]
         assert row["difference"] == pytest.approx(row["simsiam"] - row["random"]) and row["standard_error"] >= 0
+        assert row["difference"] == pytest.approx(sum(r["difference"] for r in draws) / 2)
         assert row["meets_target"] == cpu_result.verdict(row)
-        assert row["num_test"] == summary["num_test"] == 100  # the tiny set's test split
+        assert row["num_test"] == summary["num_test"] == draws[0]["num_test"] == 100  # the tiny set's test split
+    for name in ("random", "simsiam"):
+        labelled = [json.loads((tmp_path / "runs" / f"probe-{name}-labels{seed}" / "labelled.json").read_text())
+                    for seed in (0, 1)]
+        assert labelled[0]["files"] != labelled[1]["files"]
     assert summary["pretrain_epochs"] == 2 and "--cpu" not in summary["pretrain_command"]
     assert finished.stdout.count("verdict, ") == 2
     copied = list((tmp_path / "results" / "cpu-result").rglob("*"))

@@ -179,6 +179,26 @@ def test_pairing_gives_a_smaller_error_than_two_independent_accuracies():
     assert result["standard_error"] < 0.5 * independent
 
 
+def test_paired_difference_over_draws_by_hand():
+    """Two label draws of 3 test images: each image's correctness averaged over the draws first (a: 1, 1/2, 1/2;
+    b: 1/2, 0, 1/2), then the paired difference over the images: 1/3, the sample std of (1/2, 1/2, 0) over
+    sqrt(3)."""
+    result = evaluate.paired_difference_over_draws([[1, 0, 1], [1, 1, 0]], [[0, 0, 1], [1, 0, 0]])
+    assert result["difference"] == pytest.approx(1 / 3) and result["draws"] == 2 and result["num_test"] == 3
+    assert result["standard_error"] == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))
+    assert (result["accuracy_a"], result["accuracy_b"]) == pytest.approx((2 / 3, 1 / 3))
+
+
+def test_repeating_a_label_draw_does_not_shrink_the_standard_error():
+    """The standard error is over the test images, not over draws x images: three copies of one draw give that
+    draw's own paired difference and standard error, not one sqrt(3) times smaller."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(500, generator=generator) < 0.6).tolist(), (torch.rand(500, generator=generator) < 0.5).tolist()
+    once, thrice = evaluate.paired_difference(a, b), evaluate.paired_difference_over_draws([a] * 3, [b] * 3)
+    assert thrice["difference"] == pytest.approx(once["difference"])
+    assert thrice["standard_error"] == pytest.approx(once["standard_error"])
+
+
 def test_paired_difference_of_identical_classifiers_is_zero():
     result = evaluate.paired_difference([True, False, True], [True, False, True])
     assert result["difference"] == 0 and result["standard_error"] == 0 and result["mcnemar_p"] == 1
