@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from simsiam import devices
+import dataset
 
 CPU = torch.device("cpu")
 aten = torch.ops.aten
@@ -278,7 +278,7 @@ def emulate(monkeypatch, device_count: int):
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
     monkeypatch.setattr(torch, "Generator", emulated_generator_class())
     monkeypatch.setattr(torch, "autocast", Autocast)
-    monkeypatch.setattr(devices, "pin_memory", EMULATION.pin)  # also from the prefetch thread, which has no Mode
+    monkeypatch.setattr(dataset, "pin_memory", EMULATION.pin)  # also from the prefetch thread, which has no Mode
     monkeypatch.setattr(torch.utils.data._utils.pin_memory, "pin_memory",  # DataLoader(pin_memory=True)'s thread
                         lambda data, device=None: tree_map(
                             lambda x: EMULATION.pin(x) if isinstance(x, torch.Tensor) else x, data))

@@ -1,9 +1,8 @@
-"""Tests for augment.py: each batched operation against torchvision's single-image version on fixed
-parameters, the shape, range, seeding and per-image independence of the views, and the statistics of the
-random choices. Small float images in [0, 1], CPU (plus one CUDA test, skipped without a GPU)."""
+"""Tests for augment.py: each batched operation against torchvision's single-image version on fixed parameters, the
+crop boxes' distribution against RandomResizedCrop's, the shape, range, seeding and per-image independence of the
+views, and the statistics of the random choices. Small float images in [0, 1] on the CPU, plus emulated CUDA."""
 from __future__ import annotations
 
-import colorsys
 import itertools
 import math
 
@@ -12,7 +11,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from simsiam import augment
+import augment
+from emulated_cuda import emulated_cuda
 
 H, W = 32, 40  # not square, so that a swapped x / y shows
 
@@ -46,57 +46,27 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- resized_crop against torchvision
 
+
 def pixel_box(top: int, left: int, height: int, width: int, image_height: int = H, image_width: int = W
               ) -> list[float]:
-    """A (top, left, height, width) pixel box of an image_height x image_width image as (centre x, centre y,
-    width, height) in [-1, 1]."""
+    """A (top, left, height, width) pixel box as (centre x, centre y, width, height) in [-1, 1]."""
     return [(2 * left + width) / image_width - 1, (2 * top + height) / image_height - 1,
             width / image_width, height / image_height]
 
 
-def crop_both_ways(x: torch.Tensor, pixel_boxes: list[tuple[int, int, int, int]], flip: bool, size: int):
-    """(augment.resized_crop, torchvision's resized_crop(antialias=False) [+ hflip] image by image)."""
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("pixel_boxes, size", [
+    pytest.param([(0, 0, H, W), (2, 3, 24, 20), (5, 10, 20, 30), (10, 1, 16, 16)], 12, id="downsampling"),
+    pytest.param([(0, 0, H, W)] * 4, 48, id="whole-image-upsampling"),
+    pytest.param([(4, 5, 20, 20), (0, 0, 24, 30), (12, 20, 20, 20), (2, 1, 30, 39)], 40, id="upsampling"),
+])
+def test_resized_crop_matches_torchvision(images, pixel_boxes, size, flip):
+    """On pixel-aligned boxes, one per image, resized_crop (+ flip) equals torchvision's
+    resized_crop(antialias=False) (+ hflip) image by image, border pixels included."""
     boxes = torch.tensor([pixel_box(*box) for box in pixel_boxes])
-    ours = augment.resized_crop(x, boxes, torch.full((len(x),), flip), size)
-    theirs = []
-    for image, box in zip(x, pixel_boxes):
-        reference = TF.resized_crop(image, *box, [size, size], antialias=False)
-        theirs.append(TF.hflip(reference) if flip else reference)
-    return ours, torch.stack(theirs)
-
-
-DOWNSAMPLING_BOXES = [(0, 0, H, W), (2, 3, 24, 20), (5, 10, 20, 30), (10, 1, 16, 16)]  # to 12 x 12
-UPSAMPLING_BOXES = [(4, 5, 20, 20), (0, 0, 24, 30), (12, 20, 20, 20), (2, 1, 30, 39)]  # to 40 x 40, scale <= 2
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_resized_crop_matches_torchvision_when_downsampling(images, flip):
-    """On pixel-aligned boxes larger than the output, resized_crop (+ flip) equals torchvision's
-    resized_crop(antialias=False) (+ hflip)."""
-    ours, theirs = crop_both_ways(images, DOWNSAMPLING_BOXES, flip, size=12)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_resized_crop_of_whole_image_matches_torchvision_when_upsampling(images, flip):
-    """The whole-image box upsampled (+ flip) equals torchvision's resized_crop(antialias=False) (+ hflip)."""
-    ours, theirs = crop_both_ways(images, [(0, 0, H, W)] * len(images), flip, size=48)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_resized_crop_matches_torchvision_inside_upsampled_crops(images, flip):
-    """Upsampling pixel-aligned crops (scale <= 2), resized_crop (+ flip) equals torchvision's everywhere but
-    on the outermost row and column of output pixels."""
-    ours, theirs = crop_both_ways(images, UPSAMPLING_BOXES, flip, size=40)
-    torch.testing.assert_close(ours[..., 1:-1, 1:-1], theirs[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_resized_crop_matches_torchvision_when_upsampling(images, flip):
-    """On pixel-aligned boxes smaller than the output, resized_crop (+ flip) equals torchvision's
-    resized_crop(antialias=False) (+ hflip), border pixels included."""
-    ours, theirs = crop_both_ways(images, UPSAMPLING_BOXES, flip, size=40)
+    ours = augment.resized_crop(images, boxes, torch.full((len(images),), flip), size)
+    theirs = [TF.resized_crop(image, *box, [size, size], antialias=False) for image, box in zip(images, pixel_boxes)]
+    theirs = torch.stack([TF.hflip(image) if flip else image for image in theirs])
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
@@ -122,13 +92,7 @@ def test_colour_adjustment_matches_torchvision(name, values, request):
     torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=0)
 
 
-def test_grayscale_matches_torchvision(images):
-    """grayscale equals torchvision's rgb_to_grayscale(num_output_channels=1)."""
-    torch.testing.assert_close(augment.grayscale(images), TF.rgb_to_grayscale(images, num_output_channels=1),
-                               atol=1e-6, rtol=0)
-
-
-def test_grayscale_blend_matches_torchvision_per_image(images):
+def test_grayscale_as_applied_matches_torchvision(images):
     """blend(x, grayscale(x), keep), as colour_augment applies grayscale, gives torchvision's 3-channel
     rgb_to_grayscale where keep is 0 and the image itself where keep is 1."""
     keep = torch.tensor([0.0, 1.0, 0.0, 1.0])
@@ -138,12 +102,13 @@ def test_grayscale_blend_matches_torchvision_per_image(images):
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
-def test_gaussian_blur_matches_torchvision(images):
-    """gaussian_blur with a different sigma per image equals torchvision's gaussian_blur(kernel 13, sigma)
-    image by image."""
-    sigmas = [0.1, 0.5, 1.0, 2.0]
-    ours = augment.gaussian_blur(images, torch.tensor(sigmas), 13)
-    theirs = torch.stack([TF.gaussian_blur(image, kernel_size=[13, 13], sigma=[s, s])
+@pytest.mark.parametrize("kernel, sigmas", [(13, [0.1, 0.5, 1.0, 2.0]), (3, [0.02, 0.1, 0.2, 0.29])],
+                         ids=["224px-views", "32px-views"])
+def test_gaussian_blur_matches_torchvision(images, kernel, sigmas):
+    """gaussian_blur with a different sigma per image equals torchvision's gaussian_blur(kernel, sigma) image by
+    image, at the kernel sizes of 224 px and 32 px views."""
+    ours = augment.gaussian_blur(images, torch.tensor(sigmas), kernel)
+    theirs = torch.stack([TF.gaussian_blur(image, kernel_size=[kernel, kernel], sigma=[s, s])
                           for image, s in zip(images, sigmas)])
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
@@ -175,37 +140,17 @@ IDENTITY_CASES = {  # the parameters colour_augment gives an image that a random
 }
 
 
+@pytest.mark.parametrize("values", ["images", "quantised"])
 @pytest.mark.parametrize("name", IDENTITY_CASES)
-def test_identity_parameters_leave_images_unchanged(images, name):
-    """Factor 1, hue shift 0 and blur sigma 1e-3 leave an image unchanged."""
-    function, parameter = IDENTITY_CASES[name]
-    torch.testing.assert_close(function(images, torch.full((len(images),), parameter)), images,
-                               atol=1e-6, rtol=0)
-
-
-# ---------------------------------------------------------------- HSV
-
-@pytest.mark.parametrize("values", ["images", "quantised"])
-def test_hsv_round_trip(values, request):
-    """hsv_to_rgb(rgb_to_hsv(x)) == x."""
+def test_identity_parameters_leave_images_unchanged(name, values, request):
+    """Factor 1, hue shift 0 (an RGB -> HSV -> RGB round trip, gray pixels and ties included) and blur sigma 1e-3
+    leave an image unchanged."""
     x = request.getfixturevalue(values)
-    torch.testing.assert_close(augment.hsv_to_rgb(augment.rgb_to_hsv(x)), x, atol=1e-6, rtol=0)
+    function, parameter = IDENTITY_CASES[name]
+    torch.testing.assert_close(function(x, torch.full((len(x),), parameter)), x, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("values", ["images", "quantised"])
-def test_rgb_to_hsv_matches_colorsys(values, request):
-    """rgb_to_hsv equals Python's colorsys.rgb_to_hsv pixel by pixel (hue compared on the circle)."""
-    x = request.getfixturevalue(values)[:, :, :4, :4]  # 64 pixels
-    ours = augment.rgb_to_hsv(x).permute(0, 2, 3, 1).reshape(-1, 3).double()
-    theirs = torch.tensor([colorsys.rgb_to_hsv(*pixel) for pixel in x.permute(0, 2, 3, 1).reshape(-1, 3).tolist()],
-                          dtype=torch.float64)
-    hue_error = (ours[:, 0] - theirs[:, 0]).abs()
-    assert torch.minimum(hue_error, 1 - hue_error).max() < 1e-6
-    torch.testing.assert_close(ours[:, 1:], theirs[:, 1:], atol=1e-6, rtol=0)
-    assert ((ours[:, 0] >= 0) & (ours[:, 0] < 1)).all()
-
-
-# ---------------------------------------------------------------- random parameters and views
+# ---------------------------------------------------------------- crop boxes
 
 def test_crop_boxes_are_drawn_per_image_within_bounds():
     """random_crop_boxes(n, side) gives n distinct boxes, each inside the image, with width and height in (0, 1],
@@ -213,11 +158,9 @@ def test_crop_boxes_are_drawn_per_image_within_bounds():
     n, side = 1000, 1024  # a fine pixel grid, on which 1000 boxes are distinct
     boxes = augment.random_crop_boxes(n, side, generator(3))
     centre_x, centre_y, width, height = boxes.unbind(1)
-    assert boxes.shape == (n, 4)
-    assert len(torch.unique(boxes, dim=0)) == n
+    assert boxes.shape == (n, 4) and len(torch.unique(boxes, dim=0)) == n
     assert ((width > 0) & (width <= 1) & (height > 0) & (height <= 1)).all()
-    eps = 1e-6
-    assert (centre_x.abs() + width <= 1 + eps).all() and (centre_y.abs() + height <= 1 + eps).all()
+    assert (centre_x.abs() + width <= 1 + 1e-6).all() and (centre_y.abs() + height <= 1 + 1e-6).all()
     area, aspect = width * height, width / height
     rounding = 2 / side  # half a pixel on each side changes area and aspect by less than this
     assert ((area >= augment.CROP_SCALE[0] - rounding) & (area <= augment.CROP_SCALE[1])).all()
@@ -225,23 +168,14 @@ def test_crop_boxes_are_drawn_per_image_within_bounds():
 
 
 def test_crop_boxes_are_pixel_aligned():
-    """Every box's left, top, width and height are whole pixels of the side x side image, so resized_crop
-    on it equals torchvision's resized_crop."""
+    """Every box's left, top, width and height are whole pixels of the side x side image, so resized_crop on it
+    equals torchvision's resized_crop (tested above)."""
     side = 74
     centre_x, centre_y, width, height = augment.random_crop_boxes(1000, side, generator(13)).double().unbind(1)
     pixels = torch.stack([(centre_x - width + 1) * side / 2, (centre_y - height + 1) * side / 2,
                           width * side, height * side])  # (4, n) left, top, width, height
     assert (pixels - pixels.round()).abs().max() < 1e-4
 
-
-def test_crop_boxes_are_reproducible_from_the_generator():
-    """Generators seeded the same give identical boxes; differently seeded ones give different boxes."""
-    boxes = augment.random_crop_boxes(100, 74, generator(14))
-    assert torch.equal(boxes, augment.random_crop_boxes(100, 74, generator(14)))
-    assert not torch.equal(boxes, augment.random_crop_boxes(100, 74, generator(15)))
-
-
-# ---------------------------------------------------------------- crop boxes against torchvision's RandomResizedCrop
 
 SIDE = 74  # the cache side for 64 px views: ceil(64 * 8 / 7)
 DRAWS = 5000
@@ -258,8 +192,8 @@ def torchvision_crop_boxes(n: int, side: int, seed: int, scale=augment.CROP_SCAL
 
 
 def clamped_crop_sides(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(width, height), each (n,), of the sampler random_crop_boxes replaced: one (area, aspect) draw per image,
-    a side larger than the image clamped to it."""
+    """(width, height), each (n,), of a plausible wrong sampler: one (area, aspect) draw per image, a side larger
+    than the image clamped to it."""
     area = augment.uniform(*augment.CROP_SCALE, n, generator)
     aspect = torch.exp(augment.uniform(*[math.log(r) for r in augment.CROP_RATIO], n, generator))
     return torch.sqrt(area * aspect).clamp(max=1.0), torch.sqrt(area / aspect).clamp(max=1.0)
@@ -296,8 +230,8 @@ def test_crop_box_statistics_match_torchvision(torchvision_statistics):
 
 
 def test_crop_box_statistics_reject_the_clamped_sampler(torchvision_statistics):
-    """The comparison above has the power to fail: the sampler that clamped oversized sides (mean area about
-    0.59, 31% above 0.75, 8% full width) differs from torchvision in mean area, area above 0.75 and full width."""
+    """The comparison above has the power to fail: the sampler that clamps oversized sides (mean area about 0.59,
+    31% above 0.75, 8% full width) differs from torchvision in mean area, area above 0.75 and full width."""
     statistics = crop_statistics(*clamped_crop_sides(DRAWS, generator(17)))
     assert {"mean area", "area > 0.75", "full width"} <= set(differing_statistics(statistics, torchvision_statistics))
 
@@ -310,49 +244,43 @@ def test_crop_box_statistics_reject_the_clamped_sampler(torchvision_statistics):
 def test_crop_box_fallback_is_torchvision_centre_crop(scale, ratio):
     """When none of the candidates fits, random_crop_boxes gives torchvision's centre crop, with the aspect ratio
     clamped to `ratio`, on an odd side where the centring rounds."""
-    side = 75
-    ours = augment.random_crop_boxes(3, side, generator(18), scale=scale, ratio=ratio)
-    theirs = torchvision_crop_boxes(3, side, seed=18, scale=scale, ratio=ratio)
+    ours = augment.random_crop_boxes(3, 75, generator(18), scale=scale, ratio=ratio)
+    theirs = torchvision_crop_boxes(3, 75, seed=18, scale=scale, ratio=ratio)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
-def test_simsiam_view_shape_dtype_and_range():
-    """simsiam_view of a uint8 (B, 3, S, S) batch is a finite float32 (B, 3, size, size) batch whose
-    un-normalised values lie in [0, 1]."""
-    view = augment.simsiam_view(uint8_batch(6, 40), 24, generator(4))
-    assert view.shape == (6, 3, 24, 24) and view.dtype == torch.float32
-    assert torch.isfinite(view).all()
+# ---------------------------------------------------------------- the views
+
+RANDOM_VIEWS = {"simsiam_view": augment.simsiam_view, "crop_flip_view": augment.crop_flip_view}
+SEEDED = {**RANDOM_VIEWS, "random_crop_boxes": lambda batch, size, generator: augment.random_crop_boxes(
+    len(batch), batch.shape[-1], generator)}
+
+
+@pytest.mark.parametrize("name", RANDOM_VIEWS)
+def test_view_shape_dtype_and_range(name):
+    """A view of a uint8 (B, 3, S, S) batch is a finite float32 (B, 3, size, size) batch whose un-normalised
+    values lie in [0, 1]."""
+    view = RANDOM_VIEWS[name](uint8_batch(6, 40), 24, generator(4))
+    assert view.shape == (6, 3, 24, 24) and view.dtype == torch.float32 and torch.isfinite(view).all()
     pixels = unnormalize(view)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
-def test_simsiam_view_augments_each_image_independently():
+@pytest.mark.parametrize("name", SEEDED)
+def test_random_draws_are_a_function_of_the_seed(name):
+    """Generators seeded the same give identical outputs; differently seeded ones give different outputs."""
+    batch, function = uint8_batch(8, 32), SEEDED[name]
+    first = function(batch, 24, generator(6))
+    assert torch.equal(first, function(batch, 24, generator(6)))
+    assert not torch.allclose(first, function(batch, 24, generator(7)))
+
+
+@pytest.mark.parametrize("name", RANDOM_VIEWS)
+def test_views_augment_each_image_independently(name):
     """A batch of identical images gives pairwise different views."""
-    view = augment.simsiam_view(uint8_batch(1, 32).expand(8, -1, -1, -1), 32, generator(5))
+    view = RANDOM_VIEWS[name](uint8_batch(1, 32).expand(8, -1, -1, -1), 32, generator(5))
     for i, j in itertools.combinations(range(len(view)), 2):
         assert (view[i] - view[j]).abs().max() > 1e-3, (i, j)
-
-
-def test_simsiam_view_is_reproducible_from_its_seed():
-    """Two simsiam_view calls with generators seeded the same give identical views."""
-    batch = uint8_batch(4, 32)
-    assert torch.equal(augment.simsiam_view(batch, 32, generator(6)), augment.simsiam_view(batch, 32, generator(6)))
-
-
-def test_simsiam_view_differs_between_seeds():
-    """Two simsiam_view calls with differently seeded generators give different views."""
-    batch = uint8_batch(4, 32)
-    assert not torch.allclose(augment.simsiam_view(batch, 32, generator(6)),
-                              augment.simsiam_view(batch, 32, generator(7)))
-
-
-def test_crop_flip_view_shape_and_range():
-    """crop_flip_view of a uint8 batch is a float32 (B, 3, size, size) batch whose un-normalised values lie in
-    [0, 1]."""
-    view = augment.crop_flip_view(uint8_batch(3, 40), 24, generator(8))
-    assert view.shape == (3, 3, 24, 24) and view.dtype == torch.float32
-    pixels = unnormalize(view)
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
 def test_center_view_is_torchvision_antialiased_resize_then_normalize():
@@ -365,13 +293,20 @@ def test_center_view_is_torchvision_antialiased_resize_then_normalize():
     torch.testing.assert_close(view, expected, atol=1e-5, rtol=0)
 
 
-def test_center_view_is_deterministic():
-    """Two center_view calls on the same batch give identical outputs."""
-    batch = uint8_batch(3, 40)
-    assert torch.equal(augment.center_view(batch, 24), augment.center_view(batch, 24))
+def test_views_stay_on_the_generator_device():
+    """On (emulated) CUDA, with the batch and the generator on cuda:0, every random draw takes the generator of its
+    device and the three views come back as finite float32 batches on cuda:0."""
+    with emulated_cuda():
+        batch = uint8_batch(4, 32).to("cuda:0")
+        views = [augment.simsiam_view(batch, 24, generator(12, "cuda:0")),
+                 augment.crop_flip_view(batch, 24, generator(12, "cuda:0")), augment.center_view(batch, 24)]
+        for view in views:
+            assert view.device == torch.device("cuda:0") and view.shape == (4, 3, 24, 24)
+            assert view.dtype == torch.float32 and bool(torch.isfinite(view).all())
 
 
 # ---------------------------------------------------------------- statistics of the random choices
+
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 def test_chance_is_true_with_probability_p(p):
@@ -379,21 +314,25 @@ def test_chance_is_true_with_probability_p(p):
     assert abs(augment.chance(p, 20_000, generator(9)).float().mean().item() - p) < 0.02
 
 
+def recording(parameters: dict, name: str, function):
+    """`function`, storing the parameter (and the kernel size, for the blur) each call receives in parameters."""
+    def wrapper(x, parameter, *args):
+        parameters[name], parameters[name + " args"] = parameter.clone(), args
+        return function(x, parameter, *args)
+    return wrapper
+
+
+RECORDED = ["adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "gaussian_blur"]
+
+
 @pytest.fixture(scope="module")
 def recorded_colour_augment():
-    """colour_augment of 10000 colourful 16 x 16 images (cli.MIN_IMAGE_SIZE), with the parameter each adjustment
+    """colour_augment of 10000 colourful 16 x 16 images (model.MIN_IMAGE_SIZE), with the parameter each adjustment
     received: (output, {function name: (B,) parameters})."""
     parameters = {}
-
-    def recording(name, function):
-        def wrapper(x, parameter, *args, **kwargs):
-            parameters[name] = parameter.clone()
-            return function(x, parameter, *args, **kwargs)
-        return wrapper
-
     with pytest.MonkeyPatch.context() as patch:
-        for name in ["adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "gaussian_blur"]:
-            patch.setattr(augment, name, recording(name, getattr(augment, name)))
+        for name in RECORDED:
+            patch.setattr(augment, name, recording(parameters, name, getattr(augment, name)))
         output = augment.colour_augment(torch.rand(10_000, 3, 16, 16, generator=generator(10)), generator(11))
     return output, parameters
 
@@ -409,8 +348,8 @@ def test_colour_jitter_probability(recorded_colour_augment):
 
 
 def test_colour_jitter_is_one_choice_per_image(recorded_colour_augment):
-    """An image is jittered in brightness, contrast, saturation and hue together, or in none of them
-    (identity parameters 1, 1, 1, 0)."""
+    """An image is jittered in brightness, contrast, saturation and hue together, or in none of them (identity
+    parameters 1, 1, 1, 0)."""
     _, parameters = recorded_colour_augment
     chosen = jittered(parameters)
     assert torch.equal(parameters["adjust_contrast"] != 1, chosen)
@@ -425,8 +364,8 @@ def test_colour_jitter_is_one_choice_per_image(recorded_colour_augment):
     ("adjust_hue", -augment.HUE, augment.HUE),
 ])
 def test_colour_jitter_factors_span_their_range(recorded_colour_augment, name, low, high):
-    """The jittered images' factors lie in [1 - 0.4, 1 + 0.4] (hue shift in [-0.1, 0.1]) and reach within
-    1% of both ends."""
+    """The jittered images' factors lie in [1 - 0.4, 1 + 0.4] (hue shift in [-0.1, 0.1]) and reach within 1% of
+    both ends."""
     _, parameters = recorded_colour_augment
     values = parameters[name][jittered(parameters)]
     margin = 0.01 * (high - low)
@@ -435,13 +374,13 @@ def test_colour_jitter_factors_span_their_range(recorded_colour_augment, name, l
 
 def test_blur_probability_and_sigma_range(recorded_colour_augment):
     """Half the images (BLUR_PROBABILITY, within 0.02) get a sigma spanning the 16 px views' range (within 1% of
-    both ends), the others the identity sigma 1e-3."""
+    both ends) with the 16 px views' kernel, the others the identity sigma 1e-3."""
     _, parameters = recorded_colour_augment
     sigma = parameters["gaussian_blur"]
     low, high = augment.blur_sigma_range(16)
     blurred = sigma >= low
     assert abs(blurred.float().mean().item() - augment.BLUR_PROBABILITY) < 0.02
-    assert (sigma[~blurred] <= 1e-3).all()
+    assert (sigma[~blurred] <= 1e-3).all() and parameters["gaussian_blur args"] == (augment.blur_kernel(16),)
     margin = 0.01 * (high - low)
     assert sigma[blurred].min() < low + margin and high - margin < sigma[blurred].max() <= high
 
@@ -454,30 +393,11 @@ def test_colour_augment_grayscale_fraction(recorded_colour_augment):
     assert abs(gray.float().mean().item() - augment.GRAYSCALE_PROBABILITY) < 0.02
 
 
-# ---------------------------------------------------------------- devices
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_crop_boxes_are_drawn_on_the_generator_device(device):
-    """With the generator on `device`, random_crop_boxes returns boxes on that device, inside the image and
-    reproducible there from the seed."""
-    boxes = augment.random_crop_boxes(1000, 74, generator(19, device))
-    centre_x, centre_y, width, height = boxes.unbind(1)
-    assert boxes.device.type == device and boxes.shape == (1000, 4)
-    assert (centre_x.abs() + width <= 1 + 1e-6).all() and (centre_y.abs() + height <= 1 + 1e-6).all()
-    assert torch.equal(boxes, augment.random_crop_boxes(1000, 74, generator(19, device)))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_views_run_on_the_generator_device(device):
-    """With the batch and the generator on `device`, simsiam_view and center_view return finite float32
-    batches on that device, and simsiam_view is reproducible there from its seed."""
-    batch = uint8_batch(4, 32).to(device)
-    view = augment.simsiam_view(batch, 24, generator(12, device))
-    assert view.device.type == device and view.shape == (4, 3, 24, 24) and view.dtype == torch.float32
-    assert torch.isfinite(view).all()
-    assert torch.equal(view, augment.simsiam_view(batch, 24, generator(12, device)))
-    center = augment.center_view(batch, 24)
-    assert center.device.type == device and torch.isfinite(center).all()
+def test_simsiam_view_blurs_as_its_blur_reference_says(monkeypatch):
+    """simsiam_view(..., blur_reference=16) of 16 px views draws MoCo v2's own sigmas (0.1-2 px) with a 13-tap
+    kernel: train.py --blur-reference-size reaches the blur."""
+    parameters = {}
+    monkeypatch.setattr(augment, "gaussian_blur", recording(parameters, "blur", augment.gaussian_blur))
+    augment.simsiam_view(uint8_batch(400, 18), 16, generator(20), blur_reference=16)
+    sigma = parameters["blur"][parameters["blur"] > 1e-3]
+    assert parameters["blur args"] == (13,) and 0.1 <= sigma.min() < 0.2 and 1.9 < sigma.max() <= 2.0

@@ -1,25 +1,14 @@
-"""The SimSiam / MoCo v2 augmentations as pure batched tensor functions.
+"""The SimSiam / MoCo v2 augmentations as pure batched tensor functions of a uint8 batch and a torch.Generator on
+its device: no per-image Python loop, no host synchronisation, the same code on CPU and GPU. An image that a random
+choice leaves alone gets identity parameters (factor 1, shift 0, sigma near 0), so every image takes the same arithmetic.
 
-Every function takes a whole batch on whatever device it lives on (CPU in tests, GPU in training) and draws
-its parameters per image from an explicit torch.Generator on that device: no per-image Python loop, no
-host synchronisation. An image that a random choice leaves alone gets identity parameters (factor 1, shift 0,
-blur sigma near 0) instead of being masked out, so every image takes the same arithmetic.
-
-MoCo v2 recipe (SimSiam paper, §4 and appendix A), for 224 px ImageNet crops:
-    RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(p 0.2),
-    GaussianBlur(sigma in [0.1, 2.0]) with p 0.5, RandomHorizontalFlip, Normalize(ImageNet mean, std).
-The crop boxes have the distribution of torchvision's RandomResizedCrop.get_params on the cached image's pixel
-grid: its 10 tries are drawn at once for every image, and the first that fits is kept.
-Deviations, for speed:
-    - the flip is folded into the crop (one resampling); colour ops and the symmetric blur commute with it,
-      so this changes nothing;
-    - colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles it):
-      each factor has torchvision's distribution, their composition does not;
-    - the crop is resized bilinearly without antialiasing (torchvision's antialias=False); the default cache is
-      8/7 of the output side, so a crop is shrunk by at most that factor.
-Scaled with the view's side: the blur's sigma range, 0.1-2 px at 224 px, is the same fraction of a smaller view
-(0.014-0.29 px at 32 px), so that a small view is blurred as much as a 224 px one, not seven times more. The
-reference side is a parameter (train.py --blur-reference-size): at the view's own side, 0.1-2 px whatever its size.
+MoCo v2 (SimSiam paper, appendix A), for 224 px crops: RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4,
+0.1) with p 0.8, RandomGrayscale(p 0.2), GaussianBlur(sigma 0.1-2.0) with p 0.5, RandomHorizontalFlip, ImageNet
+normalisation. Crop boxes follow torchvision's RandomResizedCrop.get_params (10 tries, then the centre crop).
+Deviations, for speed: the flip is folded into the crop's resampling (colour and the symmetric blur commute with it);
+the jitter's four factors apply in a fixed order (torchvision shuffles it); the crop is resized bilinearly without
+antialiasing (the cache is 8/7 of the view, so a crop shrinks by at most that). The blur's sigma range is scaled with
+the view's side from `blur_reference` px (train.py --blur-reference-size), so a small view is blurred as a 224 px one.
 """
 from __future__ import annotations
 
@@ -45,7 +34,6 @@ BLUR_REFERENCE_SIZE = 224  # MoCo v2's crops, for which its sigma range was chos
 
 
 def uniform(low: float, high: float, shape: int | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Values of `shape` ((n,) for an int) drawn uniformly from [low, high) on the generator's device."""
     return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
 
 
@@ -59,13 +47,8 @@ def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:
 
 def random_crop_boxes(n: int, side: int, generator: torch.Generator,
                       scale=CROP_SCALE, ratio=CROP_RATIO) -> torch.Tensor:
-    """(n, 4) crop boxes (centre x, centre y, width, height) of a side x side image in grid_sample's [-1, 1]
-    coordinates, width and height as fractions of the side, aligned to its pixels.
-
-    Torchvision's RandomResizedCrop.get_params, batched: each image draws CROP_TRIES candidates (area fraction
-    uniform in `scale`, aspect ratio log-uniform in `ratio`, sides rounded to pixels) and keeps the first
-    that fits in the image, at a top-left corner uniform over the pixels; an image where none fits gets the
-    centre crop with the aspect ratio clamped to `ratio` (the whole image when 1 is in `ratio`)."""
+    """(n, 4) pixel-aligned boxes (centre x, centre y, width, height) in grid_sample's [-1, 1] coordinates, drawn as
+    torchvision's RandomResizedCrop.get_params: the first of CROP_TRIES candidates that fits, else the centre crop."""
     area = uniform(*scale, (n, CROP_TRIES), generator)
     aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, CROP_TRIES), generator))
     width = torch.round(side * torch.sqrt(area * aspect))  # (n, CROP_TRIES) pixels
@@ -103,11 +86,6 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
 # ---------------------------------------------------------------- colour, on floats in [0, 1]
 
 
-def per_image(values: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1), to broadcast over channels and pixels."""
-    return values.view(-1, 1, 1, 1)
-
-
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma."""
     weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -116,7 +94,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor * x + (1 - factor) * other, clamped to [0, 1], as torchvision's _blend."""
-    factor = per_image(factor)
+    factor = factor.view(-1, 1, 1, 1)
     return (factor * x + (1 - factor) * other).clamp(0, 1)
 
 
