@@ -247,8 +247,9 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
         raise UserError(f"{path}: a classifier checkpoint without its list of classes")
     with torch.device("meta"):  # shapes and types only: nothing allocated
         fresh = SimSiam() if kind == "simsiam" else Classifier(len(classes))
-    load_weights(fresh, state["model"], path, assign=True)  # names and shapes checked
-    if not all(bool(v.isfinite().all()) for v in state["model"].values() if v.is_floating_point()):
+    # names and shapes checked; a plain dict, since load_state_dict(assign=True) marks the state dict's _metadata
+    load_weights(fresh, dict(state["model"]), path, assign=True)
+    if not finite_state(fresh):  # assign=True: fresh holds the checkpoint's tensors
         raise UserError(f"{path}: its weights hold values that are not finite (NaN or infinity)")
     return state
 

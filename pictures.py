@@ -1,265 +1,149 @@
-"""Pictures of what the backbone learned, from a SimSiam checkpoint and the cache: the augmented views it was
-trained on, the nearest neighbours of test images, and a 2-D map of the test features, each for a random-init
-backbone beside the SimSiam one.
+"""Pictures of what a backbone learned, a random-init one beside a SimSiam checkpoint's, into --out: views.png (views
+x1, x2 of pretraining images as train.py's step draws them), neighbours.png (test images and their nearest pretraining
+images by cosine similarity of features, green where the class agrees), features.png (test features on 2 components).
 
-    python pictures.py --demo                                     # after `train.py --demo`: seconds on a CPU
-    python pictures.py --data data/PetImages                      # runs/simsiam/siam.pt -> runs/plots/*.png
-    # after train.py's CPU command, with its data flags (so its split), the image size read from the checkpoint:
-    python pictures.py --data ../shared/data/cats-vs-dogs/PetImages --limit 1000 --device cpu
+    python pictures.py --demo --device cpu              # after `python train.py --demo`: seconds on a CPU
+    python pictures.py --demo --random --device cpu     # a random-init backbone alone, no checkpoint
+    python pictures.py --data data/PetImages            # runs/simsiam/siam.pt -> runs/plots/*.png
 
-Writes, into --out:
-    views.png       cached pretraining images, each beside pairs of views x1, x2 drawn as train.py draws them
-                    (augment.simsiam_view twice per pair), de-normalised for display
-    neighbours.png  test images and their nearest pretraining images by cosine similarity of backbone features,
-                    framed green where the class agrees with the test image's, red where not; each panel's
-                    title gives the share of agreeing neighbours over every test image
-    features.png    the test images' backbone features projected on their first two principal components,
-                    coloured by class, with the share of the variance the two components explain
-The data flags must give the split the checkpoint was pretrained with (the same as train.py's); another test
-split is refused. The resolution follows the checkpoint unless --image-size or --cache-size say otherwise.
+Pass train.py's data flags. Image and cache size follow the checkpoint unless --image-size or --cache-size say so.
 """
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 
-from simsiam import augment, cli, dataset, devices, evaluate, pretrained, runs
-from simsiam.model import resnet18_backbone
+import augment
+import dataset
+import evaluate
+import model
+import runs
 
-DEMO = {}  # no preset beyond --demo's data: the pictures follow the checkpoint of `train.py --demo`
-DPI = 120  # as plot.py
-THUMBNAIL = 1.25  # inches per image: 150 px at DPI
-AGREE, DISAGREE = "tab:green", "tab:red"  # neighbour frames
-PCA_RANK = 10  # components torch.pca_lowrank estimates; the first two are kept (oversampling sharpens them)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_data_arguments(parser)
-    group = parser.add_argument_group("backbone")
-    group.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
-                       help="SimSiam checkpoint whose backbone to picture (default: %(default)s, train.py's output)")
-    group.add_argument("--image-size", type=cli.image_size, default=None,
-                       help="side of the network's input in px (default: the checkpoint's, with its --cache-size)")
-    group = parser.add_argument_group("pictures")
-    group.add_argument("--view-images", type=cli.positive(int), default=6,
-                       help="pretraining images (rows) in views.png (default: %(default)s)")
-    group.add_argument("--view-pairs", type=cli.positive(int), default=3,
-                       help="pairs of views x1, x2 per image in views.png (default: %(default)s)")
-    group.add_argument("--queries", type=cli.positive(int), default=6,
-                       help="test images (rows) shown in neighbours.png; the agreement in its titles is over "
-                            "every test image (default: %(default)s)")
-    group.add_argument("--k", type=cli.positive(int), default=5,
-                       help="neighbours per test image (default: %(default)s)")
-    group.add_argument("--bank-size", type=cli.positive(int), default=None,
-                       help="search the neighbours among a seeded subset of this many pretraining images "
-                            "(default: all of them; fewer is faster on a CPU at full size)")
-    group = parser.add_argument_group("run")
-    group.add_argument("--out", type=Path, default=Path("runs/plots"),
-                       help="folder for the PNGs; files of the same names are replaced (default: %(default)s)")
-    cli.add_run_arguments(group)
-    return parser
+DPI, THUMBNAIL = 120, 1.25  # inches per image: 150 px
+VIEW_IMAGES, VIEW_PAIRS, QUERIES, K = 6, 3, 6, 5  # views.png rows, pairs a row; neighbours.png rows, neighbours a row
+RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return cli.parse(build_parser(), argv, DEMO)
-
-
-# ---------------------------------------------------------------- numbers
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_data_arguments(parser)
+    group = parser.add_argument_group("backbone and pictures")
+    group.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
+                       help="SimSiam checkpoint to picture (default: %(default)s, train.py's)")
+    group.add_argument("--random", action="store_true", help="a random-init backbone alone, without a checkpoint")
+    group.add_argument("--image-size", type=runs.image_size, default=None, help="network input side in px (default: "
+                       f"the checkpoint's; {RANDOM_IMAGE_SIZE} with --random, {DEMO_RANDOM_IMAGE_SIZE} with --demo)")
+    group.add_argument("--out", type=Path, default=Path("runs/plots"), help="folder of the PNGs (default: %(default)s)")
+    runs.add_run_arguments(group)
+    return runs.parse(parser, argv, {})
 
 
 def agreement(neighbours: torch.Tensor, bank_labels: torch.Tensor, query_labels: torch.Tensor) -> float:
-    """Share of the (Q, k) neighbour indices into `bank_labels` whose label is their query's."""
+    """Share of the (Q, k) neighbours (indices into bank_labels) whose label is their query's."""
     return (bank_labels[neighbours] == query_labels[:, None]).float().mean().item()
 
 
 def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """((N, 2) coordinates, (2,) shares of the total variance) of the (N, D) features, centred, on their first two
-    principal components (torch.pca_lowrank, randomised: seeded by torch's global generator)."""
+    """((N, 2) coordinates, (2,) shares of the variance) of the centred (N, D) features on their first two principal
+    components (torch.pca_lowrank: randomised, seeded by torch's global generator; 10 estimated sharpen the two)."""
     centred = features.double() - features.double().mean(dim=0)
-    _, singular_values, components = torch.pca_lowrank(centred, q=min(PCA_RANK, *centred.shape), center=False,
-                                                       niter=4)
-    total = centred.square().sum()
-    shares = singular_values[:2].square() / total if total > 0 else torch.zeros(2, dtype=centred.dtype)
+    _, singular_values, components = torch.pca_lowrank(centred, q=min(10, *centred.shape), center=False)
+    shares = singular_values[:2].square() / centred.square().sum()  # NaN for a collapsed backbone's equal features
     return (centred @ components[:, :2]).float(), shares.float()
 
 
-def displayable(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) floats in [0, 1] for imshow, from uint8 (B, 3, H, W) or normalised float views."""
-    if images.dtype == torch.uint8:
-        return images.permute(0, 2, 3, 1).cpu().float() / 255
-    mean = torch.tensor(augment.MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(augment.STD, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+def thumbnails(rows: int, columns: int, title: str):
+    figure = Figure(figsize=(THUMBNAIL * columns, THUMBNAIL * 1.25 * rows + 0.7), layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-# ---------------------------------------------------------------- figures
-
-
-def wrapped(text: str, inches: float, fontsize: float) -> str:
-    """`text` with each line broken to fit `inches` at `fontsize` points (DejaVu Sans averages about 0.6 em a
-    character), so that a title never runs off a narrow figure."""
-    width = max(12, int(inches * 72 / (0.6 * fontsize)))
-    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
-
-
-def show(axis, image: torch.Tensor, frame: str | None = None, label: str | None = None, title: str | None = None):
-    """One thumbnail without ticks, its pixels as they are (no smoothing), framed in `frame`'s colour."""
-    axis.imshow(image.numpy(), interpolation="nearest")
-    axis.set_xticks([])
-    axis.set_yticks([])
+def show(axis, image: torch.Tensor, title: str = "", label: str = "", frame: str | None = None) -> None:
+    """One thumbnail of a uint8 (3, H, W) image or a normalised float view, framed in `frame`'s colour."""
+    mean, std = (torch.tensor(value)[:, None, None] for value in (augment.MEAN, augment.STD))
+    image = image.cpu().float() / 255 if image.dtype == torch.uint8 else (image.cpu().float() * std + mean).clamp(0, 1)
+    axis.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel(label, fontsize=8)
+    axis.set(xticks=[], yticks=[])
     for spine in axis.spines.values():
-        spine.set_visible(frame is not None)
-        if frame is not None:
-            spine.set_edgecolor(frame)
-            spine.set_linewidth(4)
-    if label is not None:
-        axis.set_xlabel(label, fontsize=9, labelpad=2)
-    if title is not None:
-        axis.set_title(title, fontsize=10)
+        spine.set(visible=frame is not None, edgecolor=frame or "black", linewidth=4)
 
 
-def plot_views(path: Path, originals: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
-               title: str) -> None:
-    """Rows: each cached image (B, 3, S, S) uint8, then its views x1, x2 of every pair (normalised floats)."""
-    rows = len(originals)
-    figure = Figure(figsize=(THUMBNAIL * (1 + 2.2 * len(pairs)), THUMBNAIL * 1.12 * rows + 0.9),
-                    layout="constrained")
-    figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
-    groups = figure.subfigures(1, 1 + len(pairs), width_ratios=[1] + [2] * len(pairs), wspace=0.04)
-    groups[0].suptitle(f"cached ({originals.shape[-1]} px)", fontsize=10)
-    for row, (axis, image) in enumerate(zip(groups[0].subplots(rows, 1, squeeze=False)[:, 0],
-                                            displayable(originals))):
-        show(axis, image)
-    for number, (group, (x1, x2)) in enumerate(zip(groups[1:], pairs), start=1):
-        group.suptitle(f"pair {number}", fontsize=10)
-        axes = group.subplots(rows, 2, squeeze=False)
-        for column, views in enumerate((displayable(x1), displayable(x2))):
-            for row in range(rows):
-                show(axes[row, column], views[row], title=f"x{column + 1}" if row == 0 else None)
-    figure.savefig(path, dpi=DPI)
-
-
-def plot_neighbours(path: Path, data: dataset.ImageSet, queries: torch.Tensor, panels: dict, title: str) -> None:
-    """Rows: each test image (`queries`: indices into data), then, per panel {heading: (similarities (Q, k),
-    indices into data (Q, k))}, its neighbours framed by class agreement and labelled with class and similarity."""
-    rows, k = len(queries), next(iter(panels.values()))[1].shape[1]
-    figure = Figure(figsize=(THUMBNAIL * (1 + 1.08 * k * len(panels)), THUMBNAIL * 1.3 * rows + 1.0),
-                    layout="constrained")
-    figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
-    groups = figure.subfigures(1, 1 + len(panels), width_ratios=[1] + [k] * len(panels), wspace=0.05)
-    groups[0].suptitle("test image", fontsize=10)
-    labels = data.labels.tolist()
-    for axis, index in zip(groups[0].subplots(rows, 1, squeeze=False)[:, 0], queries.tolist()):
-        show(axis, displayable(data.images[index:index + 1])[0], label=dataset.shown(data.classes[labels[index]]))
-    for group, (heading, (similarities, neighbours)) in zip(groups[1:], panels.items()):
-        group.suptitle(wrapped(heading, THUMBNAIL * k, 10), fontsize=10)
-        axes = group.subplots(rows, k, squeeze=False)
-        for row, query in enumerate(queries.tolist()):
-            for column, index in enumerate(neighbours[row].tolist()):
-                show(axes[row, column], displayable(data.images[index:index + 1])[0],
-                     frame=AGREE if labels[index] == labels[query] else DISAGREE,
-                     label=f"{dataset.shown(data.classes[labels[index]])} {similarities[row, column]:.3f}",
-                     title=f"#{column + 1}" if row == 0 else None)
-    figure.savefig(path, dpi=DPI)
-
-
-def plot_features(path: Path, panels: dict, labels: torch.Tensor, classes: list[str], title: str) -> None:
-    """One scatter per panel {heading: ((N, 2) coordinates, (2,) variance shares)}, coloured by class."""
-    figure = Figure(figsize=(6 * len(panels), 5.4), layout="constrained")
-    axes = figure.subplots(1, len(panels))
-    figure.suptitle(wrapped(title, figure.get_figwidth(), 11), fontsize=11)
-    for axis, (heading, (coordinates, shares)) in zip(axes, panels.items()):
-        for label, name in enumerate(classes):
-            points = coordinates[labels == label]
-            axis.scatter(points[:, 0], points[:, 1], s=14, alpha=0.7, color=f"C{label}", label=dataset.shown(name),
-                         edgecolors="none")
-        axis.set_title(f"{heading}\nPC1 {shares[0]:.0%} + PC2 {shares[1]:.0%} of the variance", fontsize=10)
-        axis.set(xlabel="principal component 1", ylabel="principal component 2")
-        axis.set_aspect("equal", adjustable="datalim")  # distances on the page are distances in feature space
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=9, markerscale=1.5)
-    figure.savefig(path, dpi=DPI)
-
-
-# ---------------------------------------------------------------- the run
-
-
-@cli.reports_errors
+@runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.demo and args.out.resolve().is_relative_to(args.data.resolve()):
-        raise runs.RunError(f"--out {args.out} lies inside --data {args.data}: the next run would read its PNG files "
-                            f"as photos; choose a folder outside it")
-    out = runs.writable_folder(args.out, "--out")
-    runs.writable_folder(args.cache_dir, "--cache-dir")
-    runtime = devices.make_runtime(args.device, args.precision)
-    device = runtime.device
-    checkpoint = pretrained.read(args.checkpoint)
-    image_size, cache_size = pretrained.resolution(args.image_size, args.cache_size, checkpoint["args"],
-                                                   fallback_image_size=checkpoint["args"]["image_size"])
-
-    data, splits = dataset.open_data(dataset.DataOptions.from_args(args, image_size=image_size, cache_size=cache_size))
-    pretrained.check_unseen(checkpoint, args.checkpoint, data.hashes[splits.test])  # its neighbours: test images
+        raise model.UserError(f"--out {args.out} lies inside --data {args.data}: its PNGs would be read as photos")
+    runtime = runs.make_runtime(args.device, args.precision)
+    checkpoint = None if args.random else evaluate.read_pretrained(args.checkpoint, "train one, or pass --random")
+    pretrained = None if checkpoint is None else checkpoint["args"]
+    image_size, cache_size = evaluate.resolution(args.image_size, args.cache_size, pretrained,
+                                                 DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
+    data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
+                                                           "cache_size": cache_size}))
+    if checkpoint is not None:
+        evaluate.check_unseen(checkpoint, args.checkpoint, data.hashes[splits.test])
+    device, bank, test = runtime.device, splits.pretrain, splits.test
     images = dataset.cache_on_device(data.images, device)
-    choose = torch.Generator().manual_seed(args.seed)  # which images are pictured
-    bank = splits.pretrain
-    if args.bank_size is not None and args.bank_size < len(bank):
-        bank = bank[torch.randperm(len(bank), generator=choose)[:args.bank_size].sort().values]
-
-    torch.manual_seed(args.seed)  # here, so that the random backbone is resnet18_backbone() right after the seed
-    backbones = {"random-init": resnet18_backbone(), "SimSiam": resnet18_backbone()}
-    pretrained.load_backbone(checkpoint, backbones["SimSiam"])
+    torch.manual_seed(args.seed)  # the random-init backbone, the PCA and which images are pictured
+    backbones = {"random-init": model.resnet18_backbone(), "SimSiam": checkpoint and evaluate.load_backbone(checkpoint)}
     backbones = {name: backbone.to(device, memory_format=runtime.memory_format)
-                 for name, backbone in backbones.items()}
-    print(f"random-init and SimSiam (epoch {checkpoint.get('epoch')}, pretrained at "
-          f"{checkpoint['args']['image_size']} px) ResNet18 at {image_size} px from a {cache_size} px cache; "
-          f"{len(splits.test):,} test images, {len(bank):,} pretraining images searched, on {device} "
-          f"({runtime.precision})")
-
-    # views.png: the view function of train.py's step, twice per pair, on a generator on the same device
-    rows = splits.pretrain[torch.randperm(len(splits.pretrain), generator=choose)[:args.view_images]]
-    batch = dataset.gather(images, rows, device)  # (R, 3, S, S) uint8
-    generator = devices.generator(device, args.seed)
-    blur_reference = checkpoint["args"].get("blur_reference_size", augment.BLUR_REFERENCE_SIZE)  # the run's blur
-    pairs = [tuple(augment.simsiam_view(batch, image_size, generator, blur_reference) for _ in range(2))
-             for _ in range(args.view_pairs)]
-    plot_views(out / "views.png", batch, pairs,
-               f"SimSiam's two views x1, x2 of pretraining images\naugment.simsiam_view called twice per pair, as in "
-               f"train.py's step ({image_size} px from the {cache_size} px cache, seed {args.seed})")
-    print(f"wrote {out / 'views.png'}: {len(rows)} pretraining images, {args.view_pairs} pairs of views each")
-
-    test_labels, bank_labels = data.labels[splits.test], data.labels[bank]
-    test_features = {name: evaluate.embed(backbone, images, splits.test, image_size, runtime).cpu()
-                     for name, backbone in backbones.items()}  # (T, 512) each
-    shown = torch.randperm(len(splits.test), generator=choose)[:args.queries]  # positions in splits.test
-    panels, summary = {}, []
+                 for name, backbone in backbones.items() if backbone is not None}
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"{' and '.join(backbones)} at {image_size} px ({cache_size} px cache) on {device}, {runtime.precision}")
+    # views.png: train.py's view function with the run's blur, twice per pair
+    batch = dataset.gather(images, bank[torch.randperm(len(bank))[:VIEW_IMAGES]], device)  # (R, 3, S, S) uint8
+    generator, blur = runs.generator(device, args.seed), (pretrained or {}).get("blur_reference_size")
+    views = [augment.simsiam_view(batch, image_size, generator, blur or augment.BLUR_REFERENCE_SIZE)
+             for _ in range(2 * VIEW_PAIRS)]  # x1, x2 of pair 1, x1, x2 of pair 2, ...
+    figure, axes = thumbnails(len(batch), 1 + len(views), f"SimSiam's views x1, x2 of pretraining images, drawn as "
+                              f"in train.py's step\n({image_size} px from the {cache_size} px cache, seed {args.seed})")
+    for row, image in enumerate(batch):
+        show(axes[row, 0], image, "cached" * (row == 0))
+        for i, view in enumerate(views):
+            show(axes[row, 1 + i], view[row], f"x{1 + i % 2} of pair {1 + i // 2}" * (row == 0))
+    figure.savefig(args.out / "views.png", dpi=DPI)
+    print(f"wrote {args.out / 'views.png'}: {len(batch)} pretraining images, {VIEW_PAIRS} pairs of views each")
+    # neighbours.png: each backbone's k nearest pretraining images of some test images
+    labels, k = data.labels.tolist(), min(K, len(bank))
+    names = [dataset.shown(name).replace("$", r"\$") for name in data.classes]  # a $ would start matplotlib's mathtext
+    queries, test_features, panels, summary = torch.randperm(len(test))[:QUERIES], {}, {}, []  # positions in test
     for name, backbone in backbones.items():
+        test_features[name] = evaluate.embed(backbone, images, test, image_size, runtime).cpu()  # (T, 512)
         bank_features = evaluate.embed(backbone, images, bank, image_size, runtime).cpu()  # (B, 512)
-        similarities, neighbours = evaluate.nearest(test_features[name], bank_features, args.k)  # (T, k)
-        share = agreement(neighbours, bank_labels, test_labels)
-        summary.append(f"{name} {share:.1%}")
-        panels[f"{name} backbone\n{share:.1%} of neighbours agree in class"] = (
-            similarities[shown], bank[neighbours[shown]])
-    class_shares = torch.bincount(bank_labels, minlength=len(data.classes)).float() / len(bank)
-    chance = class_shares[test_labels].mean().item()  # the expected agreement of a neighbour drawn at random
-    plot_neighbours(out / "neighbours.png", data, splits.test[shown], panels,
-                    f"{min(args.k, len(bank))} nearest of {len(bank):,} pretraining images by cosine similarity of "
-                    f"backbone features, framed green where the class agrees\nagreement over all "
-                    f"{len(splits.test):,} test images (chance {chance:.1%})")
-    print(f"wrote {out / 'neighbours.png'}: neighbours sharing the test image's class, {', '.join(summary)} "
-          f"(k {min(args.k, len(bank))}, chance {chance:.1%})")
-
-    maps = {f"{name} backbone": pca_2d(features) for name, features in test_features.items()}
-    plot_features(out / "features.png", maps, test_labels, data.classes,
-                  f"backbone features of the {len(splits.test):,} test images on their first two principal "
-                  f"components\n(centred, torch.pca_lowrank)")
-    print(f"wrote {out / 'features.png'}: variance on 2 principal components, "
-          + ", ".join(f"{name} {shares.sum():.0%}" for name, (_, shares) in maps.items()))
+        similarities, neighbours = evaluate.nearest(test_features[name], bank_features, k)  # (T, k)
+        summary.append(f"{name} {agreement(neighbours, data.labels[bank], data.labels[test]):.1%}")
+        panels[name] = similarities[queries], bank[neighbours[queries]]
+    chance = (torch.bincount(data.labels[bank], minlength=len(names)) / len(bank))[data.labels[test]].mean()
+    figure, axes = thumbnails(len(queries), 1 + k * len(panels), f"the {k} nearest of {len(bank):,} pretraining images "
+                              f"by cosine similarity of features, green where the class agrees\nagreeing over all "
+                              f"{len(test):,} test images: {', '.join(summary)} (chance {chance:.1%})")
+    for row, query in enumerate(test[queries].tolist()):
+        show(axes[row, 0], data.images[query], "test image" * (row == 0), names[labels[query]])
+        for panel, (name, (similarities, neighbours)) in enumerate(panels.items()):
+            for j, index in enumerate(neighbours[row].tolist()):
+                show(axes[row, 1 + panel * k + j], data.images[index], f"{name} #{j + 1}" * (row == 0),
+                     f"{names[labels[index]]} {similarities[row, j]:.3f}",
+                     "tab:green" if labels[index] == labels[query] else "tab:red")
+    figure.savefig(args.out / "neighbours.png", dpi=DPI)
+    print(f"wrote {args.out / 'neighbours.png'}: neighbours of the test image's class, {', '.join(summary)}")
+    # features.png: the test features on their first two principal components
+    figure = Figure(figsize=(6 * len(backbones), 5.4), layout="constrained")
+    figure.suptitle(f"features of the {len(test):,} test images on their first two principal components", fontsize=10)
+    for axis, (name, features) in zip(figure.subplots(1, len(backbones), squeeze=False)[0], test_features.items()):
+        coordinates, shares = pca_2d(features)
+        points = [axis.scatter(*coordinates[data.labels[test] == label].T, s=14, alpha=0.7, color=f"C{label}",
+                               edgecolors="none") for label in range(len(names))]
+        axis.legend(points, names, fontsize=9, markerscale=1.5)  # names given: a leading _ would hide a class
+        axis.set(title=f"{name} backbone: PC1 {shares[0]:.0%} + PC2 {shares[1]:.0%} of the variance",
+                 xlabel="principal component 1", ylabel="principal component 2")
+        axis.set_aspect("equal", adjustable="datalim")  # distances on the page are distances in feature space
+    figure.savefig(args.out / "features.png", dpi=DPI)
+    print(f"wrote {args.out / 'features.png'}: the test features of {' and '.join(backbones)} on 2 principal axes")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""Evaluation shared by the scripts: features, neighbours and kNN, paired comparisons, probes, pretrained backbones."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import augment
+import dataset
+import model
+import runs
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime,
+          batch_size: int = 256) -> torch.Tensor:
+    """(len(indices), 512) float32 features of the evaluation view (augment.center_view), backbone in eval mode."""
+    was_training, features, starts = backbone.training, [], range(0, len(indices), batch_size)
+    backbone.eval()
+    for start in tqdm(starts, "embedding", leave=False, **({} if len(starts) > 1 else {"disable": True})):
+        x = augment.center_view(dataset.gather(images, indices[start:start + batch_size], runtime.device), size)
+        with runtime.autocast():
+            features.append(backbone(x.contiguous(memory_format=runtime.memory_format)).float())
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices), each (Q, min(k, B)): the (B, D) bank's rows nearest each query by cosine, in order."""
+    return (F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T).topk(min(k, len(bank)), dim=1)  # of (Q, B)
+
+
+def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                 num_classes: int, k: int = 20) -> torch.Tensor:
+    """Accuracy (0-dim) of a vote of each query's k nearest bank rows weighted by exp(similarity / 0.1) (Wu 2018)."""
+    similarities, neighbours = nearest(queries, bank, k)  # (Q, k)
+    votes = torch.zeros(len(queries), num_classes, device=queries.device)
+    votes.scatter_add_(1, bank_labels.to(queries.device)[neighbours], (similarities / 0.1).exp())
+    return accuracy(votes, query_labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N, K), (N,) -> 0-dim
+    return (logits.argmax(dim=1) == labels.to(logits.device)).float().mean()
+
+
+def standard_error(accuracy: float, n: int) -> float:  # binomial, on n independent test images
+    return (accuracy * (1 - accuracy) / n) ** 0.5
+
+
+def paired_difference(correct_a, correct_b) -> dict:
+    """Accuracy of a minus b from their (n,) correctness on the same images, the paired s.e. and McNemar's exact p."""
+    a, b = (torch.as_tensor(correct, dtype=torch.float64) for correct in (correct_a, correct_b))
+    only_a, only_b = int((a > b).sum()), int((a < b).sum())
+    p = min(1., sum(math.comb(only_a + only_b, k) for k in range(min(only_a, only_b) + 1)) / 2 ** (only_a + only_b - 1))
+    return {**paired_difference_over_draws(a[None], b[None]), "only_a": only_a, "only_b": only_b, "mcnemar_p": p}
+
+
+def paired_difference_over_draws(correct_a, correct_b) -> dict:
+    """Paired difference of classifiers fitted per label draw ((D, n) correctness, draws in the same order): each
+    image's correctness averaged over the draws first, so the s.e. (std / sqrt(n)) is over the n images, not D n."""
+    a, b = (torch.as_tensor(correct, dtype=torch.float64).mean(dim=0) for correct in (correct_a, correct_b))
+    difference, error = (a - b).mean().item(), ((a - b).std() / len(a) ** 0.5).item()
+    return {"accuracy_a": a.mean().item(), "accuracy_b": b.mean().item(), "difference": difference,
+            "standard_error": error, "low": difference - 1.96 * error, "high": difference + 1.96 * error,
+            "num_test": len(a), "draws": len(correct_a)}
+
+
+PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}  # predictions.json keys
+
+
+def correctness(predictions: dict, key: str) -> list[bool]:
+    return [p == label for p, label in zip(predictions[key], predictions["labels"])]
+
+
+def same_test_images(*predictions: dict) -> bool:
+    return all(p.get("files") == predictions[0].get("files") and p.get("labels") == predictions[0].get("labels")
+               for p in predictions)
+
+
+def compare_predictions(a: dict, b: dict, key: str) -> dict | None:  # None unless both have `key`, on the same images
+    comparable = same_test_images(a, b) and key in a and key in b
+    return paired_difference(correctness(a, key), correctness(b, key)) if comparable else None
+
+
+def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95% +3.6 to +8.6; McNemar p 2e-06) on ...
+    return (f"{100 * d['difference']:+.1f} ± {100 * d['standard_error']:.1f} points (paired s.e.; 95% "
+            f"{100 * d['low']:+.1f} to {100 * d['high']:+.1f}; McNemar p {d['mcnemar_p']:.2g}) on {d['num_test']:,} "
+            f"test images")
+
+
+# ---------------------------------------------------------------- the closed-form probe (Kornblith et al. 2019)
+
+# lambda of lambda / 2 ||W||^2 added to the mean cross-entropy (scikit-learn's C = 1 / (lambda n)), nearly none to huge
+PROBE_PENALTIES = tuple(10.0 ** k for k in range(-6, 5))
+
+
+def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both (N, D) sets scaled by the training set's per-feature mean and std (a constant feature keeps std 1)."""
+    mean, std = train.mean(dim=0), train.std(dim=0)
+    std = torch.where(std > 0, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, penalty: float) -> tuple:
+    """(D, K) W, (K,) b minimising mean cross-entropy(x W + b) + penalty / 2 ||W||^2 by full-batch L-BFGS (convex)."""
+    weight = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    # at most 300 iterations: weakly penalised separable problems stop there
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, labels) + penalty / 2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, generator: torch.Generator) -> torch.Tensor:
+    """(N,) fold of each label: the images, shuffled and grouped by class, dealt to the folds in turn."""
+    order = torch.randperm(len(labels), generator=generator)
+    order = order[labels[order].sort(stable=True).indices]  # grouped by class, shuffled within each
+    return torch.empty_like(order).index_put_((order,), torch.arange(len(labels)) % folds)
+
+
+def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                   test_labels: torch.Tensor, num_classes: int, folds: int = 5,
+                   penalties: tuple[float, ...] = PROBE_PENALTIES, seed: int = 0) -> dict:
+    """Test accuracy of L2 logistic regression on frozen (N, D) features, float64. Penalty: by stratified k-fold CV
+    on the labelled images (by accuracy, ties to lower loss; each fold standardised alone), then refitted on all."""
+    x, x_test, labels = train_features.double(), test_features.double(), train_labels.to(train_features.device)
+    if (folds := min(folds, int(labels.unique(return_counts=True)[1].min()))) < 2:
+        raise model.UserError("the closed-form probe needs 2 labelled images or more of each class (raise --labels)")
+    fold = stratified_folds(labels.cpu(), folds, torch.Generator().manual_seed(seed)).to(x.device)
+    cv_loss, cv_correct = torch.zeros(2, len(penalties), dtype=x.dtype, device=x.device)  # sums over N
+    for k in range(folds):
+        fit, held_out = fold != k, fold == k
+        x_fit, x_held_out = standardize(x[fit], x[held_out])
+        for i, penalty in enumerate(penalties):
+            weight, bias = fit_logistic(x_fit, labels[fit], num_classes, penalty)
+            logits = x_held_out @ weight + bias
+            cv_loss[i] += F.cross_entropy(logits, labels[held_out], reduction="sum")
+            cv_correct[i] += (logits.argmax(dim=1) == labels[held_out]).sum()
+    best = int(torch.where(cv_correct == cv_correct.max(), cv_loss, torch.inf).argmin())
+    x, x_test = standardize(x, x_test)
+    weight, bias = fit_logistic(x, labels, num_classes, penalties[best])
+    logits = x_test @ weight + bias
+    return {"test_accuracy": accuracy(logits, test_labels).item(), "penalty": penalties[best], "folds": folds,
+            "at_edge": best in (0, len(penalties) - 1), "test_predictions": logits.argmax(dim=1).tolist(),
+            "cv_loss": cv_loss[best].item() / len(labels), "cv_accuracy": cv_correct[best].item() / len(labels)}
+
+
+def read_pretrained(path: Path, hint: str = "train one with train.py") -> dict:
+    """train.py's siam.pt or last.pt with its arguments, split and pretraining photos, read before any decoding."""
+    try:
+        checkpoint = model.load_checkpoint(path, "simsiam", needs=("args", "split", "pretraining_hashes"))
+        runs.check_protocol(checkpoint, path)
+    except model.UserError as error:
+        raise model.UserError(f"cannot use --checkpoint: {error} ({hint})") from None
+    return checkpoint
+
+
+def resolution(image_size: int | None, cache_size: int | None, pretrained_args: dict | None, fallback_image_size: int):
+    """(image size, cache size) in px: a flag wins, else the checkpoint's pretraining scale (its cache at its size)."""
+    if image_size is None:
+        image_size = fallback_image_size if pretrained_args is None else pretrained_args["image_size"]
+    if cache_size is None and pretrained_args is not None and image_size == pretrained_args["image_size"]:
+        cache_size = pretrained_args.get("cache_size")
+    return image_size, cache_size or dataset.default_cache_size(image_size)
+
+
+def load_backbone(checkpoint: dict, backbone: nn.Module | None = None) -> nn.Module:
+    """`backbone` (a new ResNet18 backbone when None) with the checkpoint's backbone weights, loaded strictly."""
+    backbone = model.resnet18_backbone() if backbone is None else backbone
+    backbone.load_state_dict(model.backbone_state(checkpoint))  # shapes checked by load_checkpoint
+    return backbone
+
+
+def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
+    """Refuse a backbone pretrained on any test image, by pixels (dataset.near), whatever its name or format."""
+    if count := int(dataset.near(test_hashes, seen := checkpoint["pretraining_hashes"]).sum()):
+        raise model.UserError(f"{count:,} of the {len(test_hashes):,} test images were among the {len(seen):,} photos "
+                              f"{path} was pretrained on (by pixels): use the data flags it was pretrained with")

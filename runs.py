@@ -1,0 +1,458 @@
+"""What the scripts share besides the model and the data: flags, the one-line error report, run folders (args.json,
+metrics.jsonl, the --overwrite promise), devices and precision, and torchrun (PyTorch DDP, nothing home-made)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import functools
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import distributed as dist
+from torch import nn
+
+import dataset
+from model import MIN_IMAGE_SIZE, UserError
+
+# The evaluation protocol, in every args.json and SimSiam checkpoint, raised when figures stop being comparable. 2: the
+# kNN monitor reads a validation split, not the test split; the blur scales with the image size; predictions saved.
+PROTOCOL = 2
+
+
+# ---------------------------------------------------------------- flags
+
+def in_range(kind, low: float, high: float = math.inf, include_low: bool = True):
+    """argparse type: a finite `kind` in [low, high), or (low, high) without include_low; the error says the range."""
+    def parse(text: str):
+        value = kind(text)
+        if not (math.isfinite(value) and (value >= low if include_low else value > low) and value < high):
+            bounds = f"{'>=' if include_low else '>'} {low}" + (f" and < {high}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"must be finite and {bounds}, got {text}")
+        return value
+    return parse
+
+def positive(kind):
+    return in_range(kind, 0, include_low=False)
+
+fraction = in_range(float, 0, 1, include_low=False)
+seed = in_range(int, 0, 2 ** 32)  # numpy's seeds are 32-bit
+image_size = in_range(int, MIN_IMAGE_SIZE)
+batch_size = in_range(int, 2)  # BatchNorm in training needs two samples
+DEMO_SPLITS = {"test_fraction": 0.25, "val_fraction": 0.1}  # of 800 demo images: 200 tested (s.e. ~3.5 points)
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags every script shares; equal values give every script the same splits."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", type=Path, default=Path("data/PetImages"),
+                       help="photos: one sub-folder per class (PetImages/Cat, PetImages/Dog), Kaggle's flat "
+                            "train/cat.0.jpg, or loose photos (default: %(default)s)")
+    group.add_argument("--download", action="store_true", help="first fetch Microsoft's archive (787 MB) to --data")
+    group.add_argument("--download-url", default=dataset.DEFAULT_URL, help="where --download fetches from")
+    group.add_argument("--demo", action="store_true", help="a generated two-class set, with small settings")
+    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(),
+                       help="decoded images' cache (default: %(default)s)")
+    group.add_argument("--cache-size", type=image_size, default=None, help="cached side in px (default: 8/7 image)")
+    group.add_argument("--limit", type=positive(int), default=None, help="use a seeded subset of N images")
+    group.add_argument("--workers", type=positive(int), default=None, help="decoding processes (default: all cores)")
+    group = parser.add_argument_group("splits (keep equal across scripts)")
+    group.add_argument("--split-seed", type=seed, default=0, help="seed of the test split and --limit (default: 0)")
+    group.add_argument("--test-fraction", type=fraction, default=0.1,
+                       help="stratified test split, never seen by pretraining or labels (default: %(default)s)")
+    group.add_argument("--val-fraction", type=in_range(float, 0, 1), default=0.05,
+                       help="stratified split held out from pretraining and labels for the kNN monitor, which never "
+                            "reads the test split; 0: no monitor (default: %(default)s)")
+    group.add_argument("--labels", type=positive(int), default=250, help="labelled images, balanced (default: 250)")
+    group.add_argument("--label-seed", type=seed, default=0, help="seed of the labelled subset draw (default: 0)")
+
+def add_run_arguments(group) -> None:
+    group.add_argument("--seed", type=seed, default=0, help="seed of initialisation, batch order and augmentation, "
+                                                            "not of the splits (default: 0)")
+    group.add_argument("--device", default="auto", help="auto (the current CUDA GPU if any, else cpu), cpu, cuda, "
+                                                        "cuda:1, ...; under torchrun auto, cuda or cpu (default: auto)")
+    group.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 elsewhere (default: auto)")
+
+def add_output_arguments(group, default_out: Path | None, resumable: bool, shown: str = "%(default)s") -> None:
+    group.add_argument("--out", type=Path, default=default_out, help=f"run folder (default: {shown}); one holding "
+                       f"another run is refused unless {'--resume or ' if resumable else ''}--overwrite")
+    group.add_argument("--tensorboard", action="store_true", help="also write the records to OUT/tensorboard")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out; it comes back if this run fails before its first checkpoint")
+    if resumable:
+        choice.add_argument("--resume", nargs="?", type=Path, const=True, default=None, metavar="PATH",
+                            help="continue from OUT/last.pt, or from PATH (a last.pt or a run folder) into --out")
+
+def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = None) -> argparse.Namespace:
+    """argv parsed with the --demo (DEMO_SPLITS and `demo`) or --cpu preset as defaults: explicit flags still win."""
+    known = parser.parse_known_args(argv)[0]
+    if known.demo and getattr(known, "cpu", False):
+        parser.error("--demo and --cpu are two presets: pass one")
+    parser.set_defaults(**({**DEMO_SPLITS, **demo} if known.demo else cpu if getattr(known, "cpu", False) else {}))
+    args = parser.parse_args(argv)
+    if args.demo and args.data != parser.get_default("data"):
+        parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
+    if getattr(args, "tensorboard", False):
+        summary_writer()  # refused before any work when the package is missing
+    return args
+
+
+# ---------------------------------------------------------------- errors
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # one line and exit 2, as a UserError
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after saving what it had; exits with 128 + the signal's number."""
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
+
+def reports_errors(main):
+    """A script's main, its errors reported as API.md's "Errors" says; a bug still shows its traceback."""
+    @functools.wraps(main)
+    def run(argv=None):
+        for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, not a crash
+            getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
+        try:
+            return main(argv)
+        except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C outside StopSignals: 130, as 128 + SIGINT
+            print(stop if isinstance(stop, Interrupted) else "interrupted", file=sys.stderr)
+            raise SystemExit(getattr(stop, "exit_status", 128 + signal.SIGINT)) from None
+        except BrokenPipeError:  # the reader of stdout has gone (predict.py | head): end quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail
+            raise SystemExit(128 + signal.SIGPIPE) from None
+        except (UserError, OSError) as error:
+            if isinstance(error, OSError) and error.errno not in WRITE_FAILURES:
+                raise
+            message = error if isinstance(error, UserError) else f"cannot write {error.filename}: {error.strerror}"
+            rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # torchrun
+            print(f"{rank}error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            release()
+    return run
+
+
+# ---------------------------------------------------------------- run folders
+
+TENSORBOARD = "tensorboard"  # OUT/tensorboard: TensorBoard's event files, under --tensorboard
+RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
+             "labelled.json", TENSORBOARD)  # what runs write; nothing else in a run folder is ever moved or deleted
+REPLACED = ".replaced"  # OUT/.replaced: the run an --overwrite replaces, until the new run's first good checkpoint
+_replacing: dict[Path, Path] = {}  # resolved run folder -> as given, while its old run waits in OUT/.replaced
+
+def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
+    """Refuse before any work a `folder` that is a file (or below one) or cannot be written; create it if `create`."""
+    nearest = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        problem = "is a file, not a folder" if not nearest.is_dir() else "cannot be written"
+        raise UserError(f"{flag} {folder}: {nearest} {problem}; choose another {flag}")
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = None,
+              resumable: bool = False) -> list[str]:
+    """The run files in `out` this run replaces; a folder holding another run is refused unless this run continues
+    it (`resume_from` is its last.pt) or replaces it (`overwrite`). Changes nothing."""
+    if resume_from is not None and not resume_from.is_file():
+        raise UserError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
+    if (out / REPLACED).exists():
+        raise UserError(f"{out / REPLACED} holds the run that a killed --overwrite was replacing: move its files back "
+                        f"into {out} to keep that run, or delete {out / REPLACED}")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    continues = resume_from is not None and resume_from.resolve() == (out / "last.pt").resolve()
+    if held and not continues and not overwrite:
+        offer = "continue it with --resume, " if resumable and "last.pt" in held else ""
+        raise UserError(f"{out} already holds a run ({', '.join(held)}): {offer}choose another --out, or pass "
+                        f"--overwrite to replace it")
+    writable_folder(out, "--out", create=False)
+    return [] if continues else held
+
+def start_run(out: Path, held: list[str]) -> None:
+    """Just before the first step, every check passed: create `out`, set the replaced run's files `held` aside."""
+    out.mkdir(parents=True, exist_ok=True)
+    if held:
+        (out / REPLACED).mkdir()
+        _replacing[out.resolve()] = out
+        for name in held:
+            os.replace(out / name, out / REPLACED / name)
+
+def keep_run(out: Path) -> None:  # after this run's first good checkpoint: the run it replaces is deleted
+    if _replacing.pop(out.resolve(), None) is not None:
+        shutil.rmtree(out / REPLACED)
+
+def release() -> None:
+    """At the end of every main: a run that ended before keep_run is deleted, the run it replaced put back."""
+    while _replacing:
+        out = _replacing.popitem()[1]
+        for path in (out / name for name in RUN_FILES):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        for path in (out / REPLACED).iterdir():
+            os.replace(path, out / path.name)
+        (out / REPLACED).rmdir()
+        print(f"the run in {out} that this one was to replace is back as it was", file=sys.stderr)
+
+def resume_checkpoint(resume: Path | bool | None, out: Path) -> Path | None:
+    """--resume: OUT/last.pt; --resume PATH: PATH, or PATH/last.pt for a folder; None without --resume."""
+    if resume is None or resume is True:
+        return None if resume is None else out / "last.pt"
+    return resume / "last.pt" if resume.is_dir() else resume
+
+def plain_args(args: argparse.Namespace) -> dict:  # paths as strings, for JSON and weights_only checkpoints
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
+    """OUT/args.json; its environment describes derived["device"] (a concrete name) unless `derived` holds one."""
+    record = {**plain_args(args), **derived, "protocol": PROTOCOL, "code_version": code_version()}
+    record.setdefault("environment", environment(torch.device(derived.get("device", "cpu"))))
+    (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
+
+def summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard (or run without "
+                        "--tensorboard; metrics.jsonl holds the same records)") from None
+    return SummaryWriter
+
+class Metrics:
+    """OUT/metrics.jsonl, a flat JSON object per event flushed at once; with `tensorboard` its numbers as scalars at
+    step `epoch` (EVENT/key for an event's). `purge_from`: the first epoch a resumed run writes again."""
+    def __init__(self, path: Path, tensorboard: bool = False, purge_from: int | None = None):
+        self.path, self.tensorboard, self.purge_from = Path(path), tensorboard, purge_from
+        self.writer, self.step = None, 0
+
+    def log(self, **record) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            self.writer = self.writer or summary_writer()(self.path.parent / TENSORBOARD, purge_step=self.purge_from)
+            self.step = record.get("epoch", self.step)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("time", "epoch"):
+                    tag = f"{record['event']}/{key}" if "event" in record else key
+                    self.writer.add_scalar(tag, value, self.step, walltime=record["time"])
+            self.writer.flush()
+
+def read_jsonl(path: Path) -> list[dict]:  # the JSON objects; a line cut short by a killed process is skipped
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return [record for record in records if isinstance(record, dict)]
+
+def final_record(path: Path) -> dict | None:  # the classifier's closing record; None for a run unfinished
+    return next((record for record in reversed(read_jsonl(path)) if record.get("event") == "final"), None)
+
+def truncate_metrics(path: Path, after_epoch: int) -> None:  # the epochs a resumed run writes again go, atomically
+    if path.is_file():
+        kept = [record for record in read_jsonl(path) if record.get("epoch", 0) <= after_epoch]
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(temporary, path)
+
+def read_predictions(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / "predictions.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{folder} holds no readable predictions.json ({type(error).__name__}): pass a classifier "
+                        "run's folder") from None
+
+def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) -> str:
+    name = f"classifier-{'random' if random else 'simsiam'}-{'finetune' if finetune else 'frozen'}"
+    return name + ("-all-labels" if all_labels else "")
+
+class StopSignals:
+    """Within `with`, SIGINT (Ctrl-C) and SIGTERM (preemption) only set `.signal_number`: the loop saves and stops."""
+    signal_number: int | None = None
+
+    def __enter__(self) -> StopSignals:
+        def request(number: int, frame) -> None:
+            self.signal_number = number
+        self.previous = {number: signal.signal(number, request) for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+def check_protocol(checkpoint: dict, path: Path) -> None:
+    if checkpoint.get("protocol") != PROTOCOL:
+        raise UserError(f"{path} was pretrained under evaluation protocol {checkpoint.get('protocol', 1)}, not this "
+                        f"code's {PROTOCOL} (its kNN monitor read the test split): pretrain again with train.py")
+
+@functools.cache
+def code_version() -> dict:
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+def duration(seconds: float) -> str:  # 45 s, 3.2 min, 1.5 h
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+COLOURS = {"random": ["tab:gray", "black", "silver"],  # plots: a colour per backbone (one per run in turn)
+           "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
+LINESTYLES = {"frozen": "-", "finetune": "--"}  # and a line style per mode
+
+
+# ---------------------------------------------------------------- devices
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed: a concrete device (cuda:0, never cuda), the precision, the ranks."""
+    device: torch.device
+    precision: str  # "bf16" (autocast) or "fp32"
+    context: Context = field(default_factory=lambda: Context())
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        # NHWC where cuDNN's and oneDNN's convolutions want it (CPU bf16 at 64 px: 1.2x faster, docs/cpu.md)
+        nhwc = self.device.type == "cuda" or (self.device.type == "cpu" and self.precision == "bf16")
+        return torch.channels_last if nhwc else torch.contiguous_format
+
+def make_runtime(device_name: str, precision: str = "auto", context: Context | None = None) -> Runtime:
+    """The device is concrete ("cuda" is the current GPU, "auto" it or the CPU); one the machine lacks: UserError."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
+    try:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("PyTorch sees no CUDA GPU; use --device cpu")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        device = torch.empty(0, device=device).device  # fails where the device is absent; mps -> mps:0
+    except (RuntimeError, AssertionError) as error:
+        raise UserError(f"--device {name}: not a device PyTorch can use here ({str(error).splitlines()[0]})") from None
+    if precision == "auto":  # tensor cores on CUDA; on a CPU bf16 pays only with bf16 units (AMX: docs/cpu.md)
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return Runtime(device, precision, context or Context())
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+def use_deterministic_algorithms() -> None:  # repeatable CUDA runs, for a bit-identical resume (CPU runs are)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed workspace, read when it starts
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory allocated on a CUDA device since the last reset; on a CPU the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"cpu ({os.cpu_count()} cores)" if device.type == "cpu" else str(device)
+
+def environment(device: torch.device) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []  # Linux
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    return {"python": platform.python_version(), "torch": str(torch.__version__),  # TorchVersion: not weights_only
+            "torchvision": str(torchvision.__version__), "cuda": torch.version.cuda, "device": describe(device),
+            "cpu": cpu or platform.processor()}
+
+
+# ---------------------------------------------------------------- torchrun
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    is_main = property(lambda self: self.rank == 0)  # rank 0 writes logs, metrics, checkpoints, shows progress
+    is_distributed = property(lambda self: self.world_size > 1)
+
+def setup(device_name: str) -> tuple[Context, str]:
+    """(context, device name); joins torchrun's process group: NCCL on cuda:LOCAL_RANK, gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Context(), device_name
+    if device_name not in ("auto", "cuda", "cpu"):  # cuda:N would be overridden by LOCAL_RANK, mps fall back to cpu
+        raise UserError(f"--device {device_name}: under torchrun each process takes its own GPU, cuda:LOCAL_RANK, or "
+                        "the CPU; pass --device cuda (or cpu), and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    context = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(context.local_rank)
+    # decoding a large cache on one rank keeps the others waiting at a barrier: allow an hour
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=1))
+    return context, f"cuda:{context.local_rank}" if use_cuda else "cpu"
+
+def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
+    """DDP, with SyncBatchNorm on CUDA as the paper (on a CPU each process normalises its own part of the batch)."""
+    if not context.is_distributed:
+        return model
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+def barrier(context: Context) -> None:
+    """Wait for every process; when one stopped first (and said why), the others end in one line too."""
+    if context.is_distributed:
+        try:
+            dist.barrier()
+        except RuntimeError:  # gloo: "Connection closed by peer" (NCCL's processes are stopped by torchrun)
+            raise UserError("stopped: another process of this run ended first (its error line says why)") from None
+
+def mean(value: torch.Tensor, context: Context) -> torch.Tensor:
+    if context.is_distributed:
+        dist.all_reduce(value := value.clone())
+        value /= context.world_size
+    return value
+
+def gather(value, context: Context) -> list:  # every rank's `value` (builtins, CPU tensors) in rank order, on all
+    if not context.is_distributed:
+        return [value]
+    dist.all_gather_object(values := [None] * context.world_size, value)
+    return values
+
+def any_rank(flag: bool, device: torch.device, context: Context) -> bool:  # True on every rank if `flag` is True on any
+    if not context.is_distributed:
+        return flag
+    dist.all_reduce(value := torch.tensor(float(flag), device=device), op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+def parameters_in_sync(model: nn.Module, context: Context) -> bool:  # every rank holds exactly rank 0's parameters
+    if not context.is_distributed:
+        return True
+    mine = torch.cat([p.detach().flatten() for p in model.parameters()])
+    dist.broadcast(reference := mine.clone(), src=0)
+    return not any_rank(not torch.equal(mine, reference), mine.device, context)
+
+def cleanup(context: Context) -> None:
+    if context.is_distributed:
+        dist.destroy_process_group()
