@@ -32,13 +32,10 @@ BLUR_PROBABILITY = 0.5
 BLUR_SIGMA = (0.1, 2.0)  # pixels of a BLUR_REFERENCE_SIZE crop; scaled with the view's side (blur_sigma_range)
 BLUR_REFERENCE_SIZE = 224  # MoCo v2's crops, for which its sigma range was chosen
 
-
 def uniform(low: float, high: float, shape: int | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
 
-
-def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:
-    """(n,) booleans, each True with probability p."""
+def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:  # (n,) booleans, True with probability p
     return torch.rand(n, generator=generator, device=generator.device) < p
 
 
@@ -65,7 +62,6 @@ def random_crop_boxes(n: int, side: int, generator: torch.Generator,
     return torch.stack([(2 * left + width) / side - 1, (2 * top + height) / side - 1, width / side, height / side],
                        dim=1)
 
-
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """Crop each image to its box, mirror it where flip is True, and resize to size x size, in one bilinear
     resampling. Matches torchvision's resized_crop(antialias=False) (+ hflip) on pixel-aligned boxes."""
@@ -86,32 +82,25 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
 # ---------------------------------------------------------------- colour, on floats in [0, 1]
 
 
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+def grayscale(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 1, H, W) luma
     weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
-
 
 def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor * x + (1 - factor) * other, clamped to [0, 1], as torchvision's _blend."""
     factor = factor.view(-1, 1, 1, 1)
     return (factor * x + (1 - factor) * other).clamp(0, 1)
 
-
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return blend(x, torch.zeros_like(x), factor)
-
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
 
-
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return blend(x, grayscale(x), factor)
 
-
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1)."""
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1)
     r, g, b = x.unbind(1)
     value, _ = x.max(dim=1)
     delta = value - x.min(dim=1).values
@@ -122,15 +111,12 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
     return torch.stack([hue, saturation, value], dim=1)
 
-
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of rgb_to_hsv, elementwise: channel n of (r, g, b) = (5, 3, 1) is
-    v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6 * hue) mod 6."""
+    # channel n of (r, g, b) = (5, 3, 1) is v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6 * hue) mod 6
     hue, saturation, value = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = (n + 6.0 * hue) % 6.0  # (B, 3, H, W)
     return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0, 1)
-
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue by `shift` turns, in HSV as torchvision's adjust_hue."""
@@ -138,21 +124,16 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
     return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))
 
-
 def blur_sigma_range(size: int, reference: int = BLUR_REFERENCE_SIZE) -> tuple[float, float]:
     """The blur's sigma range in px for size x size views: BLUR_SIGMA, chosen for `reference` px views, scaled."""
     return BLUR_SIGMA[0] * size / reference, BLUR_SIGMA[1] * size / reference
 
-
 def blur_kernel(size: int, reference: int = BLUR_REFERENCE_SIZE) -> int:
-    """The blur's kernel side for size x size views: 2 ceil(3 max sigma) + 1, covering +-3 sigma (13 at 224 px,
-    3 at 32 px; 13 at any size with `reference` the size itself)."""
+    """2 ceil(3 max sigma) + 1, covering +-3 sigma: 13 at 224 px, 3 at 32 px (13 at any size with reference = size)."""
     return 2 * math.ceil(3 * blur_sigma_range(size, reference)[1]) + 1
 
-
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Blur each image with its own sigma (pixels): a separable grouped convolution, reflect padding,
-    as torchvision's gaussian_blur. A sigma near 0 gives a unit impulse, which leaves the image unchanged."""
+    """Each image blurred with its own sigma (px), separably with reflect padding, as torchvision's gaussian_blur."""
     batch, channels, height, width = x.shape
     half = kernel_size // 2
     offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)  # (K,)
@@ -163,7 +144,6 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     y = F.conv2d(y, kernel[:, None, :, None], groups=batch * channels)  # along columns
     return y.reshape(batch, channels, height, width)
 
-
 def normalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -173,15 +153,12 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the views the scripts use
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float32 in [0, 1]."""
+def to_float(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, S, S) -> float32 in [0, 1]
     return images.float().div_(255)
-
 
 def colour_augment(x: torch.Tensor, generator: torch.Generator,
                    blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
-    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5, sigma scaled to the side from
-    `blur_reference`), each drawn per image."""
+    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5), each drawn per image."""
     n = x.shape[0]
     jitter = chance(JITTER_PROBABILITY, n, generator)
     ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
@@ -195,7 +172,6 @@ def colour_augment(x: torch.Tensor, generator: torch.Generator,
                         uniform(*blur_sigma_range(side, blur_reference), n, generator), zeros + 1e-3)
     return gaussian_blur(x, sigma, blur_kernel(side, blur_reference))
 
-
 def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator,
                  blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
     """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
@@ -204,13 +180,11 @@ def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator,
     x = resized_crop(to_float(images), boxes, chance(0.5, n, generator), size)
     return normalize(colour_augment(x, generator, blur_reference))
 
-
 def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """The classifier's training view: random resized crop and flip only, normalised."""
     n, side = images.shape[0], images.shape[-1]
     boxes = random_crop_boxes(n, side, generator)
     return normalize(resized_crop(to_float(images), boxes, chance(0.5, n, generator), size))
-
 
 def center_view(images: torch.Tensor, size: int) -> torch.Tensor:
     """The evaluation view: the whole cached image resized (antialiased) to size x size, normalised."""

@@ -1,24 +1,20 @@
 """Throughput of SimSiam pretraining on one device, three ways, in one run:
 
-    (a) ceiling:  SimSiam steps on augmented batches already on the device (model, loss, optimizer only);
-    (b) pipeline: what train.py runs, through the same functions: cache -> batch -> augmentation -> step;
-    (c) baseline: the usual kind, PIL decode + torchvision transforms in DataLoader workers (one per core),
-                  both views, same resolution and batch, then the same step.
+    (a) ceiling:  model.train_step on one uint8 batch already on the device (augmentation, network, loss, SGD);
+    (b) pipeline: what train.py runs: the decoded cache -> dataset.device_batches -> model.train_step;
+    (c) baseline: the usual kind, PIL decode + torchvision v2 transforms (both views) in DataLoader workers.
 
     python bench.py --data data/PetImages --device cuda --json results/bench-h200.json   # 150 px, batch 256, bf16
-    python bench.py --demo --device cpu --image-size 48 --batch-size 16 --steps 3 --warmup 1   # CPU smoke run
+    python bench.py --demo --device cpu --image-size 32 --batch-size 16 --steps 3 --warmup 1   # CPU smoke run
 
-Prints a table (images/s, seconds per 25,000-image epoch, peak memory, ratios b/a and b/c) and writes the same
-figures as JSON. The cache is built into a fresh folder under --cache-dir, deleted at the end, so cache_build_s is a
-cold build; warm_start_s is a second run's start: opening that cache, placing it, and the first step.
+Prints images/s, seconds per 25,000-image epoch and peak memory of each, and the ratios b/a and b/c (also --json).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,178 +22,101 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from simsiam import augment, cli, dataset, devices, recipe, runs, schedule
-from simsiam.model import SimSiam
+import augment
+import dataset
+import model
+import runs
 
-EPOCH_IMAGES = 25_000  # the size of Microsoft's archive, for "seconds per epoch"
-
+LR, MOMENTUM, WEIGHT_DECAY = 0.03, 0.9, 5e-4  # train.py's defaults: the optimiser's cost as a run has it
+LABELS = {"ceiling": "(a) ceiling: model.train_step alone", "pipeline": "(b) pipeline: train.py's",
+          "baseline": "(c) baseline: PIL + torchvision workers"}
 
 def parse_args(argv=None) -> argparse.Namespace:
-    defaults = recipe.DEFAULTS  # train.py's: the benchmark times what a user's run does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_data_arguments(parser)
-    group = parser.add_argument_group("benchmark (sizes and optimiser as train.py's defaults)")
-    group.add_argument("--image-size", type=cli.image_size, default=defaults["image_size"],
-                       help="crop side in px (default: %(default)s)")
-    group.add_argument("--batch-size", type=cli.batch_size, default=defaults["batch_size"],
-                       help="images per step, two views each (default: %(default)s)")
-    group.add_argument("--steps", type=cli.positive(int), default=50, help="timed steps per measurement")
-    group.add_argument("--warmup", type=int, default=10, help="untimed steps before each measurement")
-    group.add_argument("--compile", action="store_true", help="torch.compile the model and the augmentation")
-    group.add_argument("--host-cache", action="store_true",
-                       help="keep the cache in host memory even where it fits on the GPU, to measure the pinned "
-                            "prefetch path that a cache too large for the GPU takes")
-    group.add_argument("--baseline-workers", type=cli.positive(int), default=os.cpu_count(),
-                       help="DataLoader workers of the baseline (default: one per core)")
-    group.add_argument("--no-baseline", action="store_true",
-                       help="skip (c), the DataLoader baseline, for a quick measurement of (a) and (b)")
-    group.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    cli.add_run_arguments(group)
-    return parser.parse_args(argv)
+    runs.add_data_arguments(parser)
+    group = parser.add_argument_group("benchmark (sizes as train.py's defaults)")
+    group.add_argument("--image-size", type=runs.image_size, default=150, help="view side, px (default: %(default)s)")
+    group.add_argument("--batch-size", type=runs.batch_size, default=256, help="images a step (default: %(default)s)")
+    group.add_argument("--steps", type=runs.positive(int), default=50, help="timed steps each (default: %(default)s)")
+    group.add_argument("--warmup", type=runs.in_range(int, 0), default=10, help="untimed steps first (default: 10)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model, as train.py --compile")
+    group.add_argument("--host-cache", action="store_true", help="keep the cache in host memory: the pinned prefetch")
+    group.add_argument("--baseline-workers", type=runs.positive(int), default=os.cpu_count(), help="of (c)")
+    group.add_argument("--no-baseline", action="store_true", help="skip (c), for a quick look at (a) and (b)")
+    group.add_argument("--json", type=Path, help="also write the figures here")
+    runs.add_run_arguments(group)
+    return runs.parse(parser, argv, demo={})
 
-
-def images_per_s(step, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
-    """Run `warmup` untimed steps, then time `steps` steps between two device synchronisations."""
-    for _ in range(warmup):
-        step()
-    devices.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    devices.synchronize(device)
-    return steps * batch_size / (time.perf_counter() - started)
-
-
-def endless(make_iterator):
-    """Chain fresh iterators (epochs) forever."""
-    while True:
-        yield from make_iterator()
-
+def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    """(images/s, peak memory in GB) of `step`: --warmup untimed calls, then --steps between two synchronisations."""
+    for count in (args.warmup, args.steps):  # untimed, then timed
+        runs.synchronize(device)
+        runs.reset_peak_memory(device)
+        started = time.perf_counter()
+        for _ in range(count):
+            step()
+    runs.synchronize(device)
+    return args.steps * args.batch_size / (time.perf_counter() - started), runs.peak_memory_gb(device)
 
 class PilPairs(torch.utils.data.Dataset):
-    """The usual pipeline: decode the file with PIL, then two torchvision-transformed views."""
+    """(c)'s data: a photo decoded by PIL, then two views by torchvision's transforms with augment.py's recipe."""
 
-    def __init__(self, root: Path, files: list[str], size: int):
-        self.paths = [root / name for name in files]
-        self.transform = v2.Compose([
+    def __init__(self, paths: list[Path], size: int):
+        jitter = v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)
+        blur = v2.GaussianBlur(augment.blur_kernel(size), augment.blur_sigma_range(size))
+        self.paths, self.transform = paths, v2.Compose([
             v2.RandomResizedCrop(size, scale=augment.CROP_SCALE, antialias=True),
-            v2.RandomApply([v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)],
-                           p=augment.JITTER_PROBABILITY),
-            v2.RandomGrayscale(augment.GRAYSCALE_PROBABILITY),
-            v2.RandomApply([v2.GaussianBlur(augment.blur_kernel(size), augment.blur_sigma_range(size))],
-                           p=augment.BLUR_PROBABILITY),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(augment.MEAN, augment.STD),
-        ])
+            v2.RandomApply([jitter], p=augment.JITTER_PROBABILITY), v2.RandomGrayscale(augment.GRAYSCALE_PROBABILITY),
+            v2.RandomApply([blur], p=augment.BLUR_PROBABILITY), v2.RandomHorizontalFlip(),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(augment.MEAN, augment.STD)])
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        with Image.open(self.paths[index]) as image:
-            image = image.convert("RGB")
+        image = Image.open(self.paths[index]).convert("RGB")  # loading closes the file
         return self.transform(image), self.transform(image)
 
-
-def baseline_images_per_s(data: dataset.ImageSet, splits: dataset.Splits, model, optimizer, args,
-                          runtime: devices.Runtime) -> float:
-    """(c): the same step fed by PilPairs in DataLoader workers, batches pinned by the DataLoader on a GPU."""
-    device = runtime.device
-    loader = torch.utils.data.DataLoader(
-        PilPairs(data.root, [data.files[i] for i in splits.pretrain], args.image_size), batch_size=args.batch_size,
-        shuffle=True, drop_last=True, num_workers=args.baseline_workers,
-        pin_memory=devices.needs_pinning(torch.device("cpu"), device), persistent_workers=True, prefetch_factor=4)
-    pairs = endless(lambda: iter(loader))
-
-    def baseline_step():
-        x1, x2 = (x.to(device, non_blocking=True) for x in next(pairs))  # sgd_step lays them out
-        recipe.sgd_step(model, optimizer, x1, x2, runtime)
-
-    return images_per_s(baseline_step, args.steps, args.warmup, args.batch_size, device)
-
-
-@cli.reports_errors
+@runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runtime = devices.make_runtime(args.device, args.precision)
-    device, precision = runtime.device, runtime.precision
-    recipe.check_memory(args.image_size, args.batch_size, runtime)  # before any decoding
+    runtime = runs.make_runtime(args.device, args.precision)
+    device = runtime.device
     torch.manual_seed(args.seed)
-    layout = runtime.memory_format
-    # a cache of its own, timed, under --cache-dir (the temporary folder may be small or read-only)
-    temporary_cache = Path(tempfile.mkdtemp(prefix=".bench-", dir=runs.writable_folder(args.cache_dir, "--cache-dir")))
-    try:
-        started = time.perf_counter()
-        data, splits = dataset.open_data(dataset.DataOptions.from_args(args, cache_dir=temporary_cache))
-        cache_build_s = time.perf_counter() - started
-
-        model = SimSiam().to(device, memory_format=layout)
-        defaults = recipe.DEFAULTS
-        optimizer = recipe.make_optimizer(model, schedule.peak_lr(defaults["lr"], args.batch_size),
-                                          defaults["momentum"], defaults["weight_decay"])
-        timed_model = torch.compile(model) if args.compile else model
-
-        started = time.perf_counter()
-        reopened = dataset.load_images(data.root, data.images.shape[-1], temporary_cache, args.limit, args.split_seed,
-                                       args.workers)
-        images = reopened.images if args.host_cache else dataset.cache_on_device(reopened.images, device)
-        order_generator, augment_generator = devices.generator(images.device, 0), devices.generator(device, 0)
-        batches = endless(lambda: dataset.device_batches(images, splits.pretrain, args.batch_size, order_generator,
-                                                         device))
-
-        def pipeline_step():
-            x1, x2 = recipe.views(next(batches), args.image_size, augment_generator, args.compile)
-            recipe.sgd_step(timed_model, optimizer, x1, x2, runtime)
-
-        pipeline_step()
-        devices.synchronize(device)
-        warm_start_s = time.perf_counter() - started
-        cache_on = ("host, pinned batches prefetched" if devices.needs_pinning(images.device, device) else
-                    "host" if images.device.type == "cpu" else "device")
-
-        batch = next(batches)
-        x1, x2 = recipe.views(batch, args.image_size, augment_generator)
-        devices.reset_peak_memory(device)
-        ceiling = images_per_s(lambda: recipe.sgd_step(timed_model, optimizer, x1, x2, runtime),
-                               args.steps, args.warmup, args.batch_size, device)
-        ceiling_memory = devices.peak_memory_gb(device)
-
-        devices.reset_peak_memory(device)
-        augmentation = images_per_s(lambda: recipe.views(batch, args.image_size, augment_generator, args.compile),
-                                    args.steps, args.warmup, args.batch_size, device)
-        pipeline = images_per_s(pipeline_step, args.steps, args.warmup, args.batch_size, device)
-        pipeline_memory = devices.peak_memory_gb(device)  # on the GPU this includes the resident cache
-
-        baseline = None if args.no_baseline else baseline_images_per_s(data, splits, timed_model, optimizer, args,
-                                                                       runtime)
-    finally:
-        shutil.rmtree(temporary_cache, ignore_errors=True)
-
-    result = {
-        "device": devices.describe(device),
-        "torch": torch.__version__, "image_size": args.image_size, "batch_size": args.batch_size,
-        "precision": precision, "compile": args.compile, "cache_resolution": data.images.shape[-1],
-        "num_images": len(data.files), "cache_on": cache_on, "host_cache_forced": args.host_cache, "steps": args.steps,
-        "ceiling_images_per_s": ceiling, "pipeline_images_per_s": pipeline, "baseline_images_per_s": baseline,
-        "augmentation_images_per_s": augmentation,
-        "pipeline_over_ceiling": pipeline / ceiling, "pipeline_over_baseline": baseline and pipeline / baseline,
-        "peak_memory_gb": pipeline_memory, "ceiling_peak_memory_gb": ceiling_memory,
-        "cache_gb": data.images.numel() / 1e9, "cache_build_s": cache_build_s, "warm_start_s": warm_start_s,
-        "baseline_workers": args.baseline_workers,
-    }
-    rows = [("(a) ceiling: model step only", ceiling), ("(b) pipeline: cache, augmentation, step", pipeline),
-            ("(c) baseline: PIL + torchvision workers", baseline), ("    augmentation alone, two views", augmentation)]
+    data, splits = dataset.open_data(args)
+    images = data.images if args.host_cache else dataset.cache_on_device(data.images, device)
+    network = model.SimSiam().to(device, memory_format=runtime.memory_format)
+    optimizer = model.make_optimizer(network, model.peak_lr(LR, args.batch_size), MOMENTUM, WEIGHT_DECAY)
+    stepped, generator = torch.compile(network) if args.compile else network, runs.generator(device, args.seed)
+    step = lambda batch: model.train_step(stepped, optimizer, batch, generator, args.image_size,  # at the peak lr
+                                          augment.BLUR_REFERENCE_SIZE, 0, 1, runtime)
+    order = runs.generator(images.device, args.seed)
+    batches = (batch for _ in itertools.count() for batch in dataset.device_batches(
+        images, splits.pretrain, args.batch_size, order, device))  # one epoch after another
+    resident = next(batches)
+    figures = {"ceiling": measure(lambda: step(resident), args, device),
+               "pipeline": measure(lambda: step(next(batches)), args, device)}
+    if not args.no_baseline:
+        loader = torch.utils.data.DataLoader(
+            PilPairs([data.root / data.files[i] for i in splits.pretrain.tolist()], args.image_size),
+            batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.baseline_workers,
+            pin_memory=device.type == "cuda", persistent_workers=True, prefetch_factor=4)
+        pairs = (pair for _ in itertools.count() for pair in loader)
+        figures["baseline"] = measure(lambda: model.sgd_step(stepped, optimizer, *(  # train_step after its views
+            x.to(device, non_blocking=True) for x in next(pairs)), runtime), args, device)
+    result = {"device": runs.describe(device), "torch": torch.__version__, "image_size": args.image_size,
+              "batch_size": args.batch_size, "precision": runtime.precision, "compile": args.compile,
+              "cache_on": "host, pinned batches prefetched" if images.device != device else images.device.type}
     print(f"\n{result['device']}, torch {torch.__version__}, {args.image_size} px, batch {args.batch_size}, "
-          f"{precision}{', compiled' if args.compile else ''}; cache of {len(data.files):,} images at "
-          f"{data.images.shape[-1]} px in {cache_on}")
-    print(f"{'':42} {'images/s':>10} {'s / 25k epoch':>14}")
-    for name, rate in rows:
-        if rate is not None:
-            print(f"{name:42} {rate:10,.0f} {EPOCH_IMAGES / rate:14.2f}")
-    memory_kind = "GPU memory, cache included" if device.type == "cuda" else "process resident memory"
-    over_baseline = f", b/c = {pipeline / baseline:.1f}" if baseline else ""
-    print(f"b/a = {pipeline / ceiling:.2f}{over_baseline}; peak {memory_kind} "
-          f"{pipeline_memory:.2f} GB; cache build {cache_build_s:.1f} s, warm start {warm_start_s:.1f} s")
+          f"{runtime.precision}{', compiled' if args.compile else ''}; cache in {result['cache_on']} memory")
+    print(f"{'':40} {'images/s':>10} {'s / 25k epoch':>14} {'peak GB':>8}")  # 25,000: Microsoft's archive
+    for name, (rate, peak) in figures.items():
+        result |= {f"{name}_images_per_s": rate, f"{name}_peak_memory_gb": peak}
+        print(f"{LABELS[name]:40} {rate:10,.0f} {25_000 / rate:14.2f} {peak:8.2f}")
+    result |= {f"pipeline_over_{name}": result["pipeline_images_per_s"] / rate for name, (rate, _) in figures.items()
+               if name != "pipeline"}
+    print(", ".join(f"b/{LABELS[name][1]} = {result[f'pipeline_over_{name}']:.2f}" for name in figures if name !=
+                    "pipeline") + "; peak GB: " + ("GPU memory, cache included" if device.type == "cuda" else "RSS"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

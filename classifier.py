@@ -36,7 +36,6 @@ from model import UserError
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
 RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_data_arguments(parser)
@@ -70,7 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs.add_run_arguments(group)
     return runs.parse(parser, argv, DEMO)
 
-
 class TestSet(NamedTuple):
     images: torch.Tensor  # (N, 3, S, S) uint8 cache that `indices` index
     indices: torch.Tensor  # (M,)
@@ -79,7 +77,6 @@ class TestSet(NamedTuple):
     name: str  # "400 held-out test images"
     fingerprint: str  # in args.json, so that plot.py never mixes two test sets on one axis
     hashes: torch.Tensor  # (M, 2) photo identities, checked against the pretraining photos
-
 
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained_on: torch.Tensor) -> TestSet:
     """The held-out split, or every image of --test-data (its classes mapped onto the training ones) that is not
@@ -106,7 +103,6 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
     return TestSet(other.images, kept, mapping[other.labels[kept]], [other.files[i] for i in kept],
                    f"{len(kept):,} images of {args.test_data}",
                    dataset.fingerprint([str(other.root / name) for name in other.files], kept), other.hashes[kept])
-
 
 @runs.reports_errors
 def main(argv=None) -> None:

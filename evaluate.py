@@ -28,11 +28,9 @@ def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size
     backbone.train(was_training)
     return torch.cat(features)
 
-
 def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, indices), each (Q, min(k, B)): the (B, D) bank's rows nearest each query by cosine, in order."""
     return (F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T).topk(min(k, len(bank)), dim=1)  # of (Q, B)
-
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
                  num_classes: int, k: int = 20) -> torch.Tensor:
@@ -42,14 +40,11 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     votes.scatter_add_(1, bank_labels.to(queries.device)[neighbours], (similarities / 0.1).exp())
     return accuracy(votes, query_labels)
 
-
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N, K), (N,) -> 0-dim
     return (logits.argmax(dim=1) == labels.to(logits.device)).float().mean()
 
-
 def standard_error(accuracy: float, n: int) -> float:  # binomial, on n independent test images
     return (accuracy * (1 - accuracy) / n) ** 0.5
-
 
 def paired_difference(correct_a, correct_b) -> dict:
     """Accuracy of a minus b from their (n,) correctness on the same images, the paired s.e. and McNemar's exact p."""
@@ -57,7 +52,6 @@ def paired_difference(correct_a, correct_b) -> dict:
     only_a, only_b = int((a > b).sum()), int((a < b).sum())
     p = min(1., sum(math.comb(only_a + only_b, k) for k in range(min(only_a, only_b) + 1)) / 2 ** (only_a + only_b - 1))
     return {**paired_difference_over_draws(a[None], b[None]), "only_a": only_a, "only_b": only_b, "mcnemar_p": p}
-
 
 def paired_difference_over_draws(correct_a, correct_b) -> dict:
     """Paired difference of classifiers fitted per label draw ((D, n) correctness, draws in the same order): each
@@ -71,20 +65,16 @@ def paired_difference_over_draws(correct_a, correct_b) -> dict:
 
 PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}  # predictions.json keys
 
-
 def correctness(predictions: dict, key: str) -> list[bool]:
     return [p == label for p, label in zip(predictions[key], predictions["labels"])]
-
 
 def same_test_images(*predictions: dict) -> bool:
     return all(p.get("files") == predictions[0].get("files") and p.get("labels") == predictions[0].get("labels")
                for p in predictions)
 
-
 def compare_predictions(a: dict, b: dict, key: str) -> dict | None:  # None unless both have `key`, on the same images
     comparable = same_test_images(a, b) and key in a and key in b
     return paired_difference(correctness(a, key), correctness(b, key)) if comparable else None
-
 
 def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95% +3.6 to +8.6; McNemar p 2e-06) on ...
     return (f"{100 * d['difference']:+.1f} ± {100 * d['standard_error']:.1f} points (paired s.e.; 95% "
@@ -97,13 +87,11 @@ def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95%
 # lambda of lambda / 2 ||W||^2 added to the mean cross-entropy (scikit-learn's C = 1 / (lambda n)), nearly none to huge
 PROBE_PENALTIES = tuple(10.0 ** k for k in range(-6, 5))
 
-
 def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both (N, D) sets scaled by the training set's per-feature mean and std (a constant feature keeps std 1)."""
     mean, std = train.mean(dim=0), train.std(dim=0)
     std = torch.where(std > 0, std, 1.0)
     return (train - mean) / std, (test - mean) / std
-
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, penalty: float) -> tuple:
     """(D, K) W, (K,) b minimising mean cross-entropy(x W + b) + penalty / 2 ||W||^2 by full-batch L-BFGS (convex)."""
@@ -122,13 +110,11 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, penalt
         optimizer.step(closure)
     return weight.detach(), bias.detach()
 
-
 def stratified_folds(labels: torch.Tensor, folds: int, generator: torch.Generator) -> torch.Tensor:
     """(N,) fold of each label: the images, shuffled and grouped by class, dealt to the folds in turn."""
     order = torch.randperm(len(labels), generator=generator)
     order = order[labels[order].sort(stable=True).indices]  # grouped by class, shuffled within each
     return torch.empty_like(order).index_put_((order,), torch.arange(len(labels)) % folds)
-
 
 def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                    test_labels: torch.Tensor, num_classes: int, folds: int = 5,
@@ -156,7 +142,6 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
             "at_edge": best in (0, len(penalties) - 1), "test_predictions": logits.argmax(dim=1).tolist(),
             "cv_loss": cv_loss[best].item() / len(labels), "cv_accuracy": cv_correct[best].item() / len(labels)}
 
-
 def read_pretrained(path: Path, hint: str = "train one with train.py") -> dict:
     """train.py's siam.pt or last.pt with its arguments, split and pretraining photos, read before any decoding."""
     try:
@@ -166,7 +151,6 @@ def read_pretrained(path: Path, hint: str = "train one with train.py") -> dict:
         raise model.UserError(f"cannot use --checkpoint: {error} ({hint})") from None
     return checkpoint
 
-
 def resolution(image_size: int | None, cache_size: int | None, pretrained_args: dict | None, fallback_image_size: int):
     """(image size, cache size) in px: a flag wins, else the checkpoint's pretraining scale (its cache at its size)."""
     if image_size is None:
@@ -175,13 +159,11 @@ def resolution(image_size: int | None, cache_size: int | None, pretrained_args: 
         cache_size = pretrained_args.get("cache_size")
     return image_size, cache_size or dataset.default_cache_size(image_size)
 
-
 def load_backbone(checkpoint: dict, backbone: nn.Module | None = None) -> nn.Module:
     """`backbone` (a new ResNet18 backbone when None) with the checkpoint's backbone weights, loaded strictly."""
     backbone = model.resnet18_backbone() if backbone is None else backbone
     backbone.load_state_dict(model.backbone_state(checkpoint))  # shapes checked by load_checkpoint
     return backbone
-
 
 def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
     """Refuse a backbone pretrained on any test image, by pixels (dataset.near), whatever its name or format."""

@@ -24,7 +24,6 @@ PREDICTION_HIDDEN_DIM = 512  # the predictor's bottleneck (§4, "Prediction MLP"
 MIN_IMAGE_SIZE = 16  # px: ResNet18 halves the side five times
 FORMAT, VERSION = "simsiam-cats-dogs", 2  # 2: the lean layout (no per-rank generator state in last.pt)
 
-
 class UserError(Exception):
     """Something the user must change; the message says what. Scripts print it as one line and exit 2."""
 
@@ -39,7 +38,6 @@ def resnet18_backbone(zero_init_residual: bool = False) -> nn.Module:
     backbone.fc = nn.Identity()
     return backbone
 
-
 def projection_mlp(in_dim: int, dim: int) -> nn.Sequential:
     """Projection MLP (§4): three Linear -> BN layers, ReLU after the first two, output BN without affine."""
     return nn.Sequential(
@@ -48,17 +46,14 @@ def projection_mlp(in_dim: int, dim: int) -> nn.Sequential:
         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
     )
 
-
 def prediction_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
     """Prediction MLP (§4): a bottleneck Linear -> BN -> ReLU -> Linear, no BN on its output."""
     return nn.Sequential(nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, dim))
 
-
 class SimSiam(nn.Module):
     """backbone + projector form the encoder f; predictor is h. zero_init_residual as the official code's encoder;
     False gives torchvision's initialisation, the random-init baseline's."""
-
     def __init__(self, zero_init_residual: bool = True):
         super().__init__()
         self.backbone = resnet18_backbone(zero_init_residual)
@@ -69,10 +64,8 @@ class SimSiam(nn.Module):
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))  # (B, d)
         return self.predictor(z1), self.predictor(z2), z1, z2
 
-
 class Classifier(nn.Module):
     """A ResNet18 backbone and a linear head on its features, for the few-label evaluation."""
-
     def __init__(self, num_classes: int):
         super().__init__()
         self.backbone = resnet18_backbone()
@@ -83,11 +76,9 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-
 def D(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Negative cosine similarity with the stop-gradient on z (§3, eq. 1 and 3): minimum -1."""
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
-
 
 def z_std(z: torch.Tensor) -> torch.Tensor:
     """Collapse metric (§4.1, Fig. 2): std over the batch of l2-normalised z, averaged over channels; about
@@ -98,10 +89,8 @@ def z_std(z: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the training step (train.py runs it, bench.py times it)
 
 
-def peak_lr(base_lr: float, batch_size: int) -> float:
-    """The linear scaling rule of the official scripts: lr = base_lr x batch_size / 256."""
+def peak_lr(base_lr: float, batch_size: int) -> float:  # the official scripts' linear scaling rule
     return base_lr * batch_size / 256
-
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> dict[str, float]:
     """Every group at its peak_lr, half-cosine-decayed to 0 over total_steps (§4), unless `fixed` (the predictor,
@@ -110,7 +99,6 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> dic
     for group in optimizer.param_groups:
         group["lr"] = group["peak_lr"] * (1.0 if group.get("fixed") else decay)
     return {group["name"]: group["lr"] for group in optimizer.param_groups}
-
 
 def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD over the encoder (cosine-decayed) and the predictor (fixed lr, `fix_pred_lr`, §4.3), both at peak `lr`."""
@@ -121,7 +109,6 @@ def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: flo
     fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update, where launches cost
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
 
-
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, generator: torch.Generator,
                image_size: int, blur_reference: int, step: int, total_steps: int, runtime) -> tuple:
     """One SimSiam step (Algorithm 1) on a uint8 batch (B, 3, S, S) on the device: the lr of this step, two views,
@@ -130,7 +117,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     x1 = augment.simsiam_view(images, image_size, generator, blur_reference)  # (B, 3, size, size)
     x2 = augment.simsiam_view(images, image_size, generator, blur_reference)
     return sgd_step(model, optimizer, x1, x2, runtime)
-
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, runtime) -> tuple:
     """One SGD step on the symmetric loss (eq. 2; the stop-gradient is inside D): (loss, z-std) as detached 0-dim
@@ -143,7 +129,6 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tenso
     loss.backward()
     optimizer.step()
     return loss.detach(), (z_std(z1) + z_std(z2)) / 2
-
 
 def match_layout(optimizer: torch.optim.Optimizer) -> None:
     """Momentum buffers laid out as their parameters: a last.pt from a CPU resumes into channels_last on CUDA, and
@@ -159,17 +144,12 @@ def match_layout(optimizer: torch.optim.Optimizer) -> None:
 # A plain dict of tensors and builtins, read with torch.load(weights_only=True), nothing unpickled:
 #   {"format": FORMAT, "version": VERSION, "kind": "simsiam" | "classifier", "model": state_dict, ...extra entries}
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel or torch.compile wrappers."""
+def unwrap(model: nn.Module) -> nn.Module:  # the plain module inside DDP or torch.compile wrappers
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
-
-def finite_state(model: nn.Module) -> bool:
-    """Whether every floating-point weight and BatchNorm statistic is finite: checked before every save."""
+def finite_state(model: nn.Module) -> bool:  # every weight and BatchNorm statistic finite: checked before saving
     return all(bool(value.isfinite().all()) for value in model.state_dict().values() if value.is_floating_point())
-
 
 def atomic_save(state: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, synced, then os.replace: a kill at any moment leaves the old
@@ -195,18 +175,15 @@ def atomic_save(state: dict, path: Path) -> None:
     finally:
         Path(temporary).unlink(missing_ok=True)
 
-
 def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra) -> None:
     """Write a checkpoint of `kind` atomically: the unwrapped model's state dict and `extra`."""
     atomic_save({"format": FORMAT, "version": VERSION, "kind": kind, "model": unwrap(model).state_dict(), **extra},
                 path)
 
-
 def export_backbone(model: SimSiam, path: Path) -> None:
     """The backbone alone in torchvision's key format, on the CPU: resnet18().load_state_dict(torch.load(path),
     strict=False) misses only fc.weight and fc.bias."""
     atomic_save({key: value.cpu() for key, value in unwrap(model).backbone.state_dict().items()}, path)
-
 
 def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool = False) -> nn.Module:
     """module.load_state_dict(state_dict), strictly; a mismatch is one line naming the file."""
@@ -216,7 +193,6 @@ def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool =
         first = " ".join(str(error).split())[:300]
         raise UserError(f"{path}: its weights do not fit this code's model ({first})") from None
     return module
-
 
 def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
     """A checkpoint of `kind` holding the entries `needs`, read without unpickling code and its weights checked
@@ -252,7 +228,6 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
     if not finite_state(fresh):  # assign=True: fresh holds the checkpoint's tensors
         raise UserError(f"{path}: its weights hold values that are not finite (NaN or infinity)")
     return state
-
 
 def backbone_state(checkpoint: dict) -> dict:
     """The backbone's weights from a SimSiam checkpoint's state dict, without the "backbone." prefix."""

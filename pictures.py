@@ -26,7 +26,6 @@ DPI, THUMBNAIL = 120, 1.25  # inches per image: 150 px
 VIEW_IMAGES, VIEW_PAIRS, QUERIES, K = 6, 3, 6, 5  # views.png rows, pairs a row; neighbours.png rows, neighbours a row
 RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_data_arguments(parser)
@@ -40,11 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs.add_run_arguments(group)
     return runs.parse(parser, argv, {})
 
-
 def agreement(neighbours: torch.Tensor, bank_labels: torch.Tensor, query_labels: torch.Tensor) -> float:
     """Share of the (Q, k) neighbours (indices into bank_labels) whose label is their query's."""
     return (bank_labels[neighbours] == query_labels[:, None]).float().mean().item()
-
 
 def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """((N, 2) coordinates, (2,) shares of the variance) of the centred (N, D) features on their first two principal
@@ -54,12 +51,10 @@ def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     shares = singular_values[:2].square() / centred.square().sum()  # NaN for a collapsed backbone's equal features
     return (centred @ components[:, :2]).float(), shares.float()
 
-
 def thumbnails(rows: int, columns: int, title: str):
     figure = Figure(figsize=(THUMBNAIL * columns, THUMBNAIL * 1.25 * rows + 0.7), layout="constrained")
     figure.suptitle(title, fontsize=10)
     return figure, figure.subplots(rows, columns, squeeze=False)
-
 
 def show(axis, image: torch.Tensor, title: str = "", label: str = "", frame: str | None = None) -> None:
     """One thumbnail of a uint8 (3, H, W) image or a normalised float view, framed in `frame`'s colour."""
@@ -71,7 +66,6 @@ def show(axis, image: torch.Tensor, title: str = "", label: str = "", frame: str
     axis.set(xticks=[], yticks=[])
     for spine in axis.spines.values():
         spine.set(visible=frame is not None, edgecolor=frame or "black", linewidth=4)
-
 
 @runs.reports_errors
 def main(argv=None) -> None:

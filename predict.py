@@ -39,7 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs.add_run_arguments(parser)
     return parser.parse_args(argv)
 
-
 def image_files(paths: list[Path]) -> list[Path]:
     """Each file as given, each folder's photos at any depth and its unreadable sub-folders; each file once."""
     files = []
@@ -51,14 +50,12 @@ def image_files(paths: list[Path]) -> list[Path]:
         files += found + unreadable
     return list(dict.fromkeys(files))
 
-
 def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     """((3, size, size) uint8 as the cache holds it, None), or (None, why it cannot be decoded)."""
     try:
         return dataset.decode_image(path, size).transpose(2, 0, 1), None
     except Exception as error:  # any undecodable file is reported and skipped, never fatal
         return None, dataset.failure_kind(path, error)
-
 
 @runs.reports_errors
 def main(argv=None) -> None:
