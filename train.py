@@ -163,8 +163,9 @@ def main(argv=None) -> None:
     if args.monitor_data is not None:  # the monitor's held-out images (and a classifier's test on them) stay unseen
         held_out = torch.cat([monitor[1].test, monitor[1].validation])
         copies = dataset.near(data.hashes[pretrain], monitor[0].hashes[held_out])
-        say(f"{int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of --monitor-data's test "
-            f"or validation images: left out of pretraining")
+        if copies.any():
+            say(f"{int(copies.sum()):,} of the {len(pretrain):,} pretraining photos are copies of --monitor-data's "
+                f"test or validation images: left out of pretraining")
         pretrain = pretrain[~copies]
     monitor = (*monitor, images if args.monitor_data is None else dataset.cache_on_device(monitor[0].images, device))
     if not len(monitor[1].validation):  # none in an unlabelled folder

@@ -44,7 +44,7 @@ if [ "${data[0]}" = "--demo" ]; then cat <<END
 What this shows: the whole chain running on this machine, and what each file and plot looks like. What it does
 not show: that SimSiam pays. A few hundred SimSiam steps on a CPU are far too few, so on the demo set the two
 probes differ by noise, either way round. On real photos: python -m experiments.cpu_result (about 40 minutes on
-2 cores; the README's "The result, on a CPU" says what it gave) and, on a GPU, python -m experiments.headline.
+2 cores; the README's Results say what it gave) and, on a GPU, python -m experiments.headline.
 END
 fi
 cat <<END
