@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from model import UserError
 # --demo: 32 px and a high lr, so that a few hundred CPU steps visibly move the loss. --cpu: the 23,000 real photos
 # in about 36 min on 2 cores (docs/cpu.md): 32 px costs a twentieth of 150 px, base lr 0.2 suits a few thousand steps
 DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
-CPU = {"epochs": 18, "batch_size": 128, "image_size": 32, "lr": 0.2, "blur_reference_size": 32, "device": "cpu"}
+CPU = {"epochs": 18, "batch_size": 128, "image_size": 32, "lr": 0.2, "device": "cpu"}  # the blur: 224 px's, scaled
 RESUME_WARNS = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "blur_reference_size", "seed")
 COLLAPSE_FRACTION = 0.25  # of 1/sqrt(d), z-std's healthy value: below it, a warning that the representation collapses
 CHECK_EVERY = 16  # steps between the checks that wait for the device: a non-finite loss, and under torchrun a stop
@@ -76,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        "run repeats an uninterrupted one bit for bit, a little slower (a CPU run repeats anyway)")
     group.add_argument("--save-every", type=runs.positive(int), default=10, help="epochs between checkpoints "
                        "(default: %(default)s; a stop always saves)")
+    group.add_argument("--keep-epochs", type=runs.positive(int), nargs="+", default=(), metavar="N",
+                       help="also keep siam.pt after these epochs, as siam-epochN.pt (budgets of one run)")
     return runs.parse(parser, argv, DEMO, CPU)
 
 def seed_of(*numbers: int) -> int:
@@ -247,8 +250,10 @@ def main(argv=None) -> None:
                       f"{healthy_std:.4f}){knn}, {record['images_per_s']:,.0f} images/s")
                 if record["collapse_warning"]:
                     print(f"warning: z-std below {COLLAPSE_FRACTION} / sqrt(d): the representation is collapsing")
-                if stop_now or (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                if stop_now or (epoch + 1) % args.save_every == 0 or epoch + 1 in (args.epochs, *args.keep_epochs):
                     checkpoint = save(args.out, network, optimizer, recorded, checkpoint, epoch + 1)
+                if epoch + 1 in args.keep_epochs:  # a budget of the curve of the lead against pretraining time
+                    shutil.copyfile(args.out / "siam.pt", args.out / f"siam-epoch{epoch + 1}.pt")
             if stop_now:
                 runs.cleanup(context)
                 raise interrupted(stop, f"after epoch {epoch + 1}", args.out)

@@ -106,7 +106,7 @@ def reference(tree, module_folder) -> tuple[Path, list]:
         patch.setattr(os, "fsync", lambda descriptor: None)
         patch.setattr(evaluate, "embed", lambda backbone, images, rows, *rest: embedded.append(rows) or real_embed(
             backbone, images, rows, *rest))
-        train.main(train_args(tree, module_folder / "cache", module_folder / "reference"))
+        train.main(train_args(tree, module_folder / "cache", module_folder / "reference", "--keep-epochs", "1"))
     return module_folder / "reference", embedded
 
 
@@ -141,7 +141,8 @@ def test_seeds_differ_per_step_and_rank_and_repeat():
 @pytest.mark.slow
 def test_a_run_leaves_its_records_and_checkpoints(reference, small_heads):
     """metrics.jsonl has one record per epoch (loss, z-std, lr, images/s, kNN accuracy), args.json the settings,
-    last.pt the epoch, step 0 and the optimiser, siam.pt the split and the pretraining photos' hashes."""
+    last.pt the epoch, step 0 and the optimiser, siam.pt the split and the pretraining photos' hashes; --keep-epochs
+    keeps siam.pt of an earlier epoch."""
     run, _ = reference
     records = runs.read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2] and all(0 <= r["knn_accuracy"] <= 1 for r in records)
@@ -153,6 +154,8 @@ def test_a_run_leaves_its_records_and_checkpoints(reference, small_heads):
     assert (last["epoch"], last["step"], siam["epoch"]) == (2, 0, 2) and len(siam["pretraining_hashes"]) == 45
     assert siam["split"] == last["split"] and siam["args"]["epochs"] == 2 and siam["protocol"] == runs.PROTOCOL
     assert siam["code"] == runs.code_version()
+    kept = model.load_checkpoint(run / "siam-epoch1.pt", "simsiam")  # --keep-epochs 1: a budget of the curve
+    assert kept["epoch"] == 1 and not torch.equal(*(c["model"]["projector.0.weight"] for c in (kept, siam)))
 
 
 @pytest.mark.slow
