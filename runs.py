@@ -307,11 +307,6 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
-def duration(seconds: float) -> str:  # 45 s, 3.2 min, 1.5 h
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
 COLOURS = {"random": ["tab:gray", "black", "silver"],  # plots: a colour per backbone (one per run in turn)
            "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
 LINESTYLES = {"frozen": "-", "finetune": "--"}  # and a line style per mode
@@ -433,12 +428,6 @@ def mean(value: torch.Tensor, context: Context) -> torch.Tensor:
         dist.all_reduce(value := value.clone())
         value /= context.world_size
     return value
-
-def gather(value, context: Context) -> list:  # every rank's `value` (builtins, CPU tensors) in rank order, on all
-    if not context.is_distributed:
-        return [value]
-    dist.all_gather_object(values := [None] * context.world_size, value)
-    return values
 
 def any_rank(flag: bool, device: torch.device, context: Context) -> bool:  # True on every rank if `flag` is True on any
     if not context.is_distributed:

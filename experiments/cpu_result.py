@@ -1,16 +1,19 @@
-"""The result on a CPU: SimSiam pretraining with train.py --cpu (under an hour on 2 cores for the 23,000-photo pack),
-then the frozen probes of 250 labels (SGD linear and closed-form) over it and over random init, paired on the same
-held-out test images, per label draw; plot.py.
+"""The result on a CPU: SimSiam pretraining with train.py --cpu, then the frozen probes of 250 labels (SGD linear and
+closed-form) over it and over random init, paired on the same held-out test images, per label draw; plot.py. With
+--budgets, the same at earlier epochs of the same pretraining: the curve of SimSiam's lead against pretraining time.
 
     python -m experiments.cpu_result                      # data/PetImages, train.py --cpu
     python -m experiments.cpu_result --tiny               # CPU smoke run on the --demo set, in seconds
-    python -m experiments.cpu_result --runs runs/cpu-48px --results results/cpu-48px -- --image-size 48 --epochs 12
-                                                          # another configuration: train.py's flags after --
+    python -m experiments.cpu_result --budgets 5 10 20 40 -- --image-size 64 --precision bf16 --batch-size 64 \\
+        --epochs 60 --save-every 1                        # the curve: train.py's flags after --
 
 The verdict is over the label draws (one moves the difference a few points either way): SimSiam ahead by MARGIN and
-STANDARD_ERRORS paired standard errors. Reuses finished runs. Writes RESULTS/cpu-result.json, .md and small files.
+STANDARD_ERRORS paired standard errors. Reuses finished runs and resumes an unfinished pretraining. Writes
+RESULTS/cpu-result.json, .md, small files and, with --budgets, cpu-result-curve.png.
 """
 from __future__ import annotations
+
+from matplotlib.figure import Figure
 
 import runs
 from experiments import runner
@@ -18,19 +21,48 @@ from experiments import runner
 MARGIN, STANDARD_ERRORS = 0.05, 3  # the least difference that counts as SimSiam paying: in accuracy, and in SEs
 
 def parse_args(argv=None):
-    return runner.parse(runner.parser(__doc__, "runs/cpu-result"), argv)
+    parser = runner.parser(__doc__, "runs/cpu-result")
+    parser.add_argument("--budgets", type=runs.positive(int), nargs="+", default=[], metavar="EPOCH",
+                        help="also probe the pretraining after these epochs (train.py --keep-epochs)")
+    return runner.parse(parser, argv)
+
+def budget(args, row: dict) -> dict:
+    """The epoch of a row's backbone and the pretraining minutes to it (its epochs' seconds summed)."""
+    name, _, epoch = row["backbone"].partition("-epoch")
+    records = [r for r in runs.read_jsonl(args.runs / name.replace("simsiam", "pretrain") / "metrics.jsonl")
+               if "epoch" in r]
+    epoch = int(epoch or records[-1]["epoch"])
+    return {"pretraining": name, "epoch": epoch, "minutes": sum(r["epoch_s"] for r in records[:epoch]) / 60}
+
+def draw_curve(rows: list[dict], path) -> None:
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    for axes, x in zip(figure.subplots(1, 2, sharey=True), ("epoch", "minutes")):
+        for key in sorted({(row["protocol"], row["pretraining"]) for row in rows}):
+            line = sorted((row for row in rows if (row["protocol"], row["pretraining"]) == key), key=lambda r: r[x])
+            axes.errorbar([r[x] for r in line], [100 * r["difference"] for r in line], marker="o", capsize=3,
+                          yerr=[100 * r["standard_error"] for r in line], label=", ".join(key))
+        axes.axhline(100 * MARGIN, color="tab:green", linestyle=":", label="target")
+        axes.axhline(0, color="grey", linewidth=0.8)
+        axes.set(xlabel=f"pretraining {'epochs' if x == 'epoch' else 'minutes'}", ylabel="SimSiam - random (points)")
+        axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.suptitle("frozen probes, 250 labels: SimSiam minus random init, paired SE over the label draws")
+    figure.savefig(path, dpi=120)
 
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    rows, folders = runner.compare(args, runner.pretrained(args, ["--cpu"]), ("frozen",))
-    rows = [{**row, "meets_target": row["difference"] >= max(MARGIN, STANDARD_ERRORS * row["standard_error"])}
-            for row in rows]
+    rows, folders = runner.compare(args, runner.pretrained(args, ["--cpu"], args.budgets), ("frozen",))
+    rows = [{**row, "meets_target": row["difference"] >= max(MARGIN, STANDARD_ERRORS * row["standard_error"]),
+             **(budget(args, row) if args.budgets else {})} for row in rows]
     verdicts = [f"verdict, {row['protocol']}, {row['backbone']}: SimSiam "
                 f"{('does not beat', 'beats')[row['meets_target']]} random init by {100 * MARGIN:.0f} points and "
-                f"{STANDARD_ERRORS} paired standard errors over {row['draws']} label draws" for row in rows]
+                f"{STANDARD_ERRORS} paired standard errors over {row['draws']} label draws"
+                + (f", after {row['epoch']} epochs ({row['minutes']:.0f} min)" if args.budgets else "") for row in rows]
     runner.write_results(args, "cpu-result", {"margin": MARGIN, "standard_errors": STANDARD_ERRORS, "rows": rows},
                          [*runner.paired_table(rows), "", *verdicts], folders)
+    if args.budgets:
+        draw_curve(rows, args.results / "cpu-result-curve.png")
 
 if __name__ == "__main__":
     main()

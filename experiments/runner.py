@@ -125,16 +125,19 @@ def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 def data_flags(args: argparse.Namespace) -> list[str]:  # the same images and split in every run
     return [*TINY["data"], "--cache-dir", str(args.runs / "cache")] if args.tiny else ["--data", str(args.data)]
 
-def pretrained(args: argparse.Namespace, recipe: list[str]) -> dict[str, Path]:
-    """{backbone name: siam.pt}: --checkpoint, or train.py with `recipe` and the flags after --, once per seed."""
+def pretrained(args: argparse.Namespace, recipe: list[str], budgets: list[int] = ()) -> dict[str, Path]:
+    """{backbone name: siam.pt}: --checkpoint, or train.py with `recipe` and the flags after --, once per seed; with
+    `budgets`, also the siam.pt of those epochs (train.py --keep-epochs), named simsiam-seedS-epochE."""
     if args.checkpoint:
         return {"simsiam": args.checkpoint}
     folders = {f"simsiam-seed{seed}": args.runs / f"pretrain-seed{seed}" for seed in args.pretrain_seeds}
+    keep = ["--keep-epochs", *map(str, budgets)] if budgets else []
     if not args.report_only:
-        run_all([(["train.py", *data_flags(args), *(TINY["train"] if args.tiny else recipe), *args.train_flags,
+        run_all([(["train.py", *data_flags(args), *(TINY["train"] if args.tiny else recipe), *keep, *args.train_flags,
                    "--seed", str(seed), "--out", str(folder), "--overwrite"], folder.with_suffix(".log"))
                  for seed, folder in zip(args.pretrain_seeds, folders.values())])
-    return {name: folder / "siam.pt" for name, folder in folders.items()}
+    return {**{f"{name}-epoch{epoch}": folder / f"siam-epoch{epoch}.pt" for name, folder in folders.items()
+               for epoch in budgets}, **{name: folder / "siam.pt" for name, folder in folders.items()}}
 
 def run_classifiers(args, checkpoints: dict[str, Path], planned: dict[Path, tuple[str, str, list[str]]]) -> None:
     """classifier.py for each {out: (backbone, mode, flags)}, at the pretraining's resolution: the same pixels."""

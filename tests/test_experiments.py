@@ -214,17 +214,22 @@ def test_sigterm_reaches_the_running_script(tmp_path):
 @pytest.mark.slow
 def test_cpu_result_tiny_end_to_end(tmp_path, capsys):
     """--tiny runs train.py, classifier.py over both backbones and plot.py as a user would, and writes the results;
-    a second try reuses every finished run."""
-    argv = ["--tiny", "--label-seeds", "0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    --budgets 1 adds the backbone after epoch 1 of the same pretraining and the curve; a second try reuses every
+    finished run."""
+    argv = ["--tiny", "--label-seeds", "0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--budgets", "1"]
     cpu_result.main(argv)
     result = json.loads((tmp_path / "results" / "cpu-result.json").read_text())
-    assert [row["num_test"] for row in result["rows"]] == [50, 50] and result["pretraining"]["pretrain-seed0"]
+    assert [row["num_test"] for row in result["rows"]] == [50] * 4 and result["pretraining"]["pretrain-seed0"]
+    assert [(row["backbone"], row["epoch"]) for row in result["rows"]][:2] == [("simsiam-seed0-epoch1", 1),
+                                                                                ("simsiam-seed0", 2)]
+    assert 0 < result["rows"][0]["minutes"] < result["rows"][1]["minutes"]
     copied = {path.name for path in (tmp_path / "results" / "cpu-result").rglob("*")}
     assert {"predictions.json", "simsiam.png", "classifier.png"} <= copied
-    assert not any(name.endswith(".pt") for name in copied)
+    assert not any(name.endswith(".pt") for name in copied) and (tmp_path / "results" / "cpu-result-curve.png").stat()
     capsys.readouterr()
     cpu_result.main(argv)
-    assert capsys.readouterr().out.count("finished before, reused") == 4
+    assert capsys.readouterr().out.count("finished before, reused") == 5
 
 
 def test_check_machine_runs_each_step_and_says_why_one_failed(tmp_path, monkeypatch):

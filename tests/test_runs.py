@@ -367,16 +367,15 @@ def test_stop_signals_only_record_the_signal_within_with():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def test_names_protocol_and_durations():
+def test_names_and_protocol():
     """Default classifier folders differ per backbone, mode and --all-labels; a checkpoint of another protocol is
-    refused; durations read as a person says them."""
+    refused."""
     names = {runs.classifier_run_name(random, finetune, all_labels) for random in (False, True)
              for finetune in (False, True) for all_labels in (False, True)}
     assert len(names) == 8 and runs.classifier_run_name(False, False) == "classifier-simsiam-frozen"
     runs.check_protocol({"protocol": runs.PROTOCOL}, Path("siam.pt"))
     with pytest.raises(UserError, match="siam.pt was pretrained under evaluation protocol 1"):
         runs.check_protocol({}, Path("siam.pt"))
-    assert [runs.duration(s) for s in (45, 192, 5400 * 2)] == ["45 s", "3.2 min", "3.0 h"]
 
 
 # ---------------------------------------------------------------- devices
@@ -438,7 +437,7 @@ def test_a_single_process_needs_no_process_group(monkeypatch):
     assert runs.setup("auto") == (runs.Context(), "auto")
     value, model = torch.tensor(2.0), torch.nn.Linear(2, 2)
     runs.barrier(context)
-    assert runs.mean(value, context) is value and runs.gather(3, context) == [3]
+    assert runs.mean(value, context) is value
     assert runs.any_rank(True, torch.device("cpu"), context) and not runs.any_rank(False, torch.device("cpu"), context)
     assert runs.wrap(model, context, torch.device("cpu")) is model and runs.parameters_in_sync(model, context)
     runs.cleanup(context)
