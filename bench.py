@@ -50,8 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
     """(images/s, peak memory in GB) of `step`: --warmup untimed calls, then --steps between two synchronisations."""
     for count in (args.warmup, args.steps):  # untimed, then timed
-        runs.synchronize(device)
-        runs.reset_peak_memory(device)
+        runs.synchronize(device, reset_peak_memory=True)
         started = time.perf_counter()
         for _ in range(count):
             step()
@@ -60,7 +59,6 @@ def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[float
 
 class PilPairs(torch.utils.data.Dataset):
     """(c)'s data: a photo decoded by PIL, then two views by torchvision's transforms with augment.py's recipe."""
-
     def __init__(self, paths: list[Path], size: int):
         jitter = v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)
         blur = v2.GaussianBlur(augment.blur_kernel(size), augment.blur_sigma_range(size))
@@ -120,7 +118,6 @@ def main(argv=None) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

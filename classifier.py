@@ -97,8 +97,9 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
     if len(kept) == 0:
         raise UserError(f"every image of --test-data {args.test_data} is a photo this classifier trains on: test on "
                         f"photos it never sees")
-    print(f"note: {int(seen.sum()):,} of the {len(seen):,} images of --test-data {args.test_data} are photos this "
-          f"classifier trains on (compared by their pixels): left out of the test set")
+    if seen.any():
+        print(f"note: {int(seen.sum()):,} of the {len(seen):,} images of --test-data {args.test_data} are photos "
+              f"this classifier trains on (compared by their pixels): left out of the test set")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     return TestSet(other.images, kept, mapping[other.labels[kept]], [other.files[i] for i in kept],
                    f"{len(kept):,} images of {args.test_data}",
@@ -219,7 +220,6 @@ def main(argv=None) -> None:
             print(f"{probe}, this run - {args.compare}: {evaluate.describe_difference(difference)}")
     error = evaluate.standard_error(test_accuracy, len(test.indices))
     print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test.name}")
-
 
 if __name__ == "__main__":
     main()

@@ -128,9 +128,6 @@ def decode_file(source, size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
     return (np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)), side,
             (int.from_bytes(bits.tobytes(), "little", signed=True), red << 16 | green << 8 | blue))
 
-def decode_image(source, size: int) -> np.ndarray:
-    return decode_file(source, size)[0]
-
 def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """(N,) bool: whether each of N photos (identities (N, 2)) is one of `others` (M, 2)."""
     def parts(rows):  # (N, 2) -> the hashes' bits (N, 64) float 0/1, the colours (N, 3)

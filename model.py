@@ -81,8 +81,7 @@ def D(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
 
 def z_std(z: torch.Tensor) -> torch.Tensor:
-    """Collapse metric (§4.1, Fig. 2): std over the batch of l2-normalised z, averaged over channels; about
-    1/sqrt(d) when healthy, 0 when collapsed."""
+    """Collapse metric (§4.1, Fig. 2): std over the batch of l2-normalised z, channel mean: 1/sqrt(d) healthy."""
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
 
@@ -93,8 +92,7 @@ def peak_lr(base_lr: float, batch_size: int) -> float:  # the official scripts' 
     return base_lr * batch_size / 256
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> dict[str, float]:
-    """Every group at its peak_lr, half-cosine-decayed to 0 over total_steps (§4), unless `fixed` (the predictor,
-    §4.3); returns {group name: lr}."""
+    """Each group's lr: its peak_lr, half-cosine-decayed to 0 (§4), unless `fixed` (the predictor, §4.3)."""
     decay = 0.5 * (1 + math.cos(math.pi * step / total_steps))
     for group in optimizer.param_groups:
         group["lr"] = group["peak_lr"] * (1.0 if group.get("fixed") else decay)

@@ -139,6 +139,5 @@ def main(argv=None) -> None:
     figure.savefig(args.out / "features.png", dpi=DPI)
     print(f"wrote {args.out / 'features.png'}: the test features of {' and '.join(backbones)} on 2 principal axes")
 
-
 if __name__ == "__main__":
     main()

@@ -50,10 +50,9 @@ def image_files(paths: list[Path]) -> list[Path]:
         files += found + unreadable
     return list(dict.fromkeys(files))
 
-def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
-    """((3, size, size) uint8 as the cache holds it, None), or (None, why it cannot be decoded)."""
+def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:  # (3, S, S) uint8, or why not
     try:
-        return dataset.decode_image(path, size).transpose(2, 0, 1), None
+        return dataset.decode_file(path, size)[0].transpose(2, 0, 1), None
     except Exception as error:  # any undecodable file is reported and skipped, never fatal
         return None, dataset.failure_kind(path, error)
 
@@ -101,7 +100,6 @@ def main(argv=None) -> None:
     per_class = ", ".join(f"{name} {sum(row[1] == name for row in rows):,}" for name in classes)
     print(f"{len(rows):,} classified ({per_class}), {len(files) - len(rows):,} unreadable"
           + (f"; wrote {args.csv}" if args.csv is not None else ""))
-
 
 if __name__ == "__main__":
     main()

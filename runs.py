@@ -281,7 +281,6 @@ def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) 
 class StopSignals:
     """Within `with`, SIGINT (Ctrl-C) and SIGTERM (preemption) only set `.signal_number`: the loop saves and stops."""
     signal_number: int | None = None
-
     def __enter__(self) -> StopSignals:
         def request(number: int, frame) -> None:
             self.signal_number = number
@@ -355,13 +354,11 @@ def use_deterministic_algorithms() -> None:  # repeatable CUDA runs, for a bit-i
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-def synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device, reset_peak_memory: bool = False) -> None:  # wait for CUDA's queued work
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        if reset_peak_memory:
+            torch.cuda.reset_peak_memory_stats(device)
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory allocated on a CUDA device since the last reset; on a CPU the process's peak resident memory."""

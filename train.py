@@ -82,9 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return runs.parse(parser, argv, DEMO, CPU)
 
 def seed_of(*numbers: int) -> int:
-    """A 64-bit seed of (seed, epoch) for an epoch's batch order, of (seed, epoch, step, rank) for a step's
-    augmentations: a resumed run draws what the uninterrupted one drew, with no generator state saved."""
-    # the count first: SeedSequence pads with zeros, so (seed, epoch) would otherwise seed as (seed, epoch, 0, 0)
+    """A 64-bit seed of (seed, epoch) for an epoch's batch order, of (seed, epoch, step, rank) for a step's views: a
+    resumed run draws what the uninterrupted one drew. The count first: SeedSequence pads with zeros."""
     return int(np.random.SeedSequence([len(numbers), *numbers]).generate_state(1, np.uint64)[0])
 
 def knn_accuracy(network: model.SimSiam, monitor: tuple, args: argparse.Namespace, runtime) -> float:
@@ -262,7 +261,6 @@ def main(argv=None) -> None:
         metrics.log(event="ranks", world_size=world, parameters_in_sync=in_sync)
     say(f"saved {args.out / 'siam.pt'}")
     runs.cleanup(context)
-
 
 if __name__ == "__main__":
     main()

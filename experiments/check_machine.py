@@ -28,7 +28,7 @@ def same_weights(whole: Path, resumed: Path) -> dict:
     reference, state = (model.load_checkpoint(folder / "siam.pt", "simsiam")["model"] for folder in (whole, resumed))
     differing = [key for key in reference if not reference[key].equal(state[key])]
     assert not differing, f"the resumed run differs from the uninterrupted one in {len(differing)} tensors"
-    return runner.last_epoch(resumed)
+    return runner.epochs(resumed)[-1]
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     steps = [  # name, command, the file it needs, its exit status, its figures (raises saying what is wrong)
         ("bench", ["bench.py", *data, "--steps", "5", "--warmup", "2", "--no-baseline", "--json", str(bench)], None, 0,
          lambda: json.loads(bench.read_text())),
-        ("pretrain", [*train, str(whole)], None, 0, lambda: runner.last_epoch(whole)),
+        ("pretrain", [*train, str(whole)], None, 0, lambda: runner.epochs(whole)[-1]),
         ("stop", [*train, str(stopped)], None, 128 + signal.SIGTERM,  # mid-epoch: after the step in progress
          lambda: {"step": model.load_checkpoint(stopped / "last.pt", "simsiam", needs=("step",))["step"]}),
         ("resume", [*train, str(stopped), "--resume"], stopped / "last.pt", 0, lambda: same_weights(whole, stopped)),

@@ -1,15 +1,13 @@
-"""The result on a CPU: SimSiam pretraining with train.py --cpu, then the frozen probes of 250 labels (SGD linear and
-closed-form) over it and over random init, paired on the same held-out test images, per label draw; plot.py. With
---budgets, the same at earlier epochs of the same pretraining: the curve of SimSiam's lead against pretraining time.
+"""The result on a CPU: train.py --cpu, then the frozen probes of 250 labels (SGD linear and closed-form) over it and
+random init, paired on the same test images, per label draw; with --budgets, also at earlier epochs: the curve.
 
     python -m experiments.cpu_result                      # data/PetImages, train.py --cpu
     python -m experiments.cpu_result --tiny               # CPU smoke run on the --demo set, in seconds
     python -m experiments.cpu_result --budgets 5 10 20 40 -- --image-size 64 --precision bf16 --batch-size 64 \\
         --epochs 60 --save-every 1                        # the curve: train.py's flags after --
 
-The verdict is over the label draws (one moves the difference a few points either way): SimSiam ahead by MARGIN and
-STANDARD_ERRORS paired standard errors. Reuses finished runs and resumes an unfinished pretraining. Writes
-RESULTS/cpu-result.json, .md, small files and, with --budgets, cpu-result-curve.png.
+The verdict is over the label draws: SimSiam ahead by MARGIN and STANDARD_ERRORS paired standard errors. Reuses
+finished runs, resumes an unfinished pretraining. Writes RESULTS/cpu-result.json, .md, small files (and the curve).
 """
 from __future__ import annotations
 
@@ -26,27 +24,24 @@ def parse_args(argv=None):
                         help="also probe the pretraining after these epochs (train.py --keep-epochs)")
     return runner.parse(parser, argv)
 
-def budget(args, row: dict) -> dict:
-    """The epoch of a row's backbone and the pretraining minutes to it (its epochs' seconds summed)."""
+def budget(args, row: dict) -> dict:  # the epoch of a row's backbone, and the pretraining minutes to it
     name, _, epoch = row["backbone"].partition("-epoch")
-    records = [r for r in runs.read_jsonl(args.runs / name.replace("simsiam", "pretrain") / "metrics.jsonl")
-               if "epoch" in r]
+    records = runner.epochs(args.runs / name.replace("simsiam", "pretrain"))
     epoch = int(epoch or records[-1]["epoch"])
     return {"pretraining": name, "epoch": epoch, "minutes": sum(r["epoch_s"] for r in records[:epoch]) / 60}
 
 def draw_curve(rows: list[dict], path) -> None:
     figure = Figure(figsize=(11, 4), layout="constrained")
+    figure.suptitle("frozen probes, 250 labels: SimSiam minus random init, paired SE over the label draws")
     for axes, x in zip(figure.subplots(1, 2, sharey=True), ("epoch", "minutes")):
         for key in sorted({(row["protocol"], row["pretraining"]) for row in rows}):
             line = sorted((row for row in rows if (row["protocol"], row["pretraining"]) == key), key=lambda r: r[x])
             axes.errorbar([r[x] for r in line], [100 * r["difference"] for r in line], marker="o", capsize=3,
                           yerr=[100 * r["standard_error"] for r in line], label=", ".join(key))
         axes.axhline(100 * MARGIN, color="tab:green", linestyle=":", label="target")
-        axes.axhline(0, color="grey", linewidth=0.8)
-        axes.set(xlabel=f"pretraining {'epochs' if x == 'epoch' else 'minutes'}", ylabel="SimSiam - random (points)")
+        axes.set(xlabel=f"pretraining {x}{'s' * (x == 'epoch')}", ylabel="SimSiam - random (points)")
         axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.suptitle("frozen probes, 250 labels: SimSiam minus random init, paired SE over the label draws")
     figure.savefig(path, dpi=120)
 
 @runs.reports_errors

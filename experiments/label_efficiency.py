@@ -5,9 +5,8 @@ frozen (linear and closed-form probes) and fine-tuned.
     python -m experiments.label_efficiency --checkpoint runs/headline/pretrain-seed0/siam.pt
     python -m experiments.label_efficiency --tiny              # CPU smoke run on the --demo set, in seconds
 
-Each of --sizes is drawn once per --label-seeds; every label is one run more (random init fine-tuned on them: the
-supervised bound). A size the labellable images cannot hold stops it with classifier.py's error. Writes
-RESULTS/label-efficiency.json, .md, .png (the spread over the draws as a band) and the runs' small files.
+Each of --sizes is drawn once per --label-seeds; the supervised bound is random init fine-tuned on every label.
+Writes RESULTS/label-efficiency.json, .md, .png (the spread over the draws as a band) and the runs' small files.
 """
 from __future__ import annotations
 

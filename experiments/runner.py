@@ -187,8 +187,8 @@ def paired_table(rows: list[dict]) -> list[str]:
         lines += [f"| | | seed {d['label_seed']} | {cells(d)} | {d['mcnemar_p']:.2g} |" for d in row["per_draw"]]
     return lines
 
-def last_epoch(folder: Path) -> dict:  # a train.py run's: loss, z-std, kNN accuracy, images/s ...
-    return [record for record in runs.read_jsonl(folder / "metrics.jsonl") if "epoch" in record][-1]
+def epochs(folder: Path) -> list[dict]:  # a train.py run's records: loss, z-std, kNN accuracy, epoch_s ...
+    return [record for record in runs.read_jsonl(folder / "metrics.jsonl") if "epoch" in record]
 
 def spread(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -199,7 +199,7 @@ def write_results(args, name: str, result: dict, table: list[str], folders: list
     the small files of `folders` (arguments, metrics, labels, predictions, plots; no checkpoints) in RESULTS/NAME/."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")  # the machine's figures
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "environment": runs.environment(device),
-              "pretraining": {folder.name: last_epoch(folder) for folder in folders if folder.name[:9] == "pretrain-"},
+              "pretraining": {folder.name: epochs(folder)[-1] for folder in folders if folder.name[:9] == "pretrain-"},
               **result}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -27,7 +27,7 @@ NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a name Linux allows that is not valid 
 
 def rows_match_files(data: dataset.ImageSet) -> bool:
     size = data.images.shape[-1]
-    return all(np.array_equal(data.images[row].numpy(), dataset.decode_image(data.root / name, size).transpose(2, 0, 1))
+    return all(np.array_equal(data.images[row].numpy(), dataset.decode_file(data.root / name, size)[0].transpose(2, 0, 1))
                for row, name in enumerate(data.files))
 
 
@@ -157,12 +157,12 @@ def test_every_mode_decodes_to_an_upright_rgb_square(tmp_path):
     wide[:, :20] = 255  # a white left third, which the centre crop removes
     Image.fromarray(wide).save(tmp_path / "wide.png")
     for path in [*paths, *(tmp_path / name for name in ("palette.png", "white16.png", "clear.png", "wide.png"))]:
-        decoded = dataset.decode_image(path, 16)
+        decoded = dataset.decode_file(path, 16)[0]
         assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8, path
     for name in ("white16.png", "clear.png", "palette.png"):
-        assert dataset.decode_image(tmp_path / name, 16).min() == 255, name
-    assert dataset.decode_image(tmp_path / "wide.png", 10).max() < 40
-    rotated = dataset.decode_image(upright_with_exif_rotation(tmp_path / "rotated.jpg"), 20).astype(int)
+        assert dataset.decode_file(tmp_path / name, 16)[0].min() == 255, name
+    assert dataset.decode_file(tmp_path / "wide.png", 10)[0].max() < 40
+    rotated = dataset.decode_file(upright_with_exif_rotation(tmp_path / "rotated.jpg"), 20)[0].astype(int)
     assert rotated[:8, :, 0].mean() > 200 and rotated[:8, :, 2].mean() < 50
     assert rotated[-8:, :, 2].mean() > 200 and rotated[-8:, :, 0].mean() < 50
     square, side, identity = dataset.decode_file(tmp_path / "wide.png", 10)

@@ -419,8 +419,7 @@ def test_cpu_device_helpers():
     """On a CPU: synchronize and the peak-memory reset do nothing, the peak is the resident memory, a generator
     of a seed repeats."""
     cpu = torch.device("cpu")
-    runs.synchronize(cpu)
-    runs.reset_peak_memory(cpu)
+    runs.synchronize(cpu, reset_peak_memory=True)
     assert runs.peak_memory_gb(cpu) > 0 and runs.describe(cpu).startswith("cpu (")
     assert torch.equal(torch.rand(3, generator=runs.generator(cpu, 5)), torch.rand(3, generator=runs.generator(cpu, 5)))
 
