@@ -1,6 +1,6 @@
 """The SimSiam / MoCo v2 augmentations as pure batched tensor functions of a uint8 batch and a torch.Generator on
 its device: no per-image Python loop, no host synchronisation, the same code on CPU and GPU. An image that a random
-choice leaves alone gets identity parameters (factor 1, shift 0, sigma near 0), so every image takes the same arithmetic.
+choice leaves alone gets identity parameters (factor 1, shift 0, sigma near 0): every image, the same arithmetic.
 
 MoCo v2 (SimSiam paper, appendix A), for 224 px crops: RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4,
 0.1) with p 0.8, RandomGrayscale(p 0.2), GaussianBlur(sigma 0.1-2.0) with p 0.5, RandomHorizontalFlip, ImageNet
@@ -10,8 +10,6 @@ the jitter's four factors apply in a fixed order (torchvision shuffles it); the 
 antialiasing (the cache is 8/7 of the view, so a crop shrinks by at most that). The blur's sigma range is scaled with
 the view's side from `blur_reference` px (train.py --blur-reference-size), so a small view is blurred as a 224 px one.
 """
-from __future__ import annotations
-
 import math
 
 import torch

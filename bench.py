@@ -9,12 +9,11 @@
 
 Prints images/s, seconds per 25,000-image epoch and peak memory of each, and the ratios b/a and b/c (also --json).
 """
-from __future__ import annotations
-
 import argparse
 import itertools
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--image-size", type=runs.image_size, default=150, help="view side, px (default: %(default)s)")
     group.add_argument("--batch-size", type=runs.batch_size, default=256, help="images a step (default: %(default)s)")
     group.add_argument("--steps", type=runs.positive(int), default=50, help="timed steps each (default: %(default)s)")
+    group.add_argument("--repeats", type=runs.positive(int), default=3, help="timings of --steps each, the median "
+                       "reported: a shared host swings (default: %(default)s)")
     group.add_argument("--warmup", type=runs.in_range(int, 0), default=10, help="untimed steps first (default: 10)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model, as train.py --compile")
     group.add_argument("--host-cache", action="store_true", help="keep the cache in host memory: the pinned prefetch")
@@ -47,15 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs.add_run_arguments(group)
     return runs.parse(parser, argv, demo={})
 
-def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
-    """(images/s, peak memory in GB) of `step`: --warmup untimed calls, then --steps between two synchronisations."""
-    for count in (args.warmup, args.steps):  # untimed, then timed
+def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[list[float], float]:
+    """(images/s of each of --repeats timings, peak memory in GB) of `step`: --warmup untimed calls first, each
+    timing --steps calls between two synchronisations."""
+    rates = []
+    for count in (args.warmup, *[args.steps] * args.repeats):  # untimed, then timed
         runs.synchronize(device, reset_peak_memory=True)
         started = time.perf_counter()
         for _ in range(count):
             step()
-    runs.synchronize(device)
-    return args.steps * args.batch_size / (time.perf_counter() - started), runs.peak_memory_gb(device)
+        runs.synchronize(device)
+        rates.append(count * args.batch_size / (time.perf_counter() - started))
+    return rates[1:], runs.peak_memory_gb(device)
 
 class PilPairs(torch.utils.data.Dataset):
     """(c)'s data: a photo decoded by PIL, then two views by torchvision's transforms with augment.py's recipe."""
@@ -78,7 +82,7 @@ class PilPairs(torch.utils.data.Dataset):
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runtime = runs.make_runtime(args.device, args.precision)
+    runtime = runs.make_runtime(args.device, args.precision, image_size=args.image_size)
     device = runtime.device
     torch.manual_seed(args.seed)
     data, splits = dataset.open_data(args)
@@ -107,12 +111,13 @@ def main(argv=None) -> None:
               "cache_on": "host, pinned batches prefetched" if images.device != device else images.device.type}
     print(f"\n{result['device']}, torch {torch.__version__}, {args.image_size} px, batch {args.batch_size}, "
           f"{runtime.precision}{', compiled' if args.compile else ''}; cache in {result['cache_on']} memory")
-    print(f"{'':40} {'images/s':>10} {'s / 25k epoch':>14} {'peak GB':>8}")  # 25,000: Microsoft's archive
-    for name, (rate, peak) in figures.items():
-        result |= {f"{name}_images_per_s": rate, f"{name}_peak_memory_gb": peak}
-        print(f"{LABELS[name]:40} {rate:10,.0f} {25_000 / rate:14.2f} {peak:8.2f}")
-    result |= {f"pipeline_over_{name}": result["pipeline_images_per_s"] / rate for name, (rate, _) in figures.items()
-               if name != "pipeline"}
+    print(f"{'':40} {'images/s':>10} {'range':>13} {'s / 25k epoch':>14} {'peak GB':>8}")  # Microsoft's 25,000
+    for name, (rates, peak) in figures.items():  # the median of the repeats, and their range
+        rate, spread = statistics.median(rates), f"{min(rates):,.0f}-{max(rates):,.0f}"
+        result |= {f"{name}_images_per_s": rate, f"{name}_repeats_images_per_s": rates, f"{name}_peak_memory_gb": peak}
+        print(f"{LABELS[name]:40} {rate:10,.0f} {spread:>13} {25_000 / rate:14.2f} {peak:8.2f}")
+    result |= {f"pipeline_over_{name}": result["pipeline_images_per_s"] / result[f"{name}_images_per_s"]
+               for name in figures if name != "pipeline"}
     print(", ".join(f"b/{LABELS[name][1]} = {result[f'pipeline_over_{name}']:.2f}" for name in figures if name !=
                     "pipeline") + "; peak GB: " + ("GPU memory, cache included" if device.type == "cuda" else "RSS"))
     if args.json:

@@ -14,8 +14,6 @@ Frozen (default), with the closed-form probe beside the linear one (evaluate.log
 follow the checkpoint's. Writes OUT/args.json, metrics.jsonl, labelled.json, classifier.pt (for predict.py) and
 predictions.json (per test image, for --compare and plot.py).
 """
-from __future__ import annotations
-
 import argparse
 import json
 import math
@@ -34,6 +32,8 @@ import runs
 from model import UserError
 
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
+# base lr: frozen, the best on the validation split of 0.02-2 at 64 px over random init and SimSiam (docs/protocol.md)
+PROBE_LR, FINETUNE_LR = 0.02, 0.05
 RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,8 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--image-size", type=runs.image_size, default=None,
                        help=f"input side in px (default: the checkpoint's, with its --cache-size; {RANDOM_IMAGE_SIZE} "
                             f"with --random, {DEMO_RANDOM_IMAGE_SIZE} with --random --demo)")
-    group.add_argument("--lr", type=runs.positive(float), default=0.05,
-                       help="base lr: peak lr = lr * batch_size / 256, cosine-decayed (default: %(default)s)")
+    group.add_argument("--lr", type=runs.positive(float), default=None,
+                       help=f"base lr: peak lr = lr * batch_size / 256, cosine-decayed (default: {PROBE_LR}; "
+                            f"--finetune: {FINETUNE_LR})")
     group.add_argument("--backbone-lr-factor", type=runs.positive(float), default=1.0,
                        help="--finetune: the backbone's lr is this times the head's (default: %(default)s)")
     group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=runs.in_range(float, 0), default=5e-4,
@@ -61,8 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     group = parser.add_argument_group("run")
     group.add_argument("--all-labels", action="store_true",
                        help="train on every image outside the test and validation splits (the supervised bound)")
-    group.add_argument("--test-data", type=Path, default=None,
-                       help="test on every image of this labelled folder, less copies of the photos trained on")
+    tested = group.add_mutually_exclusive_group()
+    tested.add_argument("--test-data", type=Path, default=None,
+                        help="test on every image of this labelled folder, less copies of the photos trained on")
+    tested.add_argument("--validate", action="store_true",
+                        help="tested on the validation split, the test split unread: for choosing settings")
     group.add_argument("--compare", type=Path, default=None, metavar="RUN",
                        help="print the paired difference of each probe against this classifier run (same test set)")
     runs.add_output_arguments(group, None, False, shown="runs/classifier-{random|simsiam}-{frozen|finetune}")
@@ -82,9 +86,11 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
     """The held-out split, or every image of --test-data (its classes mapped onto the training ones) that is not
     a copy of a photo this classifier trains on (`trained_on` indices into `data`)."""
     if args.test_data is None:
-        test = splits.test
+        test, name = (splits.validation, "validation") if args.validate else (splits.test, "held-out test")
+        if not len(test):
+            raise UserError("--validate tests on the validation split: give it images (--val-fraction above 0)")
         return TestSet(data.images, test, data.labels[test], [data.files[i] for i in test],
-                       f"{len(test):,} held-out test images", dataset.fingerprint(data.files, test), data.hashes[test])
+                       f"{len(test):,} {name} images", dataset.fingerprint(data.files, test), data.hashes[test])
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
     print(f"test data: {dataset.describe(other)}")
@@ -108,6 +114,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.lr = args.lr or (FINETUNE_LR if args.finetune else PROBE_LR)
     out = args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune, args.all_labels)
     held = runs.check_out(out, args.overwrite)  # the old run's files are set aside once every check has passed
     torch.manual_seed(args.seed)
@@ -147,9 +154,9 @@ def main(argv=None) -> None:
     runs.start_run(out, held)
     backbone_name, mode = "random" if args.random else "simsiam", "finetune" if args.finetune else "frozen"
     runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
-                   precision_used=runtime.precision, backbone=backbone_name, mode=mode, batch_size_used=batch_size,
-                   peak_lr=peak_lr, num_classes=len(data.classes), test_set=test.name,
-                   test_fingerprint=test.fingerprint)
+                   precision_used=runtime.precision, precision_reason=runtime.reason, backbone=backbone_name,
+                   mode=mode, batch_size_used=batch_size, peak_lr=peak_lr, num_classes=len(data.classes),
+                   test_set=test.name, test_fingerprint=test.fingerprint)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled], "classes": data.classes,
         "labels": data.labels[labelled].tolist(), "root": str(data.root)}))
@@ -159,6 +166,17 @@ def main(argv=None) -> None:
 
     images, labels = dataset.cache_on_device(data.images, device), data.labels.to(device)
     test_images = images if args.test_data is None else dataset.cache_on_device(test.images, device)
+    validation, scored = splits.validation, len(splits.validation) > 0  # the probes' settings are chosen on it
+
+    def features(indices: torch.Tensor, of: torch.Tensor = images) -> torch.Tensor:  # (N, 512), evaluation view
+        return evaluate.embed(classifier.backbone, of, indices, image_size, runtime)
+
+    def head_accuracy(x: torch.Tensor, indices: torch.Tensor) -> float:  # the head in eval mode on fixed features
+        classifier.head.eval()  # classifier.train() at the next epoch sets it back
+        with torch.no_grad():
+            return evaluate.accuracy(classifier.head(x), labels[indices]).item()
+
+    validation_features = features(validation) if scored and not args.finetune else None  # frozen: fixed
     generator = runs.generator(device, args.seed)
     bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
     for epoch in bar:  # per epoch only the labelled images' figures: the test set is seen once, last
@@ -173,8 +191,7 @@ def main(argv=None) -> None:
                 logits = classifier(x.contiguous(memory_format=runtime.memory_format)).float()  # (B, K)
                 loss = F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            runtime.backward_step(loss, optimizer)
             losses.append(loss.detach())
             accuracies.append((logits.argmax(1) == targets).float().mean())
         train_loss, train_accuracy = torch.stack(losses).mean().item(), torch.stack(accuracies).mean().item()
@@ -183,20 +200,25 @@ def main(argv=None) -> None:
                             f"(or --backbone-lr-factor)")
         bar.set_postfix(train_loss=f"{train_loss:.3f}", train_accuracy=f"{train_accuracy:.3f}")
         metrics.log(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_accuracy, lr=lrs["head"],
-                    **({"backbone_lr": lrs["backbone"]} if args.finetune else {}))
+                    **({"backbone_lr": lrs["backbone"]} if args.finetune else {}),
+                    **({} if validation_features is None else
+                       {"validation_accuracy": head_accuracy(validation_features, validation)}))
     after = classifier.backbone.state_dict()
     if frozen_before is not None and not all(torch.equal(v, after[k]) for k, v in frozen_before.items()):
         raise RuntimeError("the frozen backbone changed during training: this is a bug")
-    test_features = evaluate.embed(classifier.backbone, test_images, test.indices, image_size, runtime)  # (M, 512)
-    classifier.head.eval()
+    labelled_features, test_features = features(labelled), features(test.indices, test_images)  # evaluation view
+    if scored and validation_features is None:  # fine-tuned: the backbone moved
+        validation_features = features(validation)
+    fitted = {"labelled_accuracy": head_accuracy(labelled_features, labelled),  # does the head fit its labels?
+              **({"validation_accuracy": head_accuracy(validation_features, validation)} if scored else {})}
     with torch.no_grad():
-        test_logits = classifier.head(test_features)  # (M, K)
+        test_logits = classifier.head(test_features)  # (M, K), the head in eval mode
     test_accuracy = evaluate.accuracy(test_logits, test.labels).item()
     closed_form = {}  # frozen only: it would measure the backbone before fine-tuning
     if not args.finetune and torch.bincount(data.labels[labelled]).min() >= 2:  # its penalty is cross-validated
-        features = evaluate.embed(classifier.backbone, images, labelled, image_size, runtime)  # (N, 512)
         closed_form = {f"closed_form_{key.removeprefix('test_')}": value for key, value in evaluate.logistic_probe(
-            features, labels[labelled], test_features, test.labels, len(data.classes), seed=args.seed).items()}
+            labelled_features, labels[labelled], test_features, test.labels, len(data.classes), seed=args.seed,
+            validation=(validation_features, labels[validation]) if scored else None).items()}
     elif not args.finetune:
         print("note: no closed-form probe: choosing its penalty needs 2 labelled images per class (--labels)")
 
@@ -208,17 +230,21 @@ def main(argv=None) -> None:
                    **({"closed_form": closed_form.pop("closed_form_predictions")} if closed_form else {})}
     (out / "predictions.json").write_text(json.dumps(predictions))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test.indices), test_set=test.name,
-                **closed_form)
+                **fitted, **closed_form)
     runs.keep_run(out)
     if closed_form:
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
-              f"{closed_form['closed_form_folds']}-fold CV on the labels): {closed_form['closed_form_accuracy']:.4f}")
+              f"{closed_form['closed_form_folds']}-fold CV log-loss on the labels): "
+              f"{closed_form['closed_form_accuracy']:.4f}")
     if other is not None and not evaluate.same_test_images(predictions, other):
         print(f"note: --compare {args.compare} was tested on other images: no paired comparison")
     for key, probe in evaluate.PROBE_PREDICTIONS.items() if other is not None else ():
         if (difference := evaluate.compare_predictions(predictions, other, key)) is not None:
             print(f"{probe}, this run - {args.compare}: {evaluate.describe_difference(difference)}")
     error = evaluate.standard_error(test_accuracy, len(test.indices))
+    print(f"{'fine-tuned' if args.finetune else 'linear probe'}: {fitted['labelled_accuracy']:.4f} of its "
+          f"{len(labelled):,} labelled images (evaluation view)" + (
+              f", {fitted['validation_accuracy']:.4f} of {len(validation):,} validation images" if scored else ""))
     print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test.name}")
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ FETCH_HINT = "run with --download to fetch Microsoft's Cats and Dogs, or with --
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
-def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(every image under `folder` at any depth, the folders under it that could not be read), sorted. Hidden files
-    and folders are left out; linked folders are followed, each read once, so that a link loop ends."""
+def image_tree(folder: Path) -> list[str]:
+    """The images under `folder` at any depth, then its sub-folders that could not be read ("x/"), relative and sorted.
+    Hidden files and folders are left out; linked folders are followed, each read once, so that a link loop ends."""
     files, unreadable, visited = [], [], set()
     for parent, folders, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename)),
                                           followlinks=True):
@@ -54,16 +54,13 @@ def image_tree(folder: Path) -> tuple[list[Path], list[Path]]:
         folders[:] = [name for path, name in real.items() if path not in visited]
         visited.update(real)
         files += [path for path in (Path(parent) / name for name in names) if is_image_file(path)]
-    return sorted(files), sorted(unreadable)
+    return ([str(path.relative_to(folder)) for path in sorted(files)]
+            + [f"{path.relative_to(folder)}/" for path in sorted(unreadable)])
 
 def find_images(root: Path, min_classes: int = 2,
                 unlabelled: bool | None = False) -> tuple[list[str], list[int], list[str]]:
     """(files relative to root, labels, class names) in one of the layouts above; unlabelled (True, or None and
     loose photos): every photo, label 0, no class. A folder that fits no layout: a UserError saying what it holds."""
-    root = Path(root)
-    def tree_entries(folder: Path) -> list[str]:  # relative to root; an unreadable folder "Cat/x/" is listed skipped
-        files, unreadable = image_tree(folder)
-        return [str(path.relative_to(root)) for path in files] + [f"{path.relative_to(root)}/" for path in unreadable]
     if not root.is_dir():
         raise UserError(f"--data {root} is a file, not a folder of photos" if root.exists() else
                         f"data folder {root} not found: {FETCH_HINT}")
@@ -73,13 +70,13 @@ def find_images(root: Path, min_classes: int = 2,
     odd = [name for name in loose if not KAGGLE_NAME.fullmatch(name)]  # no class in the name
     hint = f"did you mean --data {folders[0]}?" if len(folders) == 1 else "labels are read from class folders"
     if unlabelled or (unlabelled is None and odd and not folders):
-        classes, pairs = [], [(name, 0) for name in tree_entries(root)]
+        classes, pairs = [], [(name, 0) for name in image_tree(root)]
     elif folders and loose:
         raise UserError(f"{root} holds {len(loose):,} photos ({loose[0]!r} ...) beside its class folders: move them "
                         f"into one, or pass --unlabelled to pretrain on every photo under {root} without labels")
     elif folders:
         classes = [folder.name for folder in folders]
-        pairs = [(name, label) for label, folder in enumerate(folders) for name in tree_entries(folder)]
+        pairs = [(f"{name}/{entry}", label) for label, name in enumerate(classes) for entry in image_tree(root / name)]
     elif odd:
         raise UserError(f"{root} has no class folders and {len(odd):,} of its {len(loose):,} images are not named "
                         f"<class>.<n>.<ext> (e.g. {odd[0]!r}), so they have no labels: {hint}")
@@ -99,33 +96,28 @@ def find_images(root: Path, min_classes: int = 2,
 DECODE_VERSION = 4  # in the cache key with Pillow's version: bump when the decoding or the cache's record changes
 # A photo's identity, whatever its name, format, size or encoding: a 64-bit perceptual hash (the signs of the 8 x 8
 # lowest DCT coefficients but the mean of its grey HASH_SIDE px square, against their median) and its mean colour
-# R << 16 | G << 8 | B. Two photos are one when the hashes differ in at most NEAR_BITS bits and the colours by at most
-# NEAR_LEVELS in every channel: 3,998 of the 4,000 200 px JPEGs are within 8 bits of their 112 px WebP copies, all
-# within 10 (docs/protocol.md); the colour keeps apart one layout in other colours (the demo set's shapes).
+# R << 16 | G << 8 | B, which keeps apart one layout in other colours (the demo set's shapes). Two photos are one when
+# the hashes differ in at most NEAR_BITS bits and the colours by at most NEAR_LEVELS per channel (docs/protocol.md).
 HASH_SIDE, NEAR_BITS, NEAR_LEVELS = 32, 8, 16
 _DCT = np.cos(np.pi * (2 * np.arange(HASH_SIDE)[None, :] + 1) * np.arange(HASH_SIDE)[:, None] / (2 * HASH_SIDE))
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
-    if image.mode[0] in "IF":  # I, I;16 and its kin, F
-        values = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        image = Image.fromarray((values.clip(0, top) * (255.0 / top)).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    return image.convert("RGB")
-
-def decode_file(source, size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """(the (size, size, 3) uint8 RGB square: upright (EXIF), centre crop; the shorter side in px; the identity)."""
+def decode_file(source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the (size, size, 3) uint8 RGB square: upright (EXIF), centre crop; the identity), from any PIL mode."""
     with Image.open(source) as image:
-        side = min(image.size)
         image.draft("RGB", (max(size, HASH_SIDE),) * 2)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale where enough
-        image = to_rgb(ImageOps.exif_transpose(image))
+        image = ImageOps.exif_transpose(image)
+        if image.mode[0] in "IF":  # I, I;16 and its kin, F: scaled to 8 bits
+            values = np.asarray(image, dtype=np.float32)
+            top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+            image = Image.fromarray((values.clip(0, top) * (255.0 / top)).astype(np.uint8), "L")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):  # on white
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        image = image.convert("RGB")
     small = np.asarray(ImageOps.fit(image, (HASH_SIDE, HASH_SIDE), Image.Resampling.BOX), np.float64)
     coefficients = (_DCT @ (small @ [0.299, 0.587, 0.114]) @ _DCT.T)[:8, :8].flatten()[1:]
     bits = np.packbits(np.concatenate([[False], coefficients > np.median(coefficients)]), bitorder="little")
     red, green, blue = (int(v) for v in small.mean(axis=(0, 1)).round())
-    return (np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)), side,
+    return (np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)),
             (int.from_bytes(bits.tobytes(), "little", signed=True), red << 16 | green << 8 | blue))
 
 def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -141,8 +133,7 @@ def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> t
         found[start:start + chunk] = ((distance <= NEAR_BITS) & same_colour).any(1)
     return found
 
-def failure_kind(path: Path, error: Exception) -> str:
-    """Why `path` could not be decoded, in a few words for skipped.txt."""
+def failure_kind(path: Path, error: Exception) -> str:  # why `path` could not be decoded, for skipped.txt
     if isinstance(error, Image.UnidentifiedImageError):  # no format that this Pillow reads
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0:
@@ -160,7 +151,7 @@ _rows: np.memmap | None = None  # the staging images.u8 while a build runs: the 
 
 def _decode_row(index: int, path: Path) -> tuple[tuple[int, int] | None, str | None]:
     try:
-        square, _, its_identity = decode_file(path, _rows.shape[-1])
+        square, its_identity = decode_file(path, _rows.shape[-1])
         _rows[index] = square.transpose(2, 0, 1)
         return its_identity, None
     except Exception as error:
@@ -196,12 +187,10 @@ def staging_folder(target: Path, inside: str = ""):
         shutil.rmtree(staging, ignore_errors=True)
 
 def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: int) -> None:
-    """Decode `files` on `workers` forked processes into the rows of images.u8, then close the skipped rows' gaps."""
     global _rows
-    shape = (len(files), 3, size, size)
     try:  # a decoding process killed (by the OOM killer, say) ends the build with BrokenProcessPool
         with staging_folder(folder) as staging:
-            _rows = np.memmap(staging / "images.u8", dtype=np.uint8, mode="w+", shape=shape)
+            _rows = np.memmap(staging / "images.u8", dtype=np.uint8, mode="w+", shape=(len(files), 3, size, size))
             # the workers ignore Ctrl-C: the main process cancels the pool and removes the staging folder
             pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), signal.signal,
                                        (signal.SIGINT, signal.SIG_IGN))
@@ -214,7 +203,7 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
             kept = [index for index, (_, why) in enumerate(results) if why is None]
             for row, index in enumerate(kept):  # the kept rows together, in order
                 _rows[row] = _rows[index]
-            os.truncate(staging / "images.u8", len(kept) * math.prod(shape[1:]))
+            os.truncate(staging / "images.u8", len(kept) * 3 * size * size)
             skipped = {name: why for name, (_, why) in zip(files, results) if why is not None}
             meta = {"root": str(root), "shape": [len(kept), 3, size, size], "files": [files[i] for i in kept],
                     "identities": [results[i][0] for i in kept], "skipped": skipped}
@@ -267,8 +256,7 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     return ImageSet(root, images, torch.tensor(kept_labels), classes, meta["files"], meta["skipped"], folder,
                     torch.tensor(meta["identities"], dtype=torch.int64).reshape(-1, 2))
 
-def shown(name: str) -> str:
-    """A name printable anywhere: the bytes of a name that is not UTF-8 (lone surrogates) as \\xNN escapes."""
+def shown(name: str) -> str:  # printable anywhere: the bytes of a name that is not UTF-8 (surrogates) as \xNN
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 def describe(data: ImageSet) -> str:
@@ -324,8 +312,7 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
                   pretrain=torch.cat(others).sort().values, validation=torch.cat(validation).sort().values)
 
-def fingerprint(files: list[str], indices: torch.Tensor) -> str:
-    """A short hash naming a set of images (by their names' bytes, UTF-8 or not)."""
+def fingerprint(files: list[str], indices: torch.Tensor) -> str:  # names a set of images by their names' bytes
     return hashlib.sha1(b"\n".join(sorted(os.fsencode(files[i]) for i in indices.tolist()))).hexdigest()[:16]
 
 def split_identity(data: ImageSet, splits: Splits, options) -> dict:
@@ -336,12 +323,10 @@ def split_identity(data: ImageSet, splits: Splits, options) -> dict:
             "the test images": fingerprint(data.files, splits.test)}
 
 def split_differences(recorded: dict, current: dict) -> list[str]:
-    """The settings in which two split identities differ (as flags where flags set them); [] when none do."""
     return [f"{key} (was {recorded.get(key)!r}, now {current.get(key)!r})" if key.startswith("--") else key
             for key in {**recorded, **current} if key != "data" and recorded.get(key) != current.get(key)]
 
 def photos_folder(options) -> Path:
-    """The folder that `options` read: the demo set, or --data (with --download, downloaded first if absent)."""
     if options.demo:
         return make_demo_images(Path(options.cache_dir) / DEMO_FOLDER)
     if getattr(options, "download", False):
@@ -351,7 +336,6 @@ def photos_folder(options) -> Path:
     return Path(options.data)
 
 def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
-    """The decoded images and the splits that the data flags in `options` (an argparse.Namespace) ask for."""
     cache_size = options.cache_size or default_cache_size(options.image_size)
     if cache_size < options.image_size:
         raise UserError(f"--cache-size {cache_size} is below --image-size {options.image_size}: raise it or omit it")
@@ -373,12 +357,10 @@ def pin_memory(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.pin_memory()
 
 def cache_on_device(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
-    """The cache on a CUDA `device` when it fits there beside `reserve_bytes` for training, else where it is."""
     fits = device.type == "cuda" and images.numel() + reserve_bytes <= torch.cuda.mem_get_info(device)[0]
     return images.to(device) if fits else images
 
 def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """images[indices] on `device`: from the host to CUDA through pinned memory, asynchronously."""
     batch = images[indices.to(images.device)]
     to_cuda = batch.device.type == "cpu" and device.type == "cuda"  # from pinned memory, asynchronously
     return pin_memory(batch).to(device, non_blocking=True) if to_cuda else batch.to(device)

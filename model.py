@@ -4,8 +4,6 @@ the loss D(p, z), the collapse metric, the checkpoint format and the training st
     p1, p2 = h(z1), h(z2)          h = predictor
     L = D(p1, z2) / 2 + D(p2, z1) / 2
 """
-from __future__ import annotations
-
 import math
 import os
 import tempfile
@@ -72,6 +70,8 @@ class Classifier(nn.Module):
         # BN without affine standardises the features, so one lr suits random and pretrained backbones alike (as in
         # MAE's linear probing, He et al. 2022, appendix A.2)
         self.head = nn.Sequential(nn.BatchNorm1d(FEATURE_DIM, affine=False), nn.Linear(FEATURE_DIM, num_classes))
+        nn.init.normal_(self.head[1].weight, std=0.01)  # logits near 0, the loss near chance at the start (MAE)
+        nn.init.zeros_(self.head[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -85,7 +85,7 @@ def z_std(z: torch.Tensor) -> torch.Tensor:
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
 
-# ---------------------------------------------------------------- the training step (train.py runs it, bench.py times it)
+# ---------------------------------------------------------------- the training step (train.py runs it, bench.py times)
 
 
 def peak_lr(base_lr: float, batch_size: int) -> float:  # the official scripts' linear scaling rule
@@ -124,8 +124,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tenso
         p1, p2, z1, z2 = model(x1, x2)  # (B, d) each
         loss = D(p1, z2) / 2 + D(p2, z1) / 2
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    runtime.backward_step(loss, optimizer)
     return loss.detach(), (z_std(z1) + z_std(z2)) / 2
 
 def match_layout(optimizer: torch.optim.Optimizer) -> None:

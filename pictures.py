@@ -8,8 +8,6 @@ images by cosine similarity of features, green where the class agrees), features
 
 Pass train.py's data flags. Image and cache size follow the checkpoint unless --image-size or --cache-size say so.
 """
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 
@@ -89,7 +87,6 @@ def main(argv=None) -> None:
                  for name, backbone in backbones.items() if backbone is not None}
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{' and '.join(backbones)} at {image_size} px ({cache_size} px cache) on {device}, {runtime.precision}")
-    # views.png: train.py's view function with the run's blur, twice per pair
     batch = dataset.gather(images, bank[torch.randperm(len(bank))[:VIEW_IMAGES]], device)  # (R, 3, S, S) uint8
     generator, blur = runs.generator(device, args.seed), (pretrained or {}).get("blur_reference_size")
     views = [augment.simsiam_view(batch, image_size, generator, blur or augment.BLUR_REFERENCE_SIZE)
@@ -102,8 +99,7 @@ def main(argv=None) -> None:
             show(axes[row, 1 + i], view[row], f"x{1 + i % 2} of pair {1 + i // 2}" * (row == 0))
     figure.savefig(args.out / "views.png", dpi=DPI)
     print(f"wrote {args.out / 'views.png'}: {len(batch)} pretraining images, {VIEW_PAIRS} pairs of views each")
-    # neighbours.png: each backbone's k nearest pretraining images of some test images
-    labels, k = data.labels.tolist(), min(K, len(bank))
+    labels, k = data.labels.tolist(), min(K, len(bank))  # neighbours.png: test images' k nearest pretraining images
     names = [dataset.shown(name).replace("$", r"\$") for name in data.classes]  # a $ would start matplotlib's mathtext
     queries, test_features, panels, summary = torch.randperm(len(test))[:QUERIES], {}, {}, []  # positions in test
     for name, backbone in backbones.items():
@@ -125,8 +121,7 @@ def main(argv=None) -> None:
                      "tab:green" if labels[index] == labels[query] else "tab:red")
     figure.savefig(args.out / "neighbours.png", dpi=DPI)
     print(f"wrote {args.out / 'neighbours.png'}: neighbours of the test image's class, {', '.join(summary)}")
-    # features.png: the test features on their first two principal components
-    figure = Figure(figsize=(6 * len(backbones), 5.4), layout="constrained")
+    figure = Figure(figsize=(6 * len(backbones), 5.4), layout="constrained")  # features.png: test features in 2-d
     figure.suptitle(f"features of the {len(test):,} test images on their first two principal components", fontsize=10)
     for axis, (name, features) in zip(figure.subplots(1, len(backbones), squeeze=False)[0], test_features.items()):
         coordinates, shares = pca_2d(features)

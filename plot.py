@@ -8,8 +8,6 @@ OUT/simsiam.png: SimSiam loss, z-std against 1/sqrt(d), kNN accuracy per epoch; 
 training loss and accuracy, test accuracy in the legend. Then the test accuracies ± standard error, and the paired
 difference of SimSiam and random-init runs of one mode on the same test images. Foreign folders are skipped, noted.
 """
-from __future__ import annotations
-
 import argparse
 import contextlib
 import itertools
@@ -78,8 +76,7 @@ def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     return pretraining, classifiers
 
 def plot(drawn: list[dict], panels: tuple, path: Path) -> None:
-    figure = Figure(figsize=(5 * len(panels), 4.4))
-    axes = figure.subplots(1, len(panels), sharex=True)
+    axes = (figure := Figure(figsize=(5 * len(panels), 4.4))).subplots(1, len(panels), sharex=True)
     for i, run in enumerate(drawn):
         backbone, mode, final = run["args"].get("backbone"), run["args"].get("mode"), run["final"]
         colours = runs.COLOURS.get(backbone, [None])  # None: matplotlib's next colour

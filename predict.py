@@ -8,8 +8,6 @@
 A photo is seen as the classifier saw its test images: decoded as the cache decodes it, its centre view, the
 backbone in eval mode, then the head. Folders are searched recursively; an unreadable file is reported and skipped.
 """
-from __future__ import annotations
-
 import argparse
 import csv
 import sys
@@ -26,7 +24,6 @@ import model
 import runs
 from model import UserError
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", type=Path, nargs="+", help="photos, and folders searched recursively for photos")
@@ -39,17 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs.add_run_arguments(parser)
     return parser.parse_args(argv)
 
-def image_files(paths: list[Path]) -> list[Path]:
-    """Each file as given, each folder's photos at any depth and its unreadable sub-folders; each file once."""
-    files = []
-    for path in paths:
-        if not path.is_dir() and not path.is_file():  # a mistyped name is no damaged photo; a named pipe would hang
-            raise UserError(f"no such file or folder: {path}" if not path.exists() else
-                            f"not a regular file or folder (a named pipe or a device?): {path}")
-        found, unreadable = dataset.image_tree(path) if path.is_dir() else ([path], [])
-        files += found + unreadable
-    return list(dict.fromkeys(files))
-
 def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:  # (3, S, S) uint8, or why not
     try:
         return dataset.decode_file(path, size)[0].transpose(2, 0, 1), None
@@ -59,7 +45,13 @@ def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:  
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    files = image_files(args.paths)
+    files = []  # each file as given, each folder's photos at any depth and its unreadable sub-folders
+    for path in args.paths:
+        if not path.is_dir() and not path.is_file():  # a mistyped name is no damaged photo; a named pipe would hang
+            raise UserError(f"no such file or folder: {path}" if not path.exists() else
+                            f"not a regular file or folder (a named pipe or a device?): {path}")
+        files += [path / name for name in dataset.image_tree(path)] if path.is_dir() else [path]
+    files = list(dict.fromkeys(files))  # each file once
     if args.csv is not None and (args.csv.is_dir() or (args.csv.exists() and args.csv.suffix.lower() != ".csv")):
         raise UserError(f"--csv {args.csv} would replace a folder or a file that is not a .csv file: name a .csv file")
     runtime = runs.make_runtime(args.device, args.precision)
@@ -72,7 +64,6 @@ def main(argv=None) -> None:
     image_size, cache_size = trained["image_size"], trained["cache_size"]
     classifier = model.load_weights(model.Classifier(len(classes)), checkpoint["model"], args.checkpoint)
     classifier = classifier.to(runtime.device, memory_format=runtime.memory_format).eval()
-
     rows = []  # name, class, its probability, each class's probability
     with ThreadPoolExecutor() as pool, torch.no_grad():  # PIL releases the GIL while it decodes
         for start in range(0, len(files), args.batch_size):
@@ -90,7 +81,6 @@ def main(argv=None) -> None:
                 for path, p, label, row in zip(good, confidence.tolist(), predicted.tolist(), probabilities.tolist()):
                     print(f"{dataset.shown(str(path))}  {classes[label]}  {p:.2f}")
                     rows.append([dataset.shown(str(path)), classes[label], f"{p:.6f}", *(f"{q:.6f}" for q in row)])
-
     if not rows:
         raise UserError(f"none of the {len(files):,} files could be classified (see the lines above)")
     if args.csv is not None:

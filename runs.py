@@ -1,7 +1,5 @@
 """What the scripts share besides the model and the data: flags, the one-line error report, run folders (args.json,
 metrics.jsonl, the --overwrite promise), devices and precision, and torchrun (PyTorch DDP, nothing home-made)."""
-from __future__ import annotations
-
 import argparse
 import contextlib
 import errno
@@ -83,8 +81,9 @@ def add_run_arguments(group) -> None:
                                                             "not of the splits (default: 0)")
     group.add_argument("--device", default="auto", help="auto (the current CUDA GPU if any, else cpu), cpu, cuda, "
                                                         "cuda:1, ...; under torchrun auto, cuda or cpu (default: auto)")
-    group.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                       help="auto: bf16 autocast on CUDA, fp32 elsewhere (default: auto)")
+    group.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                       help="auto: on CUDA bf16 where the GPU has it, else fp16 with a gradient scaler; on a CPU "
+                            "with AMX or AVX512-BF16 bf16 for pretraining at 64 px or more; else fp32 (default: auto)")
 
 def add_output_arguments(group, default_out: Path | None, resumable: bool, shown: str = "%(default)s") -> None:
     group.add_argument("--out", type=Path, default=default_out, help=f"run folder (default: {shown}); one holding "
@@ -281,9 +280,10 @@ def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) 
 class StopSignals:
     """Within `with`, SIGINT (Ctrl-C) and SIGTERM (preemption) only set `.signal_number`: the loop saves and stops."""
     signal_number: int | None = None
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> "StopSignals":
         def request(number: int, frame) -> None:
             self.signal_number = number
+        self.signal_number = None  # entered again: a new start
         self.previous = {number: signal.signal(number, request) for number in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -317,11 +317,23 @@ LINESTYLES = {"frozen": "-", "finetune": "--"}  # and a line style per mode
 class Runtime:
     """Where and how tensors are computed: a concrete device (cuda:0, never cuda), the precision, the ranks."""
     device: torch.device
-    precision: str  # "bf16" (autocast) or "fp32"
-    context: Context = field(default_factory=lambda: Context())
+    precision: str  # "bf16" or "fp16" (autocast), or "fp32"
+    context: "Context" = field(default_factory=lambda: Context())
+    reason: str = "as asked"  # why this precision, for the start-up line and args.json
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+
+    @functools.cached_property
+    def scaler(self) -> torch.amp.GradScaler:  # fp16: the loss scaled up so that small gradients do not vanish
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """loss.backward() and optimizer.step(); in fp16 through the scaler, which skips a step of inf gradients."""
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -329,8 +341,12 @@ class Runtime:
         nhwc = self.device.type == "cuda" or (self.device.type == "cpu" and self.precision == "bf16")
         return torch.channels_last if nhwc else torch.contiguous_format
 
-def make_runtime(device_name: str, precision: str = "auto", context: Context | None = None) -> Runtime:
-    """The device is concrete ("cuda" is the current GPU, "auto" it or the CPU); one the machine lacks: UserError."""
+def make_runtime(device_name: str, precision: str = "auto", context: "Context | None" = None,
+                 image_size: int | None = None) -> Runtime:
+    """The device is concrete ("cuda" is the current GPU, "auto" it or the CPU); one the machine lacks: UserError.
+    Precision auto: on CUDA bf16 where the GPU has it (compute capability 8.0 or more), else fp16 with a gradient
+    scaler; on a CPU with bf16 units (AMX or AVX512-BF16) bf16 for pretraining at `image_size` 64 px or more (1.6x
+    faster at 64 px on a 2-core Xeon, docs/benchmarks.md; train.py and bench.py pass it), else fp32."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     try:
         device = torch.device(name)
@@ -341,9 +357,25 @@ def make_runtime(device_name: str, precision: str = "auto", context: Context | N
         device = torch.empty(0, device=device).device  # fails where the device is absent; mps -> mps:0
     except (RuntimeError, AssertionError) as error:
         raise UserError(f"--device {name}: not a device PyTorch can use here ({str(error).splitlines()[0]})") from None
-    if precision == "auto":  # tensor cores on CUDA; on a CPU bf16 pays only with bf16 units (AMX: docs/cpu.md)
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return Runtime(device, precision, context or Context())
+    precision, reason = (precision, "as asked") if precision != "auto" else auto_precision(device, image_size)
+    return Runtime(device, precision, context or Context(), reason)
+
+def auto_precision(device: torch.device, image_size: int | None) -> tuple[str, str]:  # (precision, why)
+    if device.type == "cuda":
+        capability = "compute capability {}.{}".format(*torch.cuda.get_device_capability(device))
+        if torch.cuda.get_device_capability(device) >= (8, 0):
+            return "bf16", f"the GPU has bf16 ({capability})"
+        return "fp16", f"the GPU lacks bf16 ({capability}): fp16 with a gradient scaler"
+    units = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    if device.type != "cpu" or not units:
+        return "fp32", f"{device.type} without bf16 units"
+    if image_size is None or image_size < 64:  # 32 px: 3% faster; below, bf16 backward is wrong (docs/cpu.md)
+        return "fp32", f"bf16 pays on this CPU ({', '.join(units)}) for pretraining at 64 px or more"
+    return "bf16", f"the CPU has {', '.join(units)}, at {image_size} px"
+
+def cpu_flags() -> set[str]:  # Linux's /proc/cpuinfo flags; none known elsewhere
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    return set(next((line.partition(":")[2].split() for line in lines if line.startswith("flags")), []))
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)

@@ -13,8 +13,6 @@ siam.pt (weights, split, pixel hashes of the photos pretrained on), backbone.pt 
 (for --resume), metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy on the validation split) and
 args.json. SIGTERM or Ctrl-C saves last.pt after the step in progress; --resume goes on as if never stopped.
 """
-from __future__ import annotations
-
 import argparse
 import math
 import shutil
@@ -148,7 +146,7 @@ def main(argv=None) -> None:
     context, device_name = runs.setup(args.device)
     held = runs.check_out(args.out, args.overwrite, last, resumable=True) if context.is_main else []
     torch.manual_seed(args.seed)
-    runtime = runs.make_runtime(device_name, args.precision, context)
+    runtime = runs.make_runtime(device_name, args.precision, context, args.image_size)
     device, world, say = runtime.device, context.world_size, print if context.is_main else lambda *_: None
     if args.deterministic:
         runs.use_deterministic_algorithms()
@@ -193,16 +191,17 @@ def main(argv=None) -> None:
     steps_per_epoch = len(pretrain) // args.batch_size
     total = steps_per_epoch * args.epochs
     say(f"SimSiam ResNet18, {sum(p.numel() for p in network.parameters()) / 1e6:.1f} M parameters, on {device} "
-        f"({runtime.precision}) x {world} process(es), cache in {images.device.type} memory; {args.epochs} epochs of "
-        f"{steps_per_epoch} steps, batch {args.batch_size}, peak lr {peak_lr:g}")
+        f"({runtime.precision}: {runtime.reason}) x {world} process(es), cache in {images.device.type} memory; "
+        f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, peak lr {peak_lr:g}")
     metrics = runs.Metrics(args.out / "metrics.jsonl", args.tensorboard, None if last is None else start["epoch"] + 1)
     augment_generator, checkpoint, healthy_std = runs.generator(device, 0), last, 1 / math.sqrt(model.PROJECTION_DIM)
 
     with runs.StopSignals() as stop:  # from here a signal stops the run after the step in progress, saved
         if context.is_main:
             runs.start_run(args.out, held)  # an --overwrite's old run waits aside until this run's first checkpoint
-            runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision, world_size=world,
-                           peak_lr=peak_lr, steps_per_epoch=steps_per_epoch, num_pretraining=len(pretrain),
+            runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+                           precision_reason=runtime.reason, world_size=world, peak_lr=peak_lr,
+                           steps_per_epoch=steps_per_epoch, num_pretraining=len(pretrain),
                            num_classes=len(data.classes), cache_on=images.device.type)
             runs.truncate_metrics(args.out / "metrics.jsonl", after_epoch=start["epoch"])  # epochs written again
         for epoch in range(start["epoch"], args.epochs):

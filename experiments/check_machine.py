@@ -7,8 +7,6 @@ On the demo set, a subprocess per step: bench.py; train.py (2 short epochs); the
 step, then --resume, equal bit for bit to the uninterrupted one (--deterministic); classifier.py on its siam.pt;
 predict.py. Prints and writes (RUNS/check-machine.json) each step passed, not run or why it failed; exits 1 if any.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import shutil
@@ -59,7 +57,7 @@ def main(argv=None) -> int:
                      str(classifier / "classifier.pt"), "--device", args.device], classifier / "classifier.pt", 0,
          lambda: None)]
     rows, started = [], time.perf_counter()
-    with runner.forwarding_signals():
+    with runner.stop:
         for name, command, needs, expected, figures in steps:
             rows.append(row := {"step": name, "passed": False, "error": f"not run: no {needs}", "seconds": None})
             if needs is None or needs.exists():

@@ -9,8 +9,6 @@ random init, paired on the same test images, per label draw; with --budgets, als
 The verdict is over the label draws: SimSiam ahead by MARGIN and STANDARD_ERRORS paired standard errors. Reuses
 finished runs, resumes an unfinished pretraining. Writes RESULTS/cpu-result.json, .md, small files (and the curve).
 """
-from __future__ import annotations
-
 from matplotlib.figure import Figure
 
 import runs

@@ -9,8 +9,6 @@ train.py per pretraining seed; classifier.py over random init and each SimSiam b
 closed-form probes) and fine-tuned, per label draw, each protocol paired on the same test images; the supervised bound
 (random init fine-tuned on every label); plot.py. Writes RESULTS/headline.json, .md and the runs' small files.
 """
-from __future__ import annotations
-
 import runs
 from experiments import runner
 

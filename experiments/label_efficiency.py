@@ -8,8 +8,6 @@ frozen (linear and closed-form probes) and fine-tuned.
 Each of --sizes is drawn once per --label-seeds; the supervised bound is random init fine-tuned on every label.
 Writes RESULTS/label-efficiency.json, .md, .png (the spread over the draws as a band) and the runs' small files.
 """
-from __future__ import annotations
-
 import json
 
 from matplotlib.figure import Figure  # drawn to a file without pyplot: no backend is chosen
@@ -32,11 +30,10 @@ def plot(summary: list[dict], backbones: list[str], bound: float, chance: float,
         for protocol, (mode, _) in runner.PROTOCOLS.items():
             rows = [row for row in summary if (row["backbone"], row["protocol"]) == (backbone, protocol)]
             colour = runs.COLOURS["random"][0] if index == 0 else runs.COLOURS["simsiam"][index - 1]
-            axis.fill_between([r["labels"] for r in rows], [r["min"] for r in rows], [r["max"] for r in rows],
-                              color=colour, alpha=0.1)
-            axis.plot([r["labels"] for r in rows], [r["mean"] for r in rows], color=colour, marker="o",
-                      linestyle=":" if protocol == "closed-form probe" else runs.LINESTYLES[mode],
-                      label=f"{backbone}, {protocol}")
+            sizes = [r["labels"] for r in rows]
+            axis.fill_between(sizes, [r["min"] for r in rows], [r["max"] for r in rows], color=colour, alpha=0.1)
+            axis.plot(sizes, [r["mean"] for r in rows], color=colour, marker="o", label=f"{backbone}, {protocol}",
+                      linestyle=":" if protocol == "closed-form probe" else runs.LINESTYLES[mode])
     axis.axhline(bound, color="black", linestyle="-.", label=f"supervised bound: {bound:.1%}")
     axis.axhline(chance, color="silver", label=f"chance (the test split's largest class): {chance:.0%}")
     axis.yaxis.set_major_formatter(PercentFormatter(xmax=1))

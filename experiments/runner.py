@@ -1,9 +1,6 @@
 """What the experiments share: running the repository's scripts as a user would (a subprocess and a log per run, a
 finished run reused, SIGINT and SIGTERM passed on), the flags and data of every run, and the paired comparisons."""
-from __future__ import annotations
-
 import argparse
-import contextlib
 import json
 import shutil
 import signal
@@ -32,42 +29,26 @@ PROTOCOLS = {"linear probe": ("frozen", "head"), "closed-form probe": ("frozen",
 
 # ---------------------------------------------------------------- running the scripts
 
-children, signals = set(), []  # the scripts running; the signals the experiment received
-
-@contextlib.contextmanager
-def forwarding_signals():
-    """SIGINT and SIGTERM go on to the scripts (each in its own process group: a Ctrl-C reaches them once)."""
-    def forward(number, frame):
-        signals.append(number)
-        for child in list(children):
-            child.send_signal(number)
-    signals.clear()
-    previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+stop = runs.StopSignals()  # entered by run_all: a SIGINT or SIGTERM to the experiment goes on to its scripts
 
 def run(command: list[str], log: Path, stop_when: Path | None = None, shown: list[str] | None = None) -> int:
-    """`command` (a script of the repository and its arguments) under forwarding_signals(), its output into `log`
-    after the command (or `shown`); its exit status. With `stop_when`: SIGTERM once that file exists."""
-    if not signals:
+    """`command` (a script of the repository and its arguments) under `stop`, its output into `log` after the
+    command (or `shown`); its exit status. With `stop_when`: SIGTERM once that file exists. Each script runs in its
+    own process group, so that a Ctrl-C reaches it once: from here."""
+    if stop.signal_number is None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as file:
             print(f"# python {' '.join(shown or command)}", file=file, flush=True)
-            process = subprocess.Popen([sys.executable, REPOSITORY / command[0], *command[1:]], stdout=file,
-                                       stderr=file, stdin=subprocess.DEVNULL, process_group=0)
-            children.add(process)
+            process, sent = subprocess.Popen([sys.executable, REPOSITORY / command[0], *command[1:]], stdout=file,
+                                             stderr=file, stdin=subprocess.DEVNULL, process_group=0), False
             while process.poll() is None:
-                if stop_when is not None and stop_when.exists():
-                    process.send_signal(signal.SIGTERM)
-                    stop_when = None
+                if not sent and (stop.signal_number or stop_when is not None and stop_when.exists()):
+                    process.send_signal(stop.signal_number or signal.SIGTERM)
+                    sent = True
                 time.sleep(0.05)
-            children.discard(process)
-    if signals:
+    if stop.signal_number is not None:
         raise runs.Interrupted("interrupted: run the same command again to go on (finished runs are reused, an "
-                               "unfinished pretraining resumes)", signals[0])
+                               "unfinished pretraining resumes)", stop.signal_number)
     return process.returncode
 
 def last_line(log: Path) -> str:
@@ -89,7 +70,7 @@ def run_once(command: list[str], log: Path) -> None:
 
 def run_all(jobs: list[tuple[list[str], Path]], parallel: int = 1) -> None:
     """run_once each (command, log), `parallel` at a time; after a failure none starts, the first error is raised."""
-    with forwarding_signals(), ThreadPoolExecutor(parallel) as pool:
+    with stop, ThreadPoolExecutor(parallel) as pool:
         futures = [pool.submit(run_once, *job) for job in jobs]
         for future in futures:
             future.add_done_callback(lambda done: not done.cancelled() and done.exception()

@@ -79,9 +79,10 @@ class CudaTensor(torch.Tensor):
 
     def to(self, *args, **kwargs) -> torch.Tensor:
         # the C++ `to` sees a CPU tensor and would return it unchanged for a CPU target: decide here
+        copy = kwargs.pop("copy", False)  # GradScaler copies its scale to each device
         device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
         if (device is None or torch.device(device) == self.emulated_device) and dtype in (None, self.dtype) \
-                and memory_format in (None, torch.preserve_format) and not kwargs.get("copy", False):
+                and memory_format in (None, torch.preserve_format) and not copy:
             return self
         with EMULATION.leaving_the_device():
             return aten._to_copy.default(self, dtype=dtype or self.dtype, device=device or self.emulated_device,

@@ -66,8 +66,9 @@ def frozen(pretrained, module_folder):
 
 
 def test_frozen_run_writes_every_promised_file(frozen):
-    """args.json (the checkpoint's 16 px and 20 px cache), metrics.jsonl (2 epochs, then the final record with both
-    probes), labelled.json, predictions.json, classifier.pt (classes and sizes for predict.py); the last line."""
+    """args.json (the checkpoint's 16 px and 20 px cache), metrics.jsonl (2 epochs with the validation accuracy, then
+    the final record with both probes), labelled.json, predictions.json, classifier.pt (classes and sizes for
+    predict.py); the last three lines."""
     out, stdout = frozen
     recorded = json.loads((out / "args.json").read_text())
     assert (recorded["image_size"], recorded["cache_size"], recorded["backbone"], recorded["mode"]) == \
@@ -82,9 +83,12 @@ def test_frozen_run_writes_every_promised_file(frozen):
     saved = model.load_checkpoint(out / "classifier.pt", "classifier", needs=("classes", "args"))
     assert saved["classes"] == ["Cat", "Dog", "Fox"]
     assert (saved["args"]["image_size"], saved["args"]["cache_size"]) == (16, 20)
-    *_, closed_form_line, last = stdout.strip().splitlines()
+    assert all(0 <= record["validation_accuracy"] <= 1 for record in epochs)  # the head's, each epoch
+    *_, closed_form_line, fitted_line, last = stdout.strip().splitlines()
     assert closed_form_line.startswith("closed-form probe (") and closed_form_line.endswith(
         f"{final['closed_form_accuracy']:.4f}")
+    assert fitted_line == f"linear probe: {final['labelled_accuracy']:.4f} of its 6 labelled images (evaluation " \
+                          f"view), {final['validation_accuracy']:.4f} of 3 validation images"
     error = (final["test_accuracy"] * (1 - final["test_accuracy"]) / 9) ** 0.5
     assert last == f"test accuracy: {final['test_accuracy']:.4f} ± {error:.4f} (standard error) on 9 held-out test " \
                    f"images"
@@ -177,6 +181,7 @@ REFUSALS = [  # (arguments, a fragment of the one error line): each refused, exi
     (["--overwrite", "--compare", "{nowhere}"], "no readable predictions.json"),
     (["--overwrite", "--random", "--finetune", "--lr", "1e30"], "non-finite training loss at epoch 2"),  # step 2
     (["--random", "--checkpoint", "{siam}"], "not allowed with argument"),
+    (["--overwrite", "--random", "--validate", "--val-fraction", "0"], "--validate tests on the validation split"),
 ]
 
 
@@ -208,16 +213,39 @@ def test_frozen_and_finetuned_on_emulated_cuda(pretrained, tmp_path):
         assert model.load_checkpoint(out / "classifier.pt", "classifier")["model"]["head.1.weight"].device.type == "cpu"
 
 
-def test_closed_form_probe_is_fitted_on_the_labelled_images(pretrained, frozen):
+def test_probes_are_fitted_on_the_labelled_images_and_scored_on_validation(pretrained, frozen):
     """Refitting evaluate.logistic_probe on the backbone's evaluation-view features of labelled.json's images gives
-    predictions.json's closed-form predictions of the test images."""
+    predictions.json's closed-form predictions of the test images and the final record's validation figures; the
+    head's recorded accuracies on its labelled images and the validation split are those of classifier.pt's head."""
     checkpoint = model.load_checkpoint(frozen[0] / "classifier.pt", "classifier", needs=("args",))
     data, splits = dataset.open_data(argparse.Namespace(**{**checkpoint["args"], "data": pretrained["tree"],
                                                            "cache_dir": pretrained["cache"]}), verbose=False)
-    backbone = model.load_weights(model.Classifier(3), checkpoint["model"], "classifier.pt").backbone
+    classifier_model = model.load_weights(model.Classifier(3), checkpoint["model"], "classifier.pt").eval()
     runtime = runs.make_runtime("cpu", "fp32")
     labelled = torch.tensor(json.loads((frozen[0] / "labelled.json").read_text())["indices"])
-    features, test_features = (evaluate.embed(backbone, data.images, rows, 16, runtime)
-                               for rows in (labelled, splits.test))
-    refit = evaluate.logistic_probe(features, data.labels[labelled], test_features, data.labels[splits.test], 3)
+    features, test_features, validation_features = (evaluate.embed(classifier_model.backbone, data.images, rows, 16,
+                                                                   runtime)
+                                                    for rows in (labelled, splits.test, splits.validation))
+    refit = evaluate.logistic_probe(features, data.labels[labelled], test_features, data.labels[splits.test], 3,
+                                    validation=(validation_features, data.labels[splits.validation]))
+    final = runs.final_record(frozen[0] / "metrics.jsonl")
     assert refit["test_predictions"] == runs.read_predictions(frozen[0])["closed_form"]
+    assert [refit["validation_accuracy"], refit["validation_by_penalty"]] == \
+        [final["closed_form_validation_accuracy"], final["closed_form_validation_by_penalty"]]
+    with torch.no_grad():
+        for rows, x, key in [(labelled, features, "labelled_accuracy"),
+                             (splits.validation, validation_features, "validation_accuracy")]:
+            assert final[key] == pytest.approx(evaluate.accuracy(classifier_model.head(x), data.labels[rows]).item())
+
+
+def test_validate_tests_on_the_validation_split(pretrained, frozen, tmp_path):
+    """--validate: the predictions are of the 3 validation images, the frozen run's labelled images and head
+    settings alike, so its test figure is the validation accuracy the frozen run records."""
+    run(pretrained, tmp_path / "validate", "--validate")
+    predictions, other = runs.read_predictions(tmp_path / "validate"), runs.read_predictions(frozen[0])
+    labelled = json.loads((frozen[0] / "labelled.json").read_text())
+    final, frozen_final = (runs.final_record(out / "metrics.jsonl") for out in (tmp_path / "validate", frozen[0]))
+    assert predictions["test_set"] == "3 validation images" and not set(predictions["files"]) & set(other["files"])
+    assert not set(predictions["files"]) & set(labelled["files"])
+    assert final["test_accuracy"] == pytest.approx(frozen_final["validation_accuracy"])
+

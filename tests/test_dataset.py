@@ -98,8 +98,7 @@ def test_linked_folders_are_read_once_and_a_link_loop_ends(tmp_path):
     os.symlink(tmp_path / "elsewhere", tmp_path / "Cat" / "linked")
     os.symlink(tmp_path / "elsewhere", tmp_path / "Cat" / "linked-again")
     os.symlink(tmp_path / "Cat", tmp_path / "Cat" / "loop")
-    files, unreadable = dataset.image_tree(tmp_path / "Cat")
-    assert sorted(path.name for path in files) == ["far.jpg", "near.jpg"] and not unreadable
+    assert sorted(Path(name).name for name in dataset.image_tree(tmp_path / "Cat")) == ["far.jpg", "near.jpg"]
 
 
 def one_class_inside(root: Path) -> Path:
@@ -165,8 +164,6 @@ def test_every_mode_decodes_to_an_upright_rgb_square(tmp_path):
     rotated = dataset.decode_file(upright_with_exif_rotation(tmp_path / "rotated.jpg"), 20)[0].astype(int)
     assert rotated[:8, :, 0].mean() > 200 and rotated[:8, :, 2].mean() < 50
     assert rotated[-8:, :, 2].mean() > 200 and rotated[-8:, :, 0].mean() < 50
-    square, side, identity = dataset.decode_file(tmp_path / "wide.png", 10)
-    assert side == 20 and len(identity) == 2
 
 
 def test_bad_files_are_skipped_and_listed_with_why(class_tree, cache_dir, monkeypatch):
@@ -238,7 +235,7 @@ def reencode(source: Path, target: Path, scale: float, **options) -> Path:
 
 
 def identity(source) -> torch.Tensor:
-    return torch.tensor([dataset.decode_file(source, 36)[2]])
+    return torch.tensor([dataset.decode_file(source, 36)[1]])
 
 
 def test_reencoded_copies_are_the_same_photo_and_others_are_not(tmp_path):

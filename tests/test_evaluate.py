@@ -189,9 +189,14 @@ def gaussian_problem(num_train: int, num_test: int, dims: int, num_classes: int,
 
 @pytest.mark.parametrize("num_classes, dims", [(2, 512), (3, 64)])
 def test_probe_learns_separated_gaussians(num_classes, dims):
-    """Well-separated Gaussian classes (250 images, 5 folds): test and cross-validated accuracy above 0.95."""
-    result = evaluate.logistic_probe(*gaussian_problem(250, 600, dims, num_classes, 8.0), num_classes=num_classes)
+    """Well-separated Gaussian classes (250 images, 5 folds): test and cross-validated accuracy above 0.95; scored
+    on the test images as validation, every penalty of the grid has its accuracy, the chosen one the test's."""
+    train_x, train_y, test_x, test_y = gaussian_problem(250, 600, dims, num_classes, 8.0)
+    result = evaluate.logistic_probe(train_x, train_y, test_x, test_y, num_classes, validation=(test_x, test_y))
     assert result["test_accuracy"] > 0.95 and result["cv_accuracy"] > 0.95 and result["folds"] == 5
+    assert [penalty for penalty, _ in result["validation_by_penalty"]] == list(evaluate.PROBE_PENALTIES)
+    assert result["validation_accuracy"] == result["test_accuracy"] == \
+        dict(result["validation_by_penalty"])[result["penalty"]]
 
 
 def test_probe_is_near_chance_without_signal():
@@ -208,14 +213,15 @@ def test_cross_validation_penalises_noise_more_than_a_clean_problem():
 
 
 def test_the_choice_depends_on_the_labelled_images_and_the_seed_alone():
-    """The same call twice gives identical results; other test features and shuffled test labels change neither the
-    penalty nor the cross-validation figures."""
+    """The same call twice gives identical results; other test features and shuffled test labels, or validation
+    features, change neither the penalty nor the cross-validation figures."""
     train_features, train_labels, test_features, test_labels = gaussian_problem(60, 100, 16, 2, 2.0)
     options = {"num_classes": 2, "penalties": (1e-2, 1e-1, 1.0, 10.0), "seed": 3}
     result = evaluate.logistic_probe(train_features, train_labels, test_features, test_labels, **options)
     assert result == evaluate.logistic_probe(train_features, train_labels, test_features, test_labels, **options)
     other = evaluate.logistic_probe(train_features, train_labels, torch.randn_like(test_features),
-                                    test_labels[torch.randperm(len(test_labels))], **options)
+                                    test_labels[torch.randperm(len(test_labels))], **options,
+                                    validation=(test_features, test_labels))
     assert {key: other[key] for key in ("penalty", "cv_loss", "cv_accuracy", "folds")} == {
         key: result[key] for key in ("penalty", "cv_loss", "cv_accuracy", "folds")}
 
@@ -262,8 +268,8 @@ def test_fit_logistic_matches_scikit_learn():
 
 @pytest.mark.parametrize("separation", [pytest.param(2.0, marks=pytest.mark.slow), 4.0])
 def test_probe_agrees_with_scikit_learns_cross_validation(separation):
-    """On the same folds and penalties, GridSearchCV over StandardScaler + LogisticRegression scored by accuracy (each
-    fold standardised with its own training part, as logistic_probe) reaches the same cross-validated accuracy, and a
+    """On the same folds and penalties, GridSearchCV over StandardScaler + LogisticRegression scored by log-loss (each
+    fold standardised with its own training part, as logistic_probe) reaches the same cross-validated log-loss, and a
     test accuracy within 1 point on 3,000 test images; at_edge says whether the penalty is the grid's first or last."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
@@ -276,9 +282,11 @@ def test_probe_agrees_with_scikit_learns_cross_validation(separation):
     n_fit = len(train_y) * 4 // 5  # C = 1 / (lambda n) on each fold's training part
     theirs = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(tol=1e-8, max_iter=10_000)),
                           {"logisticregression__C": [1 / (penalty * n_fit) for penalty in evaluate.PROBE_PENALTIES]},
-                          cv=folds, scoring="accuracy").fit(train_x.double().numpy(), train_y.numpy())
+                          cv=folds, scoring="neg_log_loss").fit(train_x.double().numpy(), train_y.numpy())
     their_accuracy = (theirs.predict(test_x.double().numpy()) == test_y.numpy()).mean()
-    assert ours["cv_accuracy"] == pytest.approx(theirs.best_score_, abs=1e-9)
+    # 5 folds of 30: the same mean; StandardScaler divides by the std over n, ours over n - 1 (0.4% apart here)
+    assert ours["cv_loss"] == pytest.approx(-theirs.best_score_, rel=2e-3)
+    assert 1 / (ours["penalty"] * n_fit) == pytest.approx(theirs.best_params_["logisticregression__C"])
     assert abs(ours["test_accuracy"] - their_accuracy) < 0.01 and ours["test_accuracy"] > 0.6  # chance: 1/3
     assert ours["at_edge"] == (ours["penalty"] in (evaluate.PROBE_PENALTIES[0], evaluate.PROBE_PENALTIES[-1]))
     assert len(ours["test_predictions"]) == 3000

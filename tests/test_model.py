@@ -212,6 +212,10 @@ class Runtime:
     def autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def backward_step(self, loss, optimizer):
+        loss.backward()
+        optimizer.step()
+
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_step_returns_detached_metrics_and_moves_every_part(simsiam, precision):

@@ -64,7 +64,7 @@ BAD_FLAGS = [  # (argv, a fragment of the one-line error)
     (["--val-fraction", "1"], "--val-fraction"), (["--labels", "0"], "> 0"), (["--limit", "-3"], "--limit"),
     (["--workers", "0"], "--workers"), (["--cache-size", "8"], ">= 16"), (["--image-size", "8"], ">= 16"),
     (["-b", "1"], ">= 2"), (["--lr", "nan"], "finite"), (["--lr", "inf"], "finite"), (["--lr", "0"], "> 0"),
-    (["--precision", "fp16"], "invalid choice"), (["--overwrite", "--resume"], "not allowed with"),
+    (["--precision", "fp8"], "invalid choice"), (["--overwrite", "--resume"], "not allowed with"),
     (["--demo", "--cpu"], "two presets"), (["--demo", "--data", "photos"], "would ignore --data")]
 
 
@@ -89,7 +89,7 @@ def test_demo_and_cpu_presets_are_defaults_that_flags_override():
 def test_help_gives_defaults_and_units():
     """--help states the defaults and units users rely on."""
     text = " ".join(build_parser().format_help().split())
-    assert "(default: 0.1)" in text and "in px" in text and "bf16 autocast on CUDA" in text
+    assert "(default: 0.1)" in text and "in px" in text and "fp16 with a gradient scaler" in text
     assert "--resume or --overwrite" in text and "--resume" not in build_parser(False).format_help()
 
 
@@ -381,10 +381,25 @@ def test_names_and_protocol():
 # ---------------------------------------------------------------- devices
 
 
+@pytest.mark.parametrize("flags, image_size, chosen", [(set(), 64, "fp32"), ({"amx_bf16", "avx2"}, 64, "bf16"),
+                                                       ({"avx512_bf16"}, 224, "bf16"), ({"amx_bf16"}, 32, "fp32"),
+                                                       ({"amx_bf16"}, None, "fp32")])
+def test_auto_precision_on_a_cpu_is_bf16_with_bf16_units_at_64_px_or_more(monkeypatch, flags, image_size, chosen):
+    """auto on a CPU: bf16 where /proc/cpuinfo names AMX or AVX512-BF16 and the views are 64 px or more, else
+    fp32 in the default layout; the reason names the units."""
+    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
+    runtime = runs.make_runtime("cpu", image_size=image_size)
+    assert runtime.precision == chosen and all(unit in runtime.reason for unit in sorted(flags - {"avx2"}))
+    assert runtime.memory_format == (torch.channels_last if chosen == "bf16" else torch.contiguous_format)
+    assert not runtime.scaler.is_enabled()
+
+
 def test_cpu_runtime_precision_and_layout():
-    """auto is fp32 on a CPU in the default layout; bf16 on a CPU autocasts and is channels_last (oneDNN)."""
-    runtime = runs.make_runtime("cpu")
-    assert (runtime.device, runtime.precision) == (torch.device("cpu"), "fp32")
+    """The CPU's flags are read (this machine's include fpu); bf16 asked on a CPU autocasts and is channels_last
+    (oneDNN)."""
+    assert "fpu" in runs.cpu_flags() or not Path("/proc/cpuinfo").exists()
+    runtime = runs.make_runtime("cpu", "fp32")
+    assert (runtime.device, runtime.precision, runtime.reason) == (torch.device("cpu"), "fp32", "as asked")
     assert runtime.memory_format == torch.contiguous_format and runtime.context == runs.Context()
     bf16 = runs.make_runtime("auto", "bf16")
     assert bf16.memory_format == torch.channels_last
@@ -407,7 +422,7 @@ def test_cuda_devices_are_concrete_and_default_to_bf16_channels_last():
         for name, index in (("auto", 0), ("cuda", 0), ("cuda:1", 1)):
             runtime = runs.make_runtime(name)
             assert runtime.device == torch.device("cuda", index) and runtime.precision == "bf16"
-            assert runtime.memory_format == torch.channels_last
+            assert runtime.memory_format == torch.channels_last and "compute capability 9.0" in runtime.reason
         assert runs.make_runtime("cuda", "fp32").precision == "fp32"
         assert runs.generator(torch.device("cuda", 0), 3).device == torch.device("cuda", 0)
         assert runs.describe(torch.device("cuda", 0)) == "emulated (cuda:0)"
@@ -471,3 +486,24 @@ def test_a_dead_peer_at_a_barrier_is_one_line(monkeypatch):
     monkeypatch.setattr(runs.dist, "barrier", closed)
     with pytest.raises(UserError, match="another process of this run ended first"):
         runs.barrier(runs.Context(1, 2, 1))
+
+
+def test_auto_precision_on_a_gpu_without_bf16_is_fp16_with_a_scaled_step(monkeypatch):
+    """On an emulated compute capability 7.5 GPU (T4, RTX 20xx), auto is fp16 autocast with an enabled gradient
+    scaler; a step through it moves the weights, and one of infinite gradients is skipped, the scale lowered."""
+    with emulated_cuda():
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+        runtime = runs.make_runtime("cuda")
+        assert (runtime.precision, runtime.scaler.is_enabled()) == ("fp16", True) and "7.5" in runtime.reason
+        layer = torch.nn.Linear(4, 2).to(runtime.device)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        with runtime.autocast():
+            output = layer(torch.ones(3, 4, device=runtime.device))
+        assert output.dtype == torch.float16
+        before, scale = layer.weight.detach().clone(), runtime.scaler.get_scale()
+        runtime.backward_step(output.float().mean(), optimizer)
+        assert not torch.equal(layer.weight.detach(), before)
+        moved = layer.weight.detach().clone()
+        runtime.backward_step(layer(torch.full((3, 4), float("inf"), device=runtime.device)).sum(), optimizer)
+        assert torch.equal(layer.weight.detach(), moved) and runtime.scaler.get_scale() < scale
+
