@@ -1,10 +1,9 @@
 """The result on a CPU: train.py --cpu, then the frozen probes of 250 labels (SGD linear and closed-form) over it and
 random init, paired on the same test images, per label draw; with --budgets, also at earlier epochs: the curve.
 
-    python -m experiments.cpu_result                      # data/PetImages, train.py --cpu
+    python -m experiments.cpu_result                      # data/PetImages, train.py --cpu: 60 epochs at 64 px
     python -m experiments.cpu_result --tiny               # CPU smoke run on the --demo set, in seconds
-    python -m experiments.cpu_result --budgets 5 10 20 40 -- --image-size 64 --precision bf16 --batch-size 64 \\
-        --epochs 60 --save-every 1                        # the curve: train.py's flags after --
+    python -m experiments.cpu_result --budgets 5 10 20 40 -- --save-every 1   # the curve; train.py's flags after --
 
 The verdict is over the label draws: SimSiam ahead by MARGIN and STANDARD_ERRORS paired standard errors. Reuses
 finished runs, resumes an unfinished pretraining. Writes RESULTS/cpu-result.json, .md, small files (and the curve).
