@@ -43,14 +43,14 @@ END
 if [ "${data[0]}" = "--demo" ]; then cat <<END
 What this shows: the whole chain running on this machine, and what each file and plot looks like. What it does
 not show: that SimSiam pays. A few hundred SimSiam steps on a CPU are far too few, so on the demo set the two
-probes differ by noise, either way round. On real photos: python -m experiments.cpu_result (about 40 minutes on
-2 cores; the README's Results say what it gave) and, on a GPU, python -m experiments.headline.
+probes differ by noise, either way round. On real photos: python -m experiments.cpu_result (about 3 hours on 2
+cores; the README's first section says what it gave) and, on a GPU, python -m experiments.headline.
 END
 fi
 cat <<END
 Next, on real photos:
   source .venv/bin/activate
-  python -m experiments.cpu_result                     # a CPU: SimSiam against random init in about 40 min
+  python -m experiments.cpu_result                     # a CPU: SimSiam against random init in about 3 hours
   python train.py --data data/PetImages --download     # fetch Microsoft's archive (787 MB) and pretrain
   python classifier.py --data data/PetImages --random  # and without --random; then python plot.py
   python predict.py my-photo.jpg --checkpoint $out/classifier-simsiam-frozen/classifier.pt   # a photo, now
