@@ -345,7 +345,7 @@ def make_runtime(device_name: str, precision: str = "auto", context: "Context | 
                  image_size: int | None = None) -> Runtime:
     """The device is concrete ("cuda" is the current GPU, "auto" it or the CPU); one the machine lacks: UserError.
     Precision auto: on CUDA bf16 where the GPU has it (compute capability 8.0 or more), else fp16 with a gradient
-    scaler; on a CPU with bf16 units (AMX or AVX512-BF16) bf16 for pretraining at `image_size` 64 px or more (1.6x
+    scaler; on a CPU with bf16 units (AMX or AVX512-BF16) bf16 for pretraining at `image_size` 64 px or more (1.4x
     faster at 64 px on a 2-core Xeon, docs/benchmarks.md; train.py and bench.py pass it), else fp32."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     try:
@@ -369,7 +369,7 @@ def auto_precision(device: torch.device, image_size: int | None) -> tuple[str, s
     units = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
     if device.type != "cpu" or not units:
         return "fp32", f"{device.type} without bf16 units"
-    if image_size is None or image_size < 64:  # 32 px: 3% faster; below, bf16 backward is wrong (docs/cpu.md)
+    if image_size is None or image_size < 64:  # 32 px: 3% faster; below, bf16 backward is wrong (docs/benchmarks.md)
         return "fp32", f"bf16 pays on this CPU ({', '.join(units)}) for pretraining at 64 px or more"
     return "bf16", f"the CPU has {', '.join(units)}, at {image_size} px"
 
