@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import numpy
+import PIL
 import torch
 import torchvision
 from torch import distributed as dist
@@ -366,16 +368,16 @@ def auto_precision(device: torch.device, image_size: int | None) -> tuple[str, s
         if torch.cuda.get_device_capability(device) >= (8, 0):
             return "bf16", f"the GPU has bf16 ({capability})"
         return "fp16", f"the GPU lacks bf16 ({capability}): fp16 with a gradient scaler"
-    units = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    units = sorted(set(cpuinfo("flags").split()) & {"amx_bf16", "avx512_bf16"})
     if device.type != "cpu" or not units:
         return "fp32", f"{device.type} without bf16 units"
     if image_size is None or image_size < 64:  # 32 px: 3% faster; below, bf16 backward is wrong (docs/benchmarks.md)
         return "fp32", f"bf16 pays on this CPU ({', '.join(units)}) for pretraining at 64 px or more"
     return "bf16", f"the CPU has {', '.join(units)}, at {image_size} px"
 
-def cpu_flags() -> set[str]:  # Linux's /proc/cpuinfo flags; none known elsewhere
+def cpuinfo(key: str) -> str:  # a line of Linux's /proc/cpuinfo ("model name", "flags"); "" elsewhere
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    return set(next((line.partition(":")[2].split() for line in lines if line.startswith("flags")), []))
+    return next((line.partition(":")[2].strip() for line in lines if line.startswith(key)), "")
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
@@ -404,11 +406,10 @@ def describe(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)" if device.type == "cpu" else str(device)
 
 def environment(device: torch.device) -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []  # Linux
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
     return {"python": platform.python_version(), "torch": str(torch.__version__),  # TorchVersion: not weights_only
-            "torchvision": str(torchvision.__version__), "cuda": torch.version.cuda, "device": describe(device),
-            "cpu": cpu or platform.processor()}
+            "torchvision": str(torchvision.__version__), "pillow": PIL.__version__, "numpy": numpy.__version__,
+            "cuda": torch.version.cuda, "device": describe(device),
+            "cpu": cpuinfo("model name") or platform.processor()}
 
 
 # ---------------------------------------------------------------- torchrun

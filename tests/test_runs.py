@@ -294,13 +294,13 @@ def test_a_run_an_overwrite_killed_set_aside_is_never_deleted(tmp_path):
 
 def test_args_json_holds_the_resolved_arguments_protocol_code_and_environment(tmp_path):
     """args.json: the resolved arguments (presets applied, paths as strings), derived values, the protocol, the git
-    commit and dirty flag, and the environment of the device."""
+    commit and dirty flag, and the environment of the device (Pillow and NumPy too: they make the cached pixels)."""
     args = parse(["--demo", "--out", str(tmp_path)])
     runs.save_args(tmp_path, args, device="cpu", image_size_used=32)
     record = json.loads((tmp_path / "args.json").read_text())
     assert record["out"] == str(tmp_path) and record["labels"] == 40 and record["image_size_used"] == 32
     assert record["protocol"] == runs.PROTOCOL and set(record["code_version"]) == {"commit", "dirty"}
-    assert set(record["environment"]) == {"python", "torch", "torchvision", "cuda", "device", "cpu"}
+    assert set(record["environment"]) == {"python", "torch", "torchvision", "pillow", "numpy", "cuda", "device", "cpu"}
     assert record["environment"]["device"].startswith("cpu")
 
 
@@ -387,7 +387,7 @@ def test_names_and_protocol():
 def test_auto_precision_on_a_cpu_is_bf16_with_bf16_units_at_64_px_or_more(monkeypatch, flags, image_size, chosen):
     """auto on a CPU: bf16 where /proc/cpuinfo names AMX or AVX512-BF16 and the views are 64 px or more, else
     fp32 in the default layout; the reason names the units."""
-    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(runs, "cpuinfo", lambda key: " ".join(flags) if key == "flags" else "")
     runtime = runs.make_runtime("cpu", image_size=image_size)
     assert runtime.precision == chosen and all(unit in runtime.reason for unit in sorted(flags - {"avx2"}))
     assert runtime.memory_format == (torch.channels_last if chosen == "bf16" else torch.contiguous_format)
@@ -397,7 +397,7 @@ def test_auto_precision_on_a_cpu_is_bf16_with_bf16_units_at_64_px_or_more(monkey
 def test_cpu_runtime_precision_and_layout():
     """The CPU's flags are read (this machine's include fpu); bf16 asked on a CPU autocasts and is channels_last
     (oneDNN)."""
-    assert "fpu" in runs.cpu_flags() or not Path("/proc/cpuinfo").exists()
+    assert "fpu" in runs.cpuinfo("flags").split() or not Path("/proc/cpuinfo").exists()
     runtime = runs.make_runtime("cpu", "fp32")
     assert (runtime.device, runtime.precision, runtime.reason) == (torch.device("cpu"), "fp32", "as asked")
     assert runtime.memory_format == torch.contiguous_format and runtime.context == runs.Context()
