@@ -364,10 +364,10 @@ def make_runtime(device_name: str, precision: str = "auto", context: "Context | 
 
 def auto_precision(device: torch.device, image_size: int | None) -> tuple[str, str]:  # (precision, why)
     if device.type == "cuda":
-        capability = "compute capability {}.{}".format(*torch.cuda.get_device_capability(device))
-        if torch.cuda.get_device_capability(device) >= (8, 0):
-            return "bf16", f"the GPU has bf16 ({capability})"
-        return "fp16", f"the GPU lacks bf16 ({capability}): fp16 with a gradient scaler"
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return "bf16", f"the GPU has bf16 (compute capability {major}.{minor})"
+        return "fp16", f"the GPU lacks bf16 (compute capability {major}.{minor}): fp16 with a gradient scaler"
     units = sorted(set(cpuinfo("flags").split()) & {"amx_bf16", "avx512_bf16"})
     if device.type != "cpu" or not units:
         return "fp32", f"{device.type} without bf16 units"
