@@ -36,9 +36,7 @@ def uniform(low: float, high: float, shape: int | tuple[int, ...], generator: to
 def chance(p: float, n: int, generator: torch.Generator) -> torch.Tensor:  # (n,) booleans, True with probability p
     return torch.rand(n, generator=generator, device=generator.device) < p
 
-
 # ---------------------------------------------------------------- geometry
-
 
 def random_crop_boxes(n: int, side: int, generator: torch.Generator,
                       scale=CROP_SCALE, ratio=CROP_RATIO) -> torch.Tensor:
@@ -76,9 +74,7 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
     grid = torch.clamp(grid, min=low[:, None, None].to(x.dtype), max=high[:, None, None].to(x.dtype))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-
 # ---------------------------------------------------------------- colour, on floats in [0, 1]
-
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 1, H, W) luma
     weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -147,9 +143,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
-
 # ---------------------------------------------------------------- the views the scripts use
-
 
 def to_float(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, S, S) -> float32 in [0, 1]
     return images.float().div_(255)

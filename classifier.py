@@ -1,13 +1,16 @@
-"""A classifier trained on the few labelled images (250 by default) over a frozen SimSiam backbone, a random-init
-one (--random, the same code path) or fine-tuned (--finetune), tested once, at the end, on the held-out test split.
+"""A classifier trained on the few labelled images (250 by default) over a frozen SimSiam backbone, a random-init one
+(--random, the same code path), ImageNet weights (--init imagenet) or any torchvision-format ResNet18 (--init-weights)
+or fine-tuned (--finetune), tested once, at the end, on the held-out test split.
 
     python classifier.py --demo --random --device cpu            # CPU smoke: generated data, small settings
     python classifier.py --demo                                  # the backbone of `train.py --demo`
     python classifier.py --data data/PetImages                   # linear probe on runs/simsiam/siam.pt
     python classifier.py --data data/PetImages --random          # the same over a random-init backbone
+    python classifier.py --data data/PetImages --init imagenet   # torchvision's ImageNet weights, at 224 px
     python classifier.py --data data/PetImages --finetune        # backbone and head trained together
     python classifier.py --data data/PetImages --all-labels      # every label: the supervised bound
-    python classifier.py --data data/PetImages --test-data other/PetImages   # tested on another labelled folder
+    python classifier.py --data data/PetImages --test-data other/PetImages   # another labelled folder, its copies
+                                                                 # of photos trained on left out (OUT/left-out.txt)
     python classifier.py --data data/PetImages --compare runs/classifier-random-frozen   # paired difference
 
 Frozen (default), with the closed-form probe beside the linear one (evaluate.logistic_probe). Resolution and cache
@@ -34,24 +37,17 @@ from model import UserError
 DEMO = {"epochs": 30}  # --demo preset, for a CPU
 # base lr: frozen, the best on the validation split of 0.02-2 at 64 px over random init and SimSiam (docs/protocol.md)
 PROBE_LR, FINETUNE_LR = 0.02, 0.05
-RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_data_arguments(parser)
     group = parser.add_argument_group("backbone")
-    source = group.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
-                        help="SimSiam checkpoint whose backbone to use (default: %(default)s, train.py's output)")
-    source.add_argument("--random", action="store_true", help="a randomly initialised backbone instead")
+    evaluate.add_backbone_arguments(group)
     group.add_argument("--finetune", action="store_true", help="train the backbone too (default: frozen)")
     group = parser.add_argument_group("training (SGD, momentum 0.9, cosine decay per step)")
     group.add_argument("--epochs", type=runs.positive(int), default=100,
                        help=f"passes over the labelled images (default: %(default)s; --demo: {DEMO['epochs']})")
     group.add_argument("-b", "--batch-size", type=runs.batch_size, default=50, help="(default: %(default)s)")
-    group.add_argument("--image-size", type=runs.image_size, default=None,
-                       help=f"input side in px (default: the checkpoint's, with its --cache-size; {RANDOM_IMAGE_SIZE} "
-                            f"with --random, {DEMO_RANDOM_IMAGE_SIZE} with --random --demo)")
     group.add_argument("--lr", type=runs.positive(float), default=None,
                        help=f"base lr: peak lr = lr * batch_size / 256, cosine-decayed (default: {PROBE_LR}; "
                             f"--finetune: {FINETUNE_LR})")
@@ -81,16 +77,17 @@ class TestSet(NamedTuple):
     name: str  # "400 held-out test images"
     fingerprint: str  # in args.json, so that plot.py never mixes two test sets on one axis
     hashes: torch.Tensor  # (M, 2) photo identities, checked against the pretraining photos
+    left_out: list[str]  # --test-data: its copies of photos trained on, not tested
 
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained_on: torch.Tensor) -> TestSet:
     """The held-out split, or every image of --test-data (its classes mapped onto the training ones) that is not
-    a copy of a photo this classifier trains on (`trained_on` indices into `data`)."""
+    a copy of a photo this classifier or its backbone trained on (`trained_on`: their (N, 2) identities)."""
     if args.test_data is None:
         test, name = (splits.validation, "validation") if args.validate else (splits.test, "held-out test")
         if not len(test):
             raise UserError("--validate tests on the validation split: give it images (--val-fraction above 0)")
         return TestSet(data.images, test, data.labels[test], [data.files[i] for i in test],
-                       f"{len(test):,} {name} images", dataset.fingerprint(data.files, test), data.hashes[test])
+                       f"{len(test):,} {name} images", dataset.fingerprint(data.files, test), data.hashes[test], [])
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
     print(f"test data: {dataset.describe(other)}")
@@ -98,33 +95,34 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
     if unknown:
         raise UserError(f"--test-data {args.test_data} has classes {unknown} that the training data lacks: name its "
                         f"folders like the training ones ({', '.join(data.classes)})")
-    seen = dataset.near(other.hashes, data.hashes[trained_on])  # the same photos, in any format, under any name
-    kept = torch.nonzero(~seen).flatten()
+    seen = dataset.near(other.hashes, trained_on)  # the same photos, in any format, under any name
+    kept, left_out = torch.nonzero(~seen).flatten(), [other.files[i] for i in torch.nonzero(seen).flatten()]
     if len(kept) == 0:
-        raise UserError(f"every image of --test-data {args.test_data} is a photo this classifier trains on: test on "
-                        f"photos it never sees")
-    if seen.any():
-        print(f"note: {int(seen.sum()):,} of the {len(seen):,} images of --test-data {args.test_data} are photos "
-              f"this classifier trains on (compared by their pixels): left out of the test set")
+        raise UserError(f"every image of --test-data {args.test_data} is a photo this classifier or its backbone "
+                        f"trained on: test on photos they never saw")
+    if left_out:
+        print(f"note: {len(left_out):,} of the {len(seen):,} images of --test-data {args.test_data} are copies of "
+              f"photos this classifier or its backbone trained on (by pixels), left out of the test set and listed "
+              f"in left-out.txt: {', '.join(map(dataset.shown, left_out[:3]))}{' ...' * (len(left_out) > 3)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     return TestSet(other.images, kept, mapping[other.labels[kept]], [other.files[i] for i in kept],
                    f"{len(kept):,} images of {args.test_data}",
-                   dataset.fingerprint([str(other.root / name) for name in other.files], kept), other.hashes[kept])
+                   dataset.fingerprint([str(other.root / name) for name in other.files], kept), other.hashes[kept], left_out)
 
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.lr = args.lr or (FINETUNE_LR if args.finetune else PROBE_LR)
-    out = args.out or Path("runs") / runs.classifier_run_name(args.random, args.finetune, args.all_labels)
+    out = args.out or Path("runs") / runs.classifier_run_name(evaluate.backbone_name(args), args.finetune,
+                                                              args.all_labels)
     held = runs.check_out(out, args.overwrite)  # the old run's files are set aside once every check has passed
     torch.manual_seed(args.seed)
     runtime = runs.make_runtime(args.device, args.precision)
     device = runtime.device
     other = None if args.compare is None else runs.read_predictions(args.compare)  # read before any work
-    checkpoint = None if args.random else evaluate.read_pretrained(args.checkpoint, "or pass --random")
+    backbone = evaluate.backbone_source(args)
+    checkpoint, image_size, cache_size = backbone.checkpoint, backbone.image_size, backbone.cache_size
     pretrained_args = checkpoint and checkpoint["args"]
-    image_size, cache_size = evaluate.resolution(args.image_size, args.cache_size, pretrained_args,
-                                                 DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
     if pretrained_args and pretrained_args["image_size"] != image_size:
         print(f"note: the backbone was pretrained at {pretrained_args['image_size']} px, evaluated at {image_size} px")
 
@@ -134,14 +132,14 @@ def main(argv=None) -> None:
         raise UserError(f"--labels {args.labels} leaves a class of the {len(data.classes)} without a labelled image: "
                         f"pass --labels {len(data.classes)} or more")
     labelled = splits.pretrain if args.all_labels else splits.labelled
-    test = evaluation_set(args, data, splits, labelled)
+    pretrained_on = checkpoint["pretraining_hashes"] if checkpoint else data.hashes[:0]
+    test = evaluation_set(args, data, splits, torch.cat([data.hashes[labelled], pretrained_on]))
     classifier = model.Classifier(len(data.classes))
-    if checkpoint is not None:
-        evaluate.load_backbone(checkpoint, classifier.backbone)
+    backbone.load(classifier.backbone)
+    if checkpoint is not None and args.test_data is None:  # the held-out split of other data flags
         evaluate.check_unseen(checkpoint, args.checkpoint, test.hashes)
     classifier = classifier.to(device, memory_format=runtime.memory_format)
     classifier.backbone.requires_grad_(args.finetune)  # frozen: no gradient, eval mode below, checked unchanged
-    frozen_before = None if args.finetune else {k: v.clone() for k, v in classifier.backbone.state_dict().items()}
     batch_size = min(args.batch_size, len(labelled))
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
     peak_lr = model.peak_lr(args.lr, batch_size)  # each group named, at its own peak lr (model.set_lr)
@@ -152,16 +150,18 @@ def main(argv=None) -> None:
     optimizer = torch.optim.SGD(groups, lr=peak_lr, momentum=0.9, weight_decay=args.weight_decay)
 
     runs.start_run(out, held)
-    backbone_name, mode = "random" if args.random else "simsiam", "finetune" if args.finetune else "frozen"
-    runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device=str(device),
-                   precision_used=runtime.precision, precision_reason=runtime.reason, backbone=backbone_name,
+    mode = "finetune" if args.finetune else "frozen"
+    runs.save_args(out, args, image_size=image_size, cache_size=cache_size, device_used=str(device),
+                   precision_used=runtime.precision, precision_reason=runtime.reason, backbone=backbone.name,
                    mode=mode, batch_size_used=batch_size, peak_lr=peak_lr, num_classes=len(data.classes),
-                   test_set=test.name, test_fingerprint=test.fingerprint)
+                   test_set=test.name, test_fingerprint=test.fingerprint, num_left_out=len(test.left_out))
+    if test.left_out:
+        (out / "left-out.txt").write_text("".join(f"{dataset.shown(name)}\n" for name in test.left_out))
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled], "classes": data.classes,
         "labels": data.labels[labelled].tolist(), "root": str(data.root)}))
     metrics = runs.Metrics(out / "metrics.jsonl", args.tensorboard)
-    print(f"{mode} {backbone_name} ResNet18 + linear head at {image_size} px from a {cache_size} px cache, "
+    print(f"{mode} {backbone.name} ResNet18 + linear head at {image_size} px from a {cache_size} px cache, "
           f"{len(labelled):,} labelled images, {test.name}, on {device} ({runtime.precision})")
 
     images, labels = dataset.cache_on_device(data.images, device), data.labels.to(device)
@@ -203,9 +203,6 @@ def main(argv=None) -> None:
                     **({"backbone_lr": lrs["backbone"]} if args.finetune else {}),
                     **({} if validation_features is None else
                        {"validation_accuracy": head_accuracy(validation_features, validation)}))
-    after = classifier.backbone.state_dict()
-    if frozen_before is not None and not all(torch.equal(v, after[k]) for k, v in frozen_before.items()):
-        raise RuntimeError("the frozen backbone changed during training: this is a bug")
     labelled_features, test_features = features(labelled), features(test.indices, test_images)  # evaluation view
     if scored and validation_features is None:  # fine-tuned: the backbone moved
         validation_features = features(validation)
@@ -224,20 +221,19 @@ def main(argv=None) -> None:
 
     model.save_checkpoint(out / "classifier.pt", "classifier", classifier, classes=data.classes,
                           args={**runs.plain_args(args), "image_size": image_size, "cache_size": cache_size},
-                          labelled_indices=labelled.tolist())
-    predictions = {"test_set": test.name, "test_fingerprint": test.fingerprint, "classes": data.classes,
+                          labelled_indices=labelled.tolist(), environment=runs.environment(device))
+    predictions = {"test_set": test.name, "test_fingerprint": test.fingerprint, "left_out": test.left_out,
+                   "root": str(args.test_data.resolve() if args.test_data else data.root), "classes": data.classes,
                    "files": test.files, "labels": test.labels.tolist(), "head": test_logits.argmax(1).tolist(),
                    **({"closed_form": closed_form.pop("closed_form_predictions")} if closed_form else {})}
     (out / "predictions.json").write_text(json.dumps(predictions))
     metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test.indices), test_set=test.name,
-                **fitted, **closed_form)
+                num_left_out=len(test.left_out), **fitted, **closed_form)
     runs.keep_run(out)
     if closed_form:
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
               f"{closed_form['closed_form_folds']}-fold CV log-loss on the labels): "
               f"{closed_form['closed_form_accuracy']:.4f}")
-    if other is not None and not evaluate.same_test_images(predictions, other):
-        print(f"note: --compare {args.compare} was tested on other images: no paired comparison")
     for key, probe in evaluate.PROBE_PREDICTIONS.items() if other is not None else ():
         if (difference := evaluate.compare_predictions(predictions, other, key)) is not None:
             print(f"{probe}, this run - {args.compare}: {evaluate.describe_difference(difference)}")
@@ -245,7 +241,8 @@ def main(argv=None) -> None:
     print(f"{'fine-tuned' if args.finetune else 'linear probe'}: {fitted['labelled_accuracy']:.4f} of its "
           f"{len(labelled):,} labelled images (evaluation view)" + (
               f", {fitted['validation_accuracy']:.4f} of {len(validation):,} validation images" if scored else ""))
-    print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test.name}")
+    print(f"test accuracy: {test_accuracy:.4f} ± {error:.4f} (standard error) on {test.name}"
+          + f" ({len(test.left_out):,} copies of photos trained on left out)" * bool(test.left_out))
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from model import UserError
 
-
 # ---- finding images
 
 IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .jfif .png .webp .bmp .gif .tif .tiff .heic .heif .avif".split())
@@ -90,7 +89,6 @@ def find_images(root: Path, min_classes: int = 2,
                         f"{min_classes} or more are needed: {hint}")
     return [name for name, _ in pairs], [label for _, label in pairs], classes
 
-
 # ---- decoding
 
 DECODE_VERSION = 4  # in the cache key with Pillow's version: bump when the decoding or the cache's record changes
@@ -141,7 +139,6 @@ def failure_kind(path: Path, error: Exception) -> str:  # why `path` could not b
         return "not an image" + " this Pillow reads" * (path.suffix.lower() in (".heic", ".heif", ".avif"))
     return ("unreadable folder" if path.is_dir() else "truncated image" if "truncated" in str(error).lower()
             else f"unreadable ({type(error).__name__})")  # FileNotFoundError, PermissionError, DecompressionBombError
-
 
 # ---- the cache
 # CACHE_DIR/<data folder>-<S>px-<key>/ holds images.u8 (N, 3, S, S) uint8, the kept images in file order; meta.json
@@ -266,7 +263,6 @@ def describe(data: ImageSet) -> str:
     return (f"{shown(str(data.root))}: {len(data.files):,} images ({per_class}) at {data.images.shape[-1]} px"
             + f", {len(data.skipped):,} skipped ({kinds}): see {data.cache_path / 'skipped.txt'}" * bool(data.skipped))
 
-
 # ---- splits
 
 @dataclass
@@ -349,7 +345,6 @@ def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
               f"(seed {options.split_seed})")
     return data, splits
 
-
 # ---- batches
 
 def pin_memory(tensor: torch.Tensor) -> torch.Tensor:
@@ -392,7 +387,6 @@ def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int,
     finally:
         pool.shutdown(cancel_futures=True)  # also when the consumer stops early: the thread ends
 
-
 # ---- demo data
 
 DEMO_PER_CLASS, DEMO_FOLDER = 400, "demo-data-2x400"  # the folder under --cache-dir, named by its content
@@ -414,7 +408,6 @@ def make_demo_images(folder: Path, per_class: int = DEMO_PER_CLASS, size: int = 
                 draw([x - r, y - r, x + r, y + r], fill=tuple(map(int, rng.integers(0, 256, 3))))
                 image.save(staging / shape / f"{i}.png")
     return folder
-
 
 # ---- download
 

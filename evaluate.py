@@ -1,17 +1,19 @@
-"""Evaluation shared by the scripts: features, neighbours and kNN, paired comparisons, probes, pretrained backbones."""
+"""Evaluation shared by the scripts: features, neighbours and kNN, paired comparisons, probes, the backbones."""
+import hashlib
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet18_Weights
 from tqdm import tqdm
 
 import augment
 import dataset
 import model
 import runs
-
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: torch.Tensor, indices: torch.Tensor, size: int, runtime,
@@ -60,7 +62,6 @@ def paired_difference_over_draws(correct_a, correct_b) -> dict:
             "standard_error": error, "low": difference - 1.96 * error, "high": difference + 1.96 * error,
             "num_test": len(a), "draws": len(correct_a)}
 
-
 PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}  # predictions.json keys
 
 def correctness(predictions: dict, key: str) -> list[bool]:
@@ -70,15 +71,20 @@ def same_test_images(*predictions: dict) -> bool:
     return all(p.get("files") == predictions[0].get("files") and p.get("labels") == predictions[0].get("labels")
                for p in predictions)
 
-def compare_predictions(a: dict, b: dict, key: str) -> dict | None:  # None unless both have `key`, on the same images
-    comparable = same_test_images(a, b) and key in a and key in b
-    return paired_difference(correctness(a, key), correctness(b, key)) if comparable else None
+def compare_predictions(a: dict, b: dict, key: str) -> dict | None:
+    """Paired difference of `key`'s predictions on the images both runs tested (by name and label, of one folder:
+    --test-data leaves out different copies per backbone); None unless both hold `key` and share images."""
+    if key not in a or key not in b or None not in (a.get("root"), b.get("root")) and a["root"] != b["root"]:
+        return None
+    position = {image: j for j, image in enumerate(zip(b["files"], b["labels"]))}
+    shared = [(i, position[image]) for i, image in enumerate(zip(a["files"], a["labels"])) if image in position]
+    correct_a, correct_b = correctness(a, key), correctness(b, key)
+    return paired_difference([correct_a[i] for i, _ in shared], [correct_b[j] for _, j in shared]) if shared else None
 
 def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95% +3.6 to +8.6; McNemar p 2e-06) on ...
     return (f"{100 * d['difference']:+.1f} ± {100 * d['standard_error']:.1f} points (paired s.e.; 95% "
             f"{100 * d['low']:+.1f} to {100 * d['high']:+.1f}; McNemar p {d['mcnemar_p']:.2g}) on {d['num_test']:,} "
             f"test images")
-
 
 # ---------------------------------------------------------------- the closed-form probe (Kornblith et al. 2019)
 
@@ -146,6 +152,69 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
         result |= {"validation_accuracy": by_penalty[best][1], "validation_by_penalty": by_penalty}
     return result
 
+# ---------------------------------------------------------------- backbones: SimSiam, random init, ImageNet, a file
+
+IMAGENET = ResNet18_Weights.IMAGENET1K_V1  # torchvision's supervised ResNet18: labels of dog breeds and cats included
+# the SHA-256's first hex digits, in the file's name: torch.hub's check of a download, made here of the cached file too
+IMAGENET_SHA256 = torch.hub.HASH_REGEX.search(Path(IMAGENET.url).name)[1]
+IMAGE_SIZES = {"imagenet": 224, "demo": 32, "other": 150}  # px without a checkpoint: ImageNet's crop, train.py --demo's,
+# the original repository's
+
+def add_backbone_arguments(group) -> None:
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
+                        help="SimSiam checkpoint whose backbone to use (default: %(default)s, train.py's output)")
+    source.add_argument("--init", choices=("random", "imagenet"), help="instead: random init, or torchvision's "
+                        "ImageNet weights (a reference with free labels, docs/protocol.md)")
+    source.add_argument("--random", dest="init", action="store_const", const="random", help="--init random")
+    source.add_argument("--init-weights", type=Path, metavar="PATH", help="instead: a ResNet18 state dict in "
+                        "torchvision's format (a run's backbone.pt); its pretraining photos unknown, not checked")
+    group.add_argument("--image-size", type=runs.image_size, default=None, help="input side in px (default: the "
+                       f"checkpoint's, with its --cache-size; {IMAGE_SIZES['imagenet']} for ImageNet, else "
+                       f"{IMAGE_SIZES['other']}, {IMAGE_SIZES['demo']} with --demo)")
+
+def backbone_name(args) -> str:  # of the backbone flags: simsiam, random, imagenet or weights
+    return "weights" if args.init_weights else args.init or "simsiam"
+
+class Backbone(NamedTuple):
+    """What --checkpoint, --init or --init-weights chose, read before any decoding."""
+    name: str  # simsiam, random, imagenet or weights
+    weights: dict | None  # None: random init
+    path: Path | None  # the file they came from
+    checkpoint: dict | None  # SimSiam's, with its arguments and pretraining photos
+    image_size: int
+    cache_size: int
+
+    def load(self, module: nn.Module) -> nn.Module:  # a ResNet18 backbone with these weights, loaded strictly
+        return module if self.weights is None else model.load_weights(module, self.weights, self.path)
+
+def backbone_source(args) -> Backbone:
+    name, path, checkpoint, weights = backbone_name(args), None, None, None
+    if name in ("weights", "imagenet"):
+        path = args.init_weights if name == "weights" else imagenet_file()
+        weights = {k: v for k, v in model.read_file(path).items() if not k.startswith("fc.")}  # ImageNet's classes
+    elif name == "simsiam":
+        path, checkpoint = args.checkpoint, read_pretrained(args.checkpoint, "or pass --init random")
+        weights = model.backbone_state(checkpoint)
+    size = IMAGE_SIZES["imagenet" if name == "imagenet" else "demo" if args.demo else "other"]
+    return Backbone(name, weights, path, checkpoint, *resolution(args.image_size, args.cache_size,
+                                                                 checkpoint and checkpoint["args"], size))
+
+def imagenet_file() -> Path:
+    """torchvision's ImageNet ResNet18 file in the torch hub cache, fetched by torchvision where absent."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET.url).name
+    if not path.is_file():
+        try:
+            IMAGENET.get_state_dict(progress=True, check_hash=True)
+        except OSError as error:  # offline: URLError
+            raise model.UserError(f"--init imagenet needs {path}, absent and not fetched ({error}): download "
+                                  f"{IMAGENET.url} into {path.parent} (TORCH_HOME moves it)") from None
+    with open(path, "rb") as file:
+        if not (digest := hashlib.file_digest(file, "sha256").hexdigest()).startswith(IMAGENET_SHA256):
+            raise model.UserError(f"{path}: SHA-256 {digest[:16]}..., not torchvision's {IMAGENET_SHA256}...: not the "
+                                  f"published file (damaged?); delete it and run again to fetch it")
+    return path
+
 def read_pretrained(path: Path, hint: str = "train one with train.py") -> dict:
     """train.py's siam.pt or last.pt with its arguments, split and pretraining photos, read before any decoding."""
     try:
@@ -162,12 +231,6 @@ def resolution(image_size: int | None, cache_size: int | None, pretrained_args: 
     if cache_size is None and pretrained_args is not None and image_size == pretrained_args["image_size"]:
         cache_size = pretrained_args.get("cache_size")
     return image_size, cache_size or dataset.default_cache_size(image_size)
-
-def load_backbone(checkpoint: dict, backbone: nn.Module | None = None) -> nn.Module:
-    """`backbone` (a new ResNet18 backbone when None) with the checkpoint's backbone weights, loaded strictly."""
-    backbone = model.resnet18_backbone() if backbone is None else backbone
-    backbone.load_state_dict(model.backbone_state(checkpoint))  # shapes checked by load_checkpoint
-    return backbone
 
 def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
     """Refuse a backbone pretrained on any test image, by pixels (dataset.near), whatever its name or format."""

@@ -25,9 +25,7 @@ FORMAT, VERSION = "simsiam-cats-dogs", 2  # 2: the lean layout (no per-rank gene
 class UserError(Exception):
     """Something the user must change; the message says what. Scripts print it as one line and exit 2."""
 
-
 # ---------------------------------------------------------------- the network
-
 
 def resnet18_backbone(zero_init_residual: bool = False) -> nn.Module:
     """Randomly initialised torchvision ResNet18 without its classifier: (B, 3, H, W) -> (B, 512).
@@ -84,9 +82,7 @@ def z_std(z: torch.Tensor) -> torch.Tensor:
     """Collapse metric (§4.1, Fig. 2): std over the batch of l2-normalised z, channel mean: 1/sqrt(d) healthy."""
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
-
 # ---------------------------------------------------------------- the training step (train.py runs it, bench.py times)
-
 
 def peak_lr(base_lr: float, batch_size: int) -> float:  # the official scripts' linear scaling rule
     return base_lr * batch_size / 256
@@ -135,7 +131,6 @@ def match_layout(optimizer: torch.optim.Optimizer) -> None:
             state = optimizer.state.get(parameter, {})
             if state.get("momentum_buffer") is not None:
                 state["momentum_buffer"] = torch.empty_like(parameter).copy_(state["momentum_buffer"])
-
 
 # ---------------------------------------------------------------- checkpoints
 # A plain dict of tensors and builtins, read with torch.load(weights_only=True), nothing unpickled:
@@ -191,20 +186,24 @@ def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool =
         raise UserError(f"{path}: its weights do not fit this code's model ({first})") from None
     return module
 
-def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
-    """A checkpoint of `kind` holding the entries `needs`, read without unpickling code and its weights checked
-    strictly against a fresh model of that kind; a UserError saying what is wrong otherwise."""
-    path = Path(path)
+def read_file(path: Path) -> dict:
+    """A dict saved by torch.save, read without unpickling code; a UserError naming the file otherwise."""
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file" + (" (a folder: pass the .pt file in it)"
-                                                                  if path.is_dir() else ""))
+        raise UserError(f"{path}: no such checkpoint file" + " (a folder: pass the .pt file in it)" * path.is_dir())
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a pickle, damaged, or holding code that weights_only refuses to run
         reason = " ".join(str(error).split())[:200]
-        raise UserError(f"{path}: not a readable checkpoint of this repository ({type(error).__name__}: "
-                        f"{reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: a PyTorch file, but not a dict of weights")
+    return state
+
+def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
+    """A checkpoint of `kind` holding the entries `needs`, read without unpickling code and its weights checked
+    strictly against a fresh model of that kind; a UserError saying what is wrong otherwise."""
+    state = read_file(path := Path(path))
+    if state.get("format") != FORMAT:
         raise UserError(f"{path}: a PyTorch file but not a {FORMAT} checkpoint")
     if state.get("kind") != kind:
         raise UserError(f"{path}: a {state.get('kind')!r} checkpoint, expected a {kind!r} one")

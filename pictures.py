@@ -22,17 +22,12 @@ import runs
 
 DPI, THUMBNAIL = 120, 1.25  # inches per image: 150 px
 VIEW_IMAGES, VIEW_PAIRS, QUERIES, K = 6, 3, 6, 5  # views.png rows, pairs a row; neighbours.png rows, neighbours a row
-RANDOM_IMAGE_SIZE, DEMO_RANDOM_IMAGE_SIZE = 150, 32  # px, --random: the original repository's; train.py --demo's
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_data_arguments(parser)
     group = parser.add_argument_group("backbone and pictures")
-    group.add_argument("--checkpoint", type=Path, default=Path("runs/simsiam/siam.pt"),
-                       help="SimSiam checkpoint to picture (default: %(default)s, train.py's)")
-    group.add_argument("--random", action="store_true", help="a random-init backbone alone, without a checkpoint")
-    group.add_argument("--image-size", type=runs.image_size, default=None, help="network input side in px (default: "
-                       f"the checkpoint's; {RANDOM_IMAGE_SIZE} with --random, {DEMO_RANDOM_IMAGE_SIZE} with --demo)")
+    evaluate.add_backbone_arguments(group)  # beside a random-init one
     group.add_argument("--out", type=Path, default=Path("runs/plots"), help="folder of the PNGs (default: %(default)s)")
     runs.add_run_arguments(group)
     return runs.parse(parser, argv, {})
@@ -71,10 +66,9 @@ def main(argv=None) -> None:
     if not args.demo and args.out.resolve().is_relative_to(args.data.resolve()):
         raise model.UserError(f"--out {args.out} lies inside --data {args.data}: its PNGs would be read as photos")
     runtime = runs.make_runtime(args.device, args.precision)
-    checkpoint = None if args.random else evaluate.read_pretrained(args.checkpoint, "train one, or pass --random")
+    chosen = evaluate.backbone_source(args)
+    checkpoint, image_size, cache_size = chosen.checkpoint, chosen.image_size, chosen.cache_size
     pretrained = None if checkpoint is None else checkpoint["args"]
-    image_size, cache_size = evaluate.resolution(args.image_size, args.cache_size, pretrained,
-                                                 DEMO_RANDOM_IMAGE_SIZE if args.demo else RANDOM_IMAGE_SIZE)
     data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
                                                            "cache_size": cache_size}))
     if checkpoint is not None:
@@ -82,9 +76,11 @@ def main(argv=None) -> None:
     device, bank, test = runtime.device, splits.pretrain, splits.test
     images = dataset.cache_on_device(data.images, device)
     torch.manual_seed(args.seed)  # the random-init backbone, the PCA and which images are pictured
-    backbones = {"random-init": model.resnet18_backbone(), "SimSiam": checkpoint and evaluate.load_backbone(checkpoint)}
-    backbones = {name: backbone.to(device, memory_format=runtime.memory_format)
-                 for name, backbone in backbones.items() if backbone is not None}
+    backbones = {"random-init": model.resnet18_backbone()}
+    if chosen.weights is not None:
+        backbones[{"simsiam": "SimSiam", "imagenet": "ImageNet"}.get(chosen.name, chosen.path.name)] = chosen.load(
+            model.resnet18_backbone())
+    backbones = {name: backbone.to(device, memory_format=runtime.memory_format) for name, backbone in backbones.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{' and '.join(backbones)} at {image_size} px ({cache_size} px cache) on {device}, {runtime.precision}")
     batch = dataset.gather(images, bank[torch.randperm(len(bank))[:VIEW_IMAGES]], device)  # (R, 3, S, S) uint8

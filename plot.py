@@ -122,10 +122,10 @@ def results(classifiers: list[dict]) -> list[str]:
         with contextlib.suppress(UserError):
             saved[run["folder"]] = runs.read_predictions(run["folder"])
     pairs = [(a, b) for a in finished for b in finished if a["args"]["mode"] == b["args"]["mode"]
-             and (a["args"]["backbone"], b["args"]["backbone"]) == ("simsiam", "random")]
+             and a["args"]["backbone"] != "random" == b["args"]["backbone"]]
     for (a, b), (key, probe) in itertools.product(pairs, evaluate.PROBE_PREDICTIONS.items()):  # None: other images
         if difference := evaluate.compare_predictions(saved.get(a["folder"], {}), saved.get(b["folder"], {}), key):
-            rows.append(f"SimSiam - random, {probe}: {evaluate.describe_difference(difference)} ({a['name']} against "
+            rows.append(f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: {evaluate.describe_difference(difference)} ({a['name']} against "
                         f"{b['name']})")
     return rows
 

@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", type=Path, nargs="+", help="photos, and folders searched recursively for photos")
     parser.add_argument("--checkpoint", type=Path, help="classifier.py's classifier.pt (default: %(default)s)",
-                        default=Path("runs") / runs.classifier_run_name(random=False, finetune=False) / "classifier.pt")
+                        default=Path("runs") / runs.classifier_run_name("simsiam", finetune=False) / "classifier.pt")
     parser.add_argument("--batch-size", type=runs.positive(int), default=64,
                         help="photos per forward pass; the results do not depend on it (default: %(default)s)")
     parser.add_argument("--csv", type=Path, default=None,

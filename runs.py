@@ -32,7 +32,6 @@ from model import MIN_IMAGE_SIZE, UserError
 # kNN monitor reads a validation split, not the test split; the blur scales with the image size; predictions saved.
 PROTOCOL = 2
 
-
 # ---------------------------------------------------------------- flags
 
 def in_range(kind, low: float, high: float = math.inf, include_low: bool = True):
@@ -99,18 +98,35 @@ def add_output_arguments(group, default_out: Path | None, resumable: bool, shown
                             help="continue from OUT/last.pt, or from PATH (a last.pt or a run folder) into --out")
 
 def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = None) -> argparse.Namespace:
-    """argv parsed with the --demo (DEMO_SPLITS and `demo`) or --cpu preset as defaults: explicit flags still win."""
+    """argv parsed with a --config record's flags, else the --demo (DEMO_SPLITS and `demo`) or --cpu preset, as
+    defaults: explicit flags still win."""
+    parser.add_argument("--config", type=Path, metavar="ARGS_JSON", help="a run's args.json: its flags, less --resume "
+                        "and --overwrite, are the defaults; flags given here win (pass --out for a new folder)")
+    known, data_default = parser.parse_known_args(argv)[0], parser.get_default("data")
+    parser.set_defaults(**(recorded := {} if known.config is None else read_config(parser, known.config)))
     known = parser.parse_known_args(argv)[0]
     if known.demo and getattr(known, "cpu", False):
         parser.error("--demo and --cpu are two presets: pass one")
     parser.set_defaults(**({**DEMO_SPLITS, **demo} if known.demo else cpu if getattr(known, "cpu", False) else {}))
+    parser.set_defaults(**recorded)  # the record's values, not the preset's
     args = parser.parse_args(argv)
-    if args.demo and args.data != parser.get_default("data"):
+    if args.demo and args.data != data_default:
         parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
     if getattr(args, "tensorboard", False):
         summary_writer()  # refused before any work when the package is missing
     return args
 
+def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The recorded flags of an args.json that `parser` has; those it lacks (another version's) are named."""
+    try:
+        record = json.loads(path.read_text())
+        flags = {name: record[name] for name in record.get("flags", record)}  # "flags": the names of the flags
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise UserError(f"--config {path}: not a run's args.json ({type(error).__name__}: {error})") from None
+    known = {action.dest for action in parser._actions} - {"help", "config", "resume", "overwrite"}
+    if unused := sorted(set(flags) - known - {"config", "resume", "overwrite"}):
+        print(f"note: --config {path}: this version has no flag for {', '.join(unused)}: not used", file=sys.stderr)
+    return {name: value for name, value in flags.items() if name in known}
 
 # ---------------------------------------------------------------- errors
 
@@ -147,12 +163,11 @@ def reports_errors(main):
             release()
     return run
 
-
 # ---------------------------------------------------------------- run folders
 
 TENSORBOARD = "tensorboard"  # OUT/tensorboard: TensorBoard's event files, under --tensorboard
 RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
-             "labelled.json", TENSORBOARD)  # what runs write; nothing else in a run folder is ever moved or deleted
+             "labelled.json", "left-out.txt", TENSORBOARD)  # what runs write; nothing else in a run folder is ever moved or deleted
 REPLACED = ".replaced"  # OUT/.replaced: the run an --overwrite replaces, until the new run's first good checkpoint
 _replacing: dict[Path, Path] = {}  # resolved run folder -> as given, while its old run waits in OUT/.replaced
 
@@ -218,9 +233,11 @@ def plain_args(args: argparse.Namespace) -> dict:  # paths as strings, for JSON 
     return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 
 def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
-    """OUT/args.json; its environment describes derived["device"] (a concrete name) unless `derived` holds one."""
-    record = {**plain_args(args), **derived, "protocol": PROTOCOL, "code_version": code_version()}
-    record.setdefault("environment", environment(torch.device(derived.get("device", "cpu"))))
+    """OUT/args.json: the flags (their names in "flags", for --config), `derived`; its environment describes
+    derived["device_used"] (a concrete name) unless `derived` holds one."""
+    record = {**plain_args(args), **derived, "protocol": PROTOCOL, "code_version": code_version(),
+              "flags": sorted(vars(args))}
+    record.setdefault("environment", environment(torch.device(derived.get("device_used", "cpu"))))
     (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
 
 def summary_writer():
@@ -275,8 +292,8 @@ def read_predictions(folder: Path) -> dict:
         raise UserError(f"{folder} holds no readable predictions.json ({type(error).__name__}): pass a classifier "
                         "run's folder") from None
 
-def classifier_run_name(random: bool, finetune: bool, all_labels: bool = False) -> str:
-    name = f"classifier-{'random' if random else 'simsiam'}-{'finetune' if finetune else 'frozen'}"
+def classifier_run_name(backbone: str, finetune: bool, all_labels: bool = False) -> str:
+    name = f"classifier-{backbone}-{'finetune' if finetune else 'frozen'}"
     return name + ("-all-labels" if all_labels else "")
 
 class StopSignals:
@@ -308,10 +325,10 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
-COLOURS = {"random": ["tab:gray", "black", "silver"],  # plots: a colour per backbone (one per run in turn)
+COLOURS = {"random": ["tab:gray", "black", "silver"], "imagenet": ["tab:olive"], "weights": ["tab:cyan"],  # plots:
+           # a colour per backbone (one per run in turn)
            "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
 LINESTYLES = {"frozen": "-", "finetune": "--"}  # and a line style per mode
-
 
 # ---------------------------------------------------------------- devices
 
@@ -411,7 +428,6 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda, "device": describe(device),
             "cpu": cpuinfo("model name") or platform.processor()}
 
-
 # ---------------------------------------------------------------- torchrun
 
 @dataclass(frozen=True)
@@ -464,13 +480,6 @@ def any_rank(flag: bool, device: torch.device, context: Context) -> bool:  # Tru
         return flag
     dist.all_reduce(value := torch.tensor(float(flag), device=device), op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-def parameters_in_sync(model: nn.Module, context: Context) -> bool:  # every rank holds exactly rank 0's parameters
-    if not context.is_distributed:
-        return True
-    mine = torch.cat([p.detach().flatten() for p in model.parameters()])
-    dist.broadcast(reference := mine.clone(), src=0)
-    return not any_rank(not torch.equal(mine, reference), mine.device, context)
 
 def cleanup(context: Context) -> None:
     if context.is_distributed:

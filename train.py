@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     with runs.StopSignals() as stop:  # from here a signal stops the run after the step in progress, saved
         if context.is_main:
             runs.start_run(args.out, held)  # an --overwrite's old run waits aside until this run's first checkpoint
-            runs.save_args(args.out, args, device=str(device), precision_used=runtime.precision,
+            runs.save_args(args.out, args, device_used=str(device), precision_used=runtime.precision,
                            precision_reason=runtime.reason, world_size=world, peak_lr=peak_lr,
                            steps_per_epoch=steps_per_epoch, num_pretraining=len(pretrain),
                            num_classes=len(data.classes), cache_on=images.device.type)
@@ -214,13 +214,8 @@ def main(argv=None) -> None:
                        disable=not context.is_main)
             for step, batch in enumerate(bar, start=first_step):  # batch: (B / world, 3, S, S) uint8 on the device
                 augment_generator.manual_seed(seed_of(args.seed, epoch, step, context.rank))
-                try:
-                    loss, std = model.train_step(wrapped, optimizer, batch, augment_generator, args.image_size,
-                                                 args.blur_reference_size, epoch * steps_per_epoch + step, total,
-                                                 runtime)
-                except torch.OutOfMemoryError:
-                    raise UserError(f"out of {device} memory at {len(batch)} images a step: lower "
-                                    "--batch-size") from None
+                loss, std = model.train_step(wrapped, optimizer, batch, augment_generator, args.image_size,
+                                             args.blur_reference_size, epoch * steps_per_epoch + step, total, runtime)
                 loss_sum, std_sum = loss_sum + loss, std_sum + std
                 checks = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps_per_epoch
                 if checks and runs.any_rank(not torch.isfinite(loss_sum).item(), device, context):
@@ -256,9 +251,6 @@ def main(argv=None) -> None:
             if stop_now:
                 runs.cleanup(context)
                 raise interrupted(stop, f"after epoch {epoch + 1}", args.out)
-    in_sync = runs.parameters_in_sync(network, context)  # DDP keeps the replicas equal: checked
-    if context.is_main and context.is_distributed:
-        metrics.log(event="ranks", world_size=world, parameters_in_sync=in_sync)
     say(f"saved {args.out / 'siam.pt'}")
     runs.cleanup(context)
 

@@ -46,15 +46,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     rows, folders = runner.compare(args, runner.pretrained(args, ["--cpu"], args.budgets), ("frozen",))
     rows = [{**row, "meets_target": row["difference"] >= max(MARGIN, STANDARD_ERRORS * row["standard_error"]),
-             **(budget(args, row) if args.budgets else {})} for row in rows]
-    verdicts = [f"verdict, {row['protocol']}, {row['backbone']}: SimSiam "
+             **(budget(args, row) if args.budgets and row["backbone"] != "imagenet" else {})} for row in rows]
+    verdicts = [f"verdict, {row['protocol']}, {row['backbone']}: "
+                f"{'ImageNet weights' if row['backbone'] == 'imagenet' else 'SimSiam'} "
                 f"{('does not beat', 'beats')[row['meets_target']]} random init by {100 * MARGIN:.0f} points and "
                 f"{STANDARD_ERRORS} paired standard errors over {row['draws']} label draws"
-                + (f", after {row['epoch']} epochs ({row['minutes']:.0f} min)" if args.budgets else "") for row in rows]
+                + (f", after {row['epoch']} epochs ({row['minutes']:.0f} min)" if "epoch" in row else "") for row in rows]
     runner.write_results(args, "cpu-result", {"margin": MARGIN, "standard_errors": STANDARD_ERRORS, "rows": rows},
                          [*runner.paired_table(rows), "", *verdicts], folders)
     if args.budgets:
-        draw_curve(rows, args.results / "cpu-result-curve.png")
+        draw_curve([row for row in rows if "epoch" in row], args.results / "cpu-result-curve.png")
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,8 @@ def main(argv=None) -> None:
     checkpoints, bound = runner.pretrained(args, []), args.runs / "supervised-all-labels"
     rows, folders = runner.compare(args, checkpoints, ("frozen", "finetune"), {bound: (
         "random", "finetune", [*runner.ALL_LABELS, "--epochs", "1" if args.tiny else str(args.supervised_epochs)])})
-    spreads = {protocol: {key: runner.spread([row[key] for row in rows if row["protocol"] == protocol])
+    spreads = {protocol: {key: runner.spread([row[key] for row in rows if row["protocol"] == protocol
+                                              and row["backbone"] != "imagenet"])
                           for key in ("accuracy_a", "difference")} for protocol in runner.PROTOCOLS}
     accuracy = runs.final_record(bound / "metrics.jsonl")["test_accuracy"]
     lines = [*runner.paired_table(rows), f"| supervised bound, every label | | | {100 * accuracy:.1f}% | | | | |"]

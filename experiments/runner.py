@@ -90,6 +90,7 @@ def parser(doc: str, runs_default: str) -> argparse.ArgumentParser:
     add("--pretrain-seeds", type=runs.seed, nargs="+", default=[0], help="a pretraining each (default: %(default)s)")
     add("--label-seeds", type=runs.seed, nargs="+", default=[0, 1, 2], help="a label draw each (default: 0 1 2)")
     add("--classifier-epochs", type=runs.positive(int), default=100, help="on a labelled subset (default: 100)")
+    add("--imagenet", action="store_true", help="also torchvision's ImageNet weights: a reference with free labels")
     add("--supervised-epochs", type=runs.positive(int), default=15, help="on every label (default: %(default)s)")
     add("--parallel", type=runs.positive(int), default=4 if torch.cuda.is_available() else 1, help="runs at a time")
     add("--tiny", action="store_true", help="CPU smoke run in seconds on the --demo set (the tests)")
@@ -125,7 +126,8 @@ def run_classifiers(args, checkpoints: dict[str, Path], planned: dict[Path, tupl
     checkpoint = evaluate.read_pretrained(next(iter(checkpoints.values())), "--checkpoint")
     image_size, cache_size = evaluate.resolution(None, None, checkpoint["args"], checkpoint["args"]["image_size"])
     run_all([(["classifier.py", *data_flags(args), "--image-size", str(image_size), "--cache-size", str(cache_size),
-               *(["--random"] if backbone == "random" else ["--checkpoint", str(checkpoints[backbone])]),
+               *(["--random"] if backbone == "random" else ["--init", "imagenet"] if backbone == "imagenet" else
+                 ["--checkpoint", str(checkpoints[backbone])]),
                *(["--finetune"] if mode == "finetune" else []),
                *(TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]), *flags,
                "--out", str(out), "--overwrite"], out.with_suffix(".log"))
@@ -134,7 +136,7 @@ def run_classifiers(args, checkpoints: dict[str, Path], planned: dict[Path, tupl
 def compare(args, checkpoints: dict[str, Path], modes: tuple, extra: dict | None = None) -> tuple[list, list]:
     """classifier.py over random init and each of `checkpoints` per mode and label seed, the `extra` runs, plot.py;
     (per protocol and backbone SimSiam - random init over the label draws and per draw, the folders to copy)."""
-    backbones, seeds = ["random", *checkpoints], args.label_seeds
+    backbones, seeds = ["random", *checkpoints, *["imagenet"] * args.imagenet], args.label_seeds
     folders = {(b, mode, seed): args.runs / f"{b}-{mode}-labels{seed}"
                for seed in seeds for mode in modes for b in backbones}
     pretrainings = [] if args.checkpoint else [path.parent for path in checkpoints.values()]
@@ -158,10 +160,10 @@ def compare(args, checkpoints: dict[str, Path], modes: tuple, extra: dict | None
     return rows, [*pretrainings, *(extra or {}), *folders.values(), args.runs / "plots"]
 
 def paired_table(rows: list[dict]) -> list[str]:
-    def cells(d: dict) -> str:  # random init | SimSiam | SimSiam - random (paired SE) | 95% interval
+    def cells(d: dict) -> str:  # random init | the backbone | backbone - random (paired SE) | 95% interval
         return (f"{100 * d['accuracy_b']:.1f}% | {100 * d['accuracy_a']:.1f}% | {100 * d['difference']:+.1f} ± "
                 f"{100 * d['standard_error']:.1f} | {100 * d['low']:+.1f} to {100 * d['high']:+.1f}")
-    lines = ["| protocol | backbone | label draw | random init | SimSiam | SimSiam - random (paired SE, points) | "
+    lines = ["| protocol | backbone | label draw | random init | backbone | backbone - random (paired SE, points) | "
              "95% interval | McNemar p |", "| --- " * 8 + "|"]
     for row in rows:
         lines.append(f"| {row['protocol']} | {row['backbone']} | mean of {row['draws']} | {cells(row)} | – |")

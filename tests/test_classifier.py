@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import math
 import shutil
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from conftest import write_class_tree, write_image
@@ -18,6 +20,7 @@ from emulated_cuda import emulated_cuda
 
 import classifier
 import dataset
+import embed
 import evaluate
 import model
 import runs
@@ -50,8 +53,8 @@ def pretrained(module_folder):
 
 
 def run(pretrained, out, *extra) -> str:
-    """classifier.main on the module's tree with TINY settings (over siam.pt unless --random); its stdout."""
-    backbone = [] if "--random" in extra else ["--checkpoint", str(pretrained["siam"])]
+    """classifier.main on the module's tree with TINY settings (over siam.pt unless --random or --init...); stdout."""
+    backbone = [] if {"--random", "--init", "--init-weights"} & set(extra) else ["--checkpoint", str(pretrained["siam"])]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         classifier.main(["--data", str(pretrained["tree"]), "--cache-dir", str(pretrained["cache"]), *TINY, *backbone,
@@ -144,7 +147,61 @@ def test_test_data_leaves_out_the_photos_it_trains_on(pretrained, tmp_path, monk
     assert len(trained) == 24  # all 36 but 9 test and 3 validation
     copies = sum(f"{name}/{i}.jpg" in trained for name in ("Cat", "Dog") for i in range(6))
     assert runs.final_record(out / "metrics.jsonl")["num_test"] == 14 - copies
-    assert f"note: {copies} of the 14 images of --test-data {other} are photos this classifier trains on" in stdout
+    assert f"note: {copies} of the 14 images of --test-data {other} are copies of photos" in stdout
+    left_out = (out / "left-out.txt").read_text().splitlines()
+    assert len(left_out) == copies and all(name.split("/")[1].startswith("copy-") for name in left_out)
+    assert json.loads((out / "predictions.json").read_text())["left_out"] == left_out
+
+
+def test_test_data_copies_of_pretraining_photos_are_left_out_and_compared_on_the_rest(pretrained, tmp_path):
+    """--test-data holding copies of every Cat and Dog photo and 2 new ones, over siam.pt: the 16 copies of photos
+    pretrained on are left out, counted and listed, the 8 of held-out photos and the new ones tested; a random-init
+    run on the same folder (only its labelled photos left out) is paired with it on the 10 images both tested."""
+    other = tmp_path / "other"
+    for name in ("Cat", "Dog"):
+        write_image(other / name / "new.jpg", seed=990 + len(name))
+        for i in range(12):
+            shutil.copy(pretrained["tree"] / name / f"{i}.jpg", other / name / f"copy-{i}.jpg")
+    stdout = run(pretrained, tmp_path / "simsiam", "--test-data", str(other))
+    final = runs.final_record(tmp_path / "simsiam" / "metrics.jsonl")
+    assert (final["num_test"], final["num_left_out"]) == (10, 16)
+    assert len((tmp_path / "simsiam" / "left-out.txt").read_text().splitlines()) == 16
+    assert "note: 16 of the 26 images of --test-data" in stdout and "(16 copies of photos trained on left out)" in stdout
+    stdout = run(pretrained, tmp_path / "random", "--random", "--test-data", str(other), "--compare",
+                 str(tmp_path / "simsiam"))
+    assert runs.final_record(tmp_path / "random" / "metrics.jsonl")["num_left_out"] == 4  # its 4 labelled photos
+    assert "linear probe, this run - " in stdout and "on 10 test images" in stdout
+
+
+def test_init_weights_reach_the_classifier_and_its_record(pretrained, tmp_path):
+    """--init-weights BACKBONE.pt: the classifier's backbone holds that file's weights; the run is named and recorded
+    as the "weights" backbone; classifier.pt records the environment, Pillow and NumPy included."""
+    torch.manual_seed(5)
+    model.export_backbone(model.SimSiam(), tmp_path / "backbone.pt")
+    run(pretrained, tmp_path / "weights", "--init-weights", str(tmp_path / "backbone.pt"))
+    saved = model.load_checkpoint(tmp_path / "weights" / "classifier.pt", "classifier")
+    exported = torch.load(tmp_path / "backbone.pt", weights_only=True)
+    assert all(torch.equal(saved["model"][f"backbone.{key}"], value) for key, value in exported.items())
+    assert json.loads((tmp_path / "weights" / "args.json").read_text())["backbone"] == "weights"
+    assert {"pillow", "numpy", "torch"} <= set(saved["environment"])
+
+
+def test_embeddings_are_the_backbones_features_with_files_and_classes(pretrained, tmp_path):
+    """embed.py: OUT.npy holds the checkpoint's backbone's features of every photo of the folder, in the evaluation
+    view at its resolution (16 px from its 20 px cache), row by row as OUT.csv names the file and its class."""
+    embed.main([str(pretrained["tree"]), "--checkpoint", str(pretrained["siam"]), "--cache-dir",
+                str(pretrained["cache"]), "--workers", "1", "--device", "cpu", "--out", str(tmp_path / "e.npy")])
+    features = numpy.load(tmp_path / "e.npy")
+    data = dataset.load_images(pretrained["tree"], 20, pretrained["cache"], workers=1)
+    backbone = model.resnet18_backbone()
+    backbone.load_state_dict(model.backbone_state(model.load_checkpoint(pretrained["siam"], "simsiam")))
+    expected = evaluate.embed(backbone, data.images, torch.arange(len(data.files)), 16, runs.make_runtime("cpu"))
+    torch.testing.assert_close(torch.from_numpy(features), expected)
+    with open(tmp_path / "e.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["row", "file", "class"] and len(rows) == 1 + len(data.files) == 37
+    assert all([str(i), name, data.classes[label]] == row
+               for i, (row, name, label) in enumerate(zip(rows[1:], data.files, data.labels.tolist())))
 
 
 def run_files(folder: Path) -> dict[str, bytes]:
@@ -207,7 +264,7 @@ def test_frozen_and_finetuned_on_emulated_cuda(pretrained, tmp_path):
             run(pretrained, tmp_path / f"cuda{len(mode)}", "--device", "cuda", *mode)
     for mode, out in [([], tmp_path / "cuda0"), (["--finetune"], tmp_path / "cuda1")]:
         recorded = json.loads((out / "args.json").read_text())
-        assert (recorded["device"], recorded["precision_used"]) == ("cuda:0", "bf16")
+        assert (recorded["device_used"], recorded["precision_used"]) == ("cuda:0", "bf16")
         final = runs.final_record(out / "metrics.jsonl")
         assert 0 <= final["test_accuracy"] <= 1 and ("closed_form_accuracy" in final) == (not mode)
         assert model.load_checkpoint(out / "classifier.pt", "classifier")["model"]["head.1.weight"].device.type == "cpu"

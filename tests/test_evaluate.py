@@ -2,11 +2,16 @@
 the closed-form probe (against scikit-learn), and a SimSiam checkpoint read for evaluation."""
 from __future__ import annotations
 
+import argparse
+import hashlib
 import math
+import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 import augment
@@ -159,15 +164,20 @@ def test_repeating_a_label_draw_does_not_shrink_the_standard_error():
                                                                                once["standard_error"]))
 
 
-def test_predictions_are_compared_only_on_the_same_test_images():
-    """compare_predictions pairs two predictions.json records under a key both hold, on the same files and labels;
-    otherwise None. describe_difference says it in points."""
-    a = {"files": ["x", "y", "z"], "labels": [0, 1, 1], "head": [0, 1, 1], "closed_form": [0, 0, 1]}
+def test_predictions_are_compared_on_the_test_images_both_runs_tested():
+    """compare_predictions pairs two predictions.json records under a key both hold, on the images (name and label,
+    in any order) both tested from one folder; None without a shared image, the key, or for two folders.
+    describe_difference says it in points."""
+    a = {"files": ["x", "y", "z"], "labels": [0, 1, 1], "head": [0, 1, 1], "closed_form": [0, 0, 1], "root": "/p"}
     b = {**a, "head": [1, 1, 0]}
     difference = evaluate.compare_predictions(a, b, "head")
     assert difference["difference"] == pytest.approx(2 / 3) and difference["only_a"] == 2
     assert evaluate.describe_difference(difference).startswith("+66.7 ± 33.3 points (paired s.e.; 95% ")
-    assert evaluate.compare_predictions(a, {**b, "files": ["x", "y", "w"]}, "head") is None
+    fewer = {"files": ["w", "z", "x"], "labels": [1, 1, 0], "head": [1, 0, 1], "root": "/p"}  # shares z and x
+    shared = evaluate.compare_predictions(a, fewer, "head")
+    assert (shared["num_test"], shared["only_a"], shared["only_b"]) == (2, 2, 0)
+    assert evaluate.compare_predictions(a, {**b, "files": ["u", "v", "w"]}, "head") is None
+    assert evaluate.compare_predictions(a, {**b, "root": "/other"}, "head") is None
     assert evaluate.compare_predictions(a, {k: v for k, v in b.items() if k != "closed_form"}, "closed_form") is None
 
 
@@ -303,12 +313,77 @@ def simsiam_checkpoint(path, **changes):
     return path
 
 
-def test_a_pretrained_backbone_is_read_with_its_weights(tmp_path, small_heads):
-    """read_pretrained returns the checkpoint; load_backbone puts its backbone weights into a ResNet18."""
+def backbone_args(*argv: str):
+    parser = argparse.ArgumentParser()
+    evaluate.add_backbone_arguments(parser)
+    parser.set_defaults(demo=False, cache_size=None)
+    return parser.parse_args(argv)
+
+
+def torchvision_file(path: Path) -> dict:
+    """A ResNet18 state dict in torchvision's format, its fc layer included, saved at `path`: marker weights."""
+    torch.manual_seed(7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state := torchvision.models.resnet18().state_dict(), path)
+    return state
+
+
+def loaded_weights(chosen: evaluate.Backbone) -> dict:
+    return chosen.load(model.resnet18_backbone()).state_dict()
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> Path:
+    """The torch hub cache in tmp_path and every socket refused; the path of torchvision's ImageNet ResNet18 file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    def refuse(*arguments, **keywords):
+        raise OSError("the network is blocked in the tests")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "socket", refuse)
+    return tmp_path / "torch" / "hub" / "checkpoints" / Path(evaluate.IMAGENET.url).name
+
+
+def test_imagenet_weights_are_read_from_the_hub_cache_with_their_digest_checked(offline, monkeypatch):
+    """--init imagenet: torchvision's file in TORCH_HOME, its SHA-256 checked against the digest in its name (so a
+    planted file is refused until the test accepts its digest), then its weights reach the backbone, fc left out;
+    224 px, as torchvision's evaluation crop, from a 256 px cache."""
+    planted = torchvision_file(offline)
+    with pytest.raises(UserError, match=f"SHA-256 .* not torchvision's {evaluate.IMAGENET_SHA256}") as error:
+        evaluate.backbone_source(backbone_args("--init", "imagenet"))
+    assert str(offline) in str(error.value) and "\n" not in str(error.value)
+    monkeypatch.setattr(evaluate, "IMAGENET_SHA256", hashlib.sha256(offline.read_bytes()).hexdigest()[:8])
+    chosen = evaluate.backbone_source(backbone_args("--init", "imagenet"))
+    assert (chosen.name, chosen.image_size, chosen.cache_size, chosen.checkpoint) == ("imagenet", 224, 256, None)
+    weights = loaded_weights(chosen)
+    assert weights.keys() == {key for key in planted if not key.startswith("fc.")}
+    assert all(torch.equal(value, planted[key]) for key, value in weights.items())
+
+
+def test_imagenet_weights_missing_offline_are_one_line_saying_where_and_from_where(offline):
+    with pytest.raises(UserError) as error:
+        evaluate.backbone_source(backbone_args("--init", "imagenet"))
+    message = str(error.value)
+    assert f"needs {offline}" in message and evaluate.IMAGENET.url in message and "\n" not in message
+    assert not offline.exists()
+
+
+def test_init_weights_and_checkpoint_put_their_weights_into_the_backbone(tmp_path, small_heads):
+    """--init-weights takes a torchvision-format file (a run's backbone.pt) and --checkpoint a SimSiam checkpoint:
+    each one's backbone weights, loaded strictly; --random: none, at 150 px (32 with --demo)."""
+    torch.manual_seed(1)
+    model.export_backbone(simsiam := model.SimSiam(), tmp_path / "backbone.pt")
     path = simsiam_checkpoint(tmp_path / "siam.pt")
-    expected = model.backbone_state(torch.load(path, weights_only=True))
-    backbone = evaluate.load_backbone(evaluate.read_pretrained(path))
-    assert all(torch.equal(value, expected[key]) for key, value in backbone.state_dict().items())
+    for argv, expected in [(["--init-weights", str(tmp_path / "backbone.pt")], simsiam.backbone.state_dict()),
+                           (["--checkpoint", str(path)], model.backbone_state(torch.load(path, weights_only=True)))]:
+        weights = loaded_weights(chosen := evaluate.backbone_source(backbone_args(*argv)))
+        assert chosen.name in ("weights", "simsiam") and chosen.path == Path(argv[1])
+        assert all(torch.equal(value, expected[key]) for key, value in weights.items())
+    chosen = evaluate.backbone_source(backbone_args("--random"))
+    assert (chosen.name, chosen.weights, chosen.image_size) == ("random", None, 150)
+    torchvision_file(tmp_path / "other.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="other.pt: its weights do not fit"):
+        loaded_weights(evaluate.backbone_source(backbone_args("--init-weights", str(tmp_path / "other.pt"))))
 
 
 @pytest.mark.parametrize("changes, fragment", [

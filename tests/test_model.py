@@ -376,8 +376,8 @@ def test_damaged_or_mismatched_checkpoint_is_refused(tmp_path, simsiam, case):
 
 NOT_OURS = {  # id: (what the file holds: bytes as written, anything else through torch.save; fragment)
     "dict": ({"a": 1}, f"not a {model.FORMAT} checkpoint"),
-    "tensor": (torch.zeros(3), f"not a {model.FORMAT} checkpoint"),
-    "list": ([1, 2, 3], f"not a {model.FORMAT} checkpoint"),
+    "tensor": (torch.zeros(3), "not a dict of weights"),
+    "list": ([1, 2, 3], "not a dict of weights"),
     "dict with mixed key types": ({0: torch.zeros(1), "step": 1}, f"not a {model.FORMAT} checkpoint"),
     "empty": (b"", "not a readable checkpoint"),
     "text": (b"a checkpoint, honestly\n", "not a readable checkpoint"),

@@ -40,7 +40,7 @@ def test_pictures_writes_three_readable_pngs(pretrained, tmp_path, capsys, backb
     """views.png, neighbours.png and features.png, each a PNG of a readable size, one printed line each; with
     --random no checkpoint is read and the random-init backbone alone is pictured."""
     flags, path = pretrained
-    source = ["--checkpoint", str(path)] if backbone == "checkpoint" else ["--random", "--checkpoint", "absent.pt"]
+    source = ["--checkpoint", str(path)] if backbone == "checkpoint" else ["--random"]
     pictures.main([*flags, *source, "--out", str(tmp_path / "plots")])
     out = capsys.readouterr().out
     assert ("SimSiam" in out) == (backbone == "checkpoint") and "random-init" in out
@@ -55,8 +55,8 @@ def test_pictures_writes_three_readable_pngs(pretrained, tmp_path, capsys, backb
 @pytest.mark.parametrize("extra, fragment", [
     (["--split-seed", "1"], " test images were among the "),  # another test split: some were pretrained on
     (["--out", "PHOTOS/Cat/plots"], "lies inside --data"),
-    (["--checkpoint", "absent.pt"], "cannot use --checkpoint: absent.pt: no such checkpoint file (train one, or pass "
-                                    "--random)"),
+    (["--checkpoint", "absent.pt"], "cannot use --checkpoint: absent.pt: no such checkpoint file (or pass --init "
+                                    "random)"),
     (["--image-size", "8"], "argument --image-size: must be"),
 ])
 def test_a_refusal_is_one_line_and_writes_nothing(pretrained, tmp_path, capsys, monkeypatch, extra, fragment):

@@ -79,7 +79,7 @@ FOREIGN = [  # (args.json text, metrics.jsonl records, a fragment of the note)
     (None, None, "no readable args.json"),
     ('{"epochs": 2, "ba', [], "no readable args.json"),
     ("[1, 2]", [{"epoch": 1, "loss": 0.1}], "args.json is not a run's"),
-    ('{"backbone": "imagenet", "mode": "frozen"}', [], "args.json is not a run's"),
+    ('{"backbone": "vit", "mode": "frozen"}', [], "args.json is not a run's"),
     ("{}", [{"epoch": 1, "loss": "high"}], "metrics.jsonl's loss is 'high', not a number"),
     ("{}", [{"epoch": 1, "loss": float("nan")}], "metrics.jsonl's loss is nan, not a number"),
     ('{"backbone": "random", "mode": "frozen"}', [{"event": "final", "test_accuracy": 57.2, "num_test": 10}],

@@ -296,12 +296,27 @@ def test_args_json_holds_the_resolved_arguments_protocol_code_and_environment(tm
     """args.json: the resolved arguments (presets applied, paths as strings), derived values, the protocol, the git
     commit and dirty flag, and the environment of the device (Pillow and NumPy too: they make the cached pixels)."""
     args = parse(["--demo", "--out", str(tmp_path)])
-    runs.save_args(tmp_path, args, device="cpu", image_size_used=32)
+    runs.save_args(tmp_path, args, device_used="cpu", image_size_used=32)
     record = json.loads((tmp_path / "args.json").read_text())
     assert record["out"] == str(tmp_path) and record["labels"] == 40 and record["image_size_used"] == 32
     assert record["protocol"] == runs.PROTOCOL and set(record["code_version"]) == {"commit", "dirty"}
     assert set(record["environment"]) == {"python", "torch", "torchvision", "pillow", "numpy", "cuda", "device", "cpu"}
     assert record["environment"]["device"].startswith("cpu")
+
+
+def test_config_reruns_a_record_with_the_flags_given_winning(tmp_path, capsys):
+    """--config ARGS_JSON: the recorded flags (less --resume and --overwrite) are the defaults, over the presets' (the
+    record of `--demo --labels 8` keeps 8, not the preset's 40); flags given win; a flag this version lacks is named."""
+    recorded = parse(["--demo", "--labels", "8", "--out", str(tmp_path / "a"), "--overwrite"])
+    runs.save_args(tmp_path, recorded, device_used="cpu")
+    again = parse(["--config", str(tmp_path / "args.json")])
+    assert {**vars(again), "config": None, "overwrite": True} == vars(recorded) and again.labels == 8
+    assert parse(["--config", str(tmp_path / "args.json"), "--labels", "12"]).labels == 12
+    record = json.loads((tmp_path / "args.json").read_text())
+    record.update(flags=[*record["flags"], "retired_flag"], retired_flag=3)
+    (tmp_path / "args.json").write_text(json.dumps(record))
+    assert vars(parse(["--config", str(tmp_path / "args.json")])) == vars(again)
+    assert "this version has no flag for retired_flag: not used" in capsys.readouterr().err
 
 
 def test_metrics_are_flushed_per_record_and_read_back_past_a_cut_line(tmp_path):
@@ -370,9 +385,9 @@ def test_stop_signals_only_record_the_signal_within_with():
 def test_names_and_protocol():
     """Default classifier folders differ per backbone, mode and --all-labels; a checkpoint of another protocol is
     refused."""
-    names = {runs.classifier_run_name(random, finetune, all_labels) for random in (False, True)
+    names = {runs.classifier_run_name(backbone, finetune, all_labels) for backbone in ("simsiam", "random")
              for finetune in (False, True) for all_labels in (False, True)}
-    assert len(names) == 8 and runs.classifier_run_name(False, False) == "classifier-simsiam-frozen"
+    assert len(names) == 8 and runs.classifier_run_name("simsiam", False) == "classifier-simsiam-frozen"
     runs.check_protocol({"protocol": runs.PROTOCOL}, Path("siam.pt"))
     with pytest.raises(UserError, match="siam.pt was pretrained under evaluation protocol 1"):
         runs.check_protocol({}, Path("siam.pt"))
@@ -453,7 +468,7 @@ def test_a_single_process_needs_no_process_group(monkeypatch):
     runs.barrier(context)
     assert runs.mean(value, context) is value
     assert runs.any_rank(True, torch.device("cpu"), context) and not runs.any_rank(False, torch.device("cpu"), context)
-    assert runs.wrap(model, context, torch.device("cpu")) is model and runs.parameters_in_sync(model, context)
+    assert runs.wrap(model, context, torch.device("cpu")) is model
     runs.cleanup(context)
 
 

@@ -372,14 +372,6 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(t
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == old
 
 
-def test_out_of_memory_says_to_lower_the_batch_size(tree, cache, tmp_path, small_heads, monkeypatch, capsys):
-    """torch.OutOfMemoryError at the first step: one line saying to lower --batch-size, exit 2."""
-    def too_large(*arguments):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-    monkeypatch.setattr(model, "train_step", too_large)
-    assert "8 images a step: lower --batch-size" in refused(train_args(tree, cache, tmp_path / "run"), capsys)
-
-
 # ---------------------------------------------------------------- bad inputs
 
 
@@ -447,7 +439,7 @@ def relative_difference(trained: dict, reference: dict, start: dict) -> float:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_gradient_accumulation(tree, cache, tmp_path, small_heads):
-    """torchrun with 2 gloo processes: one siam.pt and metrics.jsonl, the replicas in sync, and the weights of one
+    """torchrun with 2 gloo processes: one siam.pt and metrics.jsonl, and the weights of one
     process that computes each global batch as two accumulated half-batches (not those of one whole batch)."""
     argv = train_args(tree, cache, tmp_path / "run", "--epochs", "1", "--lr", "1.0", "--image-size", "32",
                       "--batch-size", "16")  # at 16 px float noise grows chaotically (BatchNorm over 4 pixels)
@@ -456,8 +448,6 @@ def test_torchrun_two_processes_match_gradient_accumulation(tree, cache, tmp_pat
                               timeout=300, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert len(list(tmp_path.rglob("siam.pt"))) == 1
-    records = runs.read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert records[-1] | {"parameters_in_sync": True, "world_size": 2} == records[-1]
     trained, args = weights(tmp_path / "run"), train.parse_args(argv)
     torch.manual_seed(args.seed)
     start = dict(model.SimSiam().named_parameters())  # BatchNorm statistics left out: DDP keeps rank 0's
@@ -500,7 +490,7 @@ def test_train_on_emulated_cuda(tree, cache, tmp_path, small_heads, monkeypatch,
         train.main(train_args(tree, cache, tmp_path / "run", "--epochs", "1", "--device", "cuda", "--image-size", "32",
                               *resumed))  # bf16 at 16 px: torch's CPU kernels read garbage (a 1x1 input to layer4)
     recorded = json.loads((tmp_path / "run" / "args.json").read_text())
-    assert recorded["device"] == "cuda:0" and recorded["precision_used"] == "bf16"
+    assert recorded["device_used"] == "cuda:0" and recorded["precision_used"] == "bf16"
     assert recorded["cache_on"] == ("cpu" if host_cache else "cuda")
     assert set(seen) == {(torch.device("cuda", 0), torch.device("cuda", 0), True)} and len(seen) == 5
     assert set(calls[0]) == {(torch.bfloat16, True)}  # both views of the first step, and the monitor's embedding
