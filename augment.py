@@ -1,15 +1,9 @@
-"""The SimSiam / MoCo v2 augmentations as pure batched tensor functions of a uint8 batch and a torch.Generator on
-its device: no per-image Python loop, no host synchronisation, the same code on CPU and GPU. An image that a random
-choice leaves alone gets identity parameters (factor 1, shift 0, sigma near 0): every image, the same arithmetic.
-
-MoCo v2 (SimSiam paper, appendix A), for 224 px crops: RandomResizedCrop(scale=(0.2, 1.0)), ColorJitter(0.4, 0.4, 0.4,
-0.1) with p 0.8, RandomGrayscale(p 0.2), GaussianBlur(sigma 0.1-2.0) with p 0.5, RandomHorizontalFlip, ImageNet
-normalisation. Crop boxes follow torchvision's RandomResizedCrop.get_params (10 tries, then the centre crop).
-Deviations, for speed: the flip is folded into the crop's resampling (colour and the symmetric blur commute with it);
-the jitter's four factors apply in a fixed order (torchvision shuffles it); the crop is resized bilinearly without
-antialiasing (the cache is 8/7 of the view, so a crop shrinks by at most that). The blur's sigma range is scaled with
-the view's side from `blur_reference` px (train.py --blur-reference-size), so a small view is blurred as a 224 px one.
-"""
+"""The SimSiam / MoCo v2 augmentations (SimSiam paper, appendix A; the constants below) as pure batched tensor functions
+of a uint8 batch and a torch.Generator on its device: no per-image Python loop, no host synchronisation, the same code
+on CPU and GPU. An image a random choice leaves alone gets identity parameters (factor 1, shift 0, sigma near 0): the
+same arithmetic for all. Deviations, for speed: the flip is folded into the crop's resampling (colour and the symmetric
+blur commute with it); the jitter's four factors apply in a fixed order (torchvision shuffles it); the crop is resized
+bilinearly without antialiasing (the cache is 8/7 of the view, so a crop shrinks by at most that)."""
 import math
 
 import torch
@@ -55,15 +49,13 @@ def random_crop_boxes(n: int, side: int, generator: torch.Generator,
     height = torch.where(found, height.gather(1, first).squeeze(1), fallback_height)
     left = torch.where(found, torch.floor(uniform(0, 1, n, generator) * (side - width + 1)), (side - width) // 2)
     top = torch.where(found, torch.floor(uniform(0, 1, n, generator) * (side - height + 1)), (side - height) // 2)
-    return torch.stack([(2 * left + width) / side - 1, (2 * top + height) / side - 1, width / side, height / side],
-                       dim=1)
+    return torch.stack([(2 * left + width) / side - 1, (2 * top + height) / side - 1, width / side, height / side], 1)
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """Crop each image to its box, mirror it where flip is True, and resize to size x size, in one bilinear
     resampling. Matches torchvision's resized_crop(antialias=False) (+ hflip) on pixel-aligned boxes."""
     centre_x, centre_y, width, height = boxes.unbind(1)
-    sign = 1.0 - 2.0 * flip.to(x.dtype)  # -1 mirrors the sampling grid
-    zero = torch.zeros_like(width)
+    sign, zero = 1.0 - 2.0 * flip.to(x.dtype), torch.zeros_like(width)  # sign -1 mirrors the sampling grid
     theta = torch.stack([torch.stack([width * sign, zero, centre_x], 1),
                          torch.stack([zero, height, centre_y], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], size, size], align_corners=False)
@@ -77,11 +69,9 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
 # ---------------------------------------------------------------- colour, on floats in [0, 1]
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 1, H, W) luma
-    weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    return (x * torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
-def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """factor * x + (1 - factor) * other, clamped to [0, 1], as torchvision's _blend."""
+def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:  # as torchvision's _blend
     factor = factor.view(-1, 1, 1, 1)
     return (factor * x + (1 - factor) * other).clamp(0, 1)
 
@@ -112,14 +102,12 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     k = (n + 6.0 * hue) % 6.0  # (B, 3, H, W)
     return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by `shift` turns, in HSV as torchvision's adjust_hue."""
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # `shift` in turns, in HSV as torchvision's
     hsv = rgb_to_hsv(x)
     hue = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
     return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))
 
-def blur_sigma_range(size: int, reference: int = BLUR_REFERENCE_SIZE) -> tuple[float, float]:
-    """The blur's sigma range in px for size x size views: BLUR_SIGMA, chosen for `reference` px views, scaled."""
+def blur_sigma_range(size: int, reference: int = BLUR_REFERENCE_SIZE) -> tuple[float, float]:  # px, size x size views
     return BLUR_SIGMA[0] * size / reference, BLUR_SIGMA[1] * size / reference
 
 def blur_kernel(size: int, reference: int = BLUR_REFERENCE_SIZE) -> int:
@@ -139,8 +127,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return y.reshape(batch, channels, height, width)
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(value, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for value in (MEAN, STD))
     return (x - mean) / std
 
 # ---------------------------------------------------------------- the views the scripts use
@@ -150,7 +137,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, S, S) -> flo
 
 def colour_augment(x: torch.Tensor, generator: torch.Generator,
                    blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
-    """Colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5), each drawn per image."""
     n = x.shape[0]
     jitter = chance(JITTER_PROBABILITY, n, generator)
     ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
@@ -168,8 +154,7 @@ def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator,
                  blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
     """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
     n, side = images.shape[0], images.shape[-1]
-    boxes = random_crop_boxes(n, side, generator)
-    x = resized_crop(to_float(images), boxes, chance(0.5, n, generator), size)
+    x = resized_crop(to_float(images), random_crop_boxes(n, side, generator), chance(0.5, n, generator), size)
     return normalize(colour_augment(x, generator, blur_reference))
 
 def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -178,7 +163,5 @@ def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) 
     boxes = random_crop_boxes(n, side, generator)
     return normalize(resized_crop(to_float(images), boxes, chance(0.5, n, generator), size))
 
-def center_view(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The evaluation view: the whole cached image resized (antialiased) to size x size, normalised."""
-    x = F.interpolate(to_float(images), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return normalize(x)
+def center_view(images: torch.Tensor, size: int) -> torch.Tensor:  # the evaluation view: the whole image, antialiased
+    return normalize(F.interpolate(to_float(images), size, mode="bilinear", antialias=True, align_corners=False))

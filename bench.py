@@ -7,8 +7,7 @@
     python bench.py --data data/PetImages --device cuda --json results/bench-h200.json   # 150 px, batch 256, bf16
     python bench.py --demo --device cpu --image-size 32 --batch-size 16 --steps 3 --warmup 1   # CPU smoke run
 
-Prints images/s, seconds per 25,000-image epoch and peak memory of each, and the ratios b/a and b/c (also --json).
-"""
+Prints images/s, seconds per 25,000-image epoch and peak memory of each, and the ratios b/a and b/c (also --json)."""
 import argparse
 import itertools
 import json
@@ -49,8 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return runs.parse(parser, argv, demo={})
 
 def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[list[float], float]:
-    """(images/s of each of --repeats timings, peak memory in GB) of `step`: --warmup untimed calls first, each
-    timing --steps calls between two synchronisations."""
+    """(images/s of --repeats timings of --steps calls each after --warmup untimed calls, peak GB) of `step`."""
     rates = []
     for count in (args.warmup, *[args.steps] * args.repeats):  # untimed, then timed
         runs.synchronize(device, reset_peak_memory=True)
@@ -61,8 +59,7 @@ def measure(step, args: argparse.Namespace, device: torch.device) -> tuple[list[
         rates.append(count * args.batch_size / (time.perf_counter() - started))
     return rates[1:], runs.peak_memory_gb(device)
 
-class PilPairs(torch.utils.data.Dataset):
-    """(c)'s data: a photo decoded by PIL, then two views by torchvision's transforms with augment.py's recipe."""
+class PilPairs(torch.utils.data.Dataset):  # (c)'s data: PIL decoding, two views by torchvision with augment.py's recipe
     def __init__(self, paths: list[Path], size: int):
         jitter = v2.ColorJitter(augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE)
         blur = v2.GaussianBlur(augment.blur_kernel(size), augment.blur_sigma_range(size))
@@ -82,8 +79,7 @@ class PilPairs(torch.utils.data.Dataset):
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runtime = runs.make_runtime(args.device, args.precision, image_size=args.image_size)
-    device = runtime.device
+    device = (runtime := runs.make_runtime(args.device, args.precision, image_size=args.image_size)).device
     torch.manual_seed(args.seed)
     data, splits = dataset.open_data(args)
     images = data.images if args.host_cache else dataset.cache_on_device(data.images, device)

@@ -1,6 +1,6 @@
-"""A classifier trained on the few labelled images (250 by default) over a frozen SimSiam backbone, a random-init one
-(--random, the same code path), ImageNet weights (--init imagenet) or any torchvision-format ResNet18 (--init-weights)
-or fine-tuned (--finetune), tested once, at the end, on the held-out test split.
+"""A classifier on the few labelled images (250 by default) over a frozen backbone, with the closed-form probe beside it
+(evaluate.logistic_probe), or fine-tuned (--finetune): SimSiam's, random-init (--random, same code path), ImageNet's
+(--init imagenet) or any torchvision ResNet18 (--init-weights); tested once, at the end, on the held-out test split.
 
     python classifier.py --demo --random --device cpu            # CPU smoke: generated data, small settings
     python classifier.py --demo                                  # the backbone of `train.py --demo`
@@ -13,10 +13,8 @@ or fine-tuned (--finetune), tested once, at the end, on the held-out test split.
                                                                  # of photos trained on left out (OUT/left-out.txt)
     python classifier.py --data data/PetImages --compare runs/classifier-random-frozen   # paired difference
 
-Frozen (default), with the closed-form probe beside the linear one (evaluate.logistic_probe). Resolution and cache
-follow the checkpoint's. Writes OUT/args.json, metrics.jsonl, labelled.json, classifier.pt (for predict.py) and
-predictions.json (per test image, for --compare and plot.py).
-"""
+Resolution and cache follow the checkpoint's. Writes OUT/args.json, metrics.jsonl, labelled.json, classifier.pt (for
+predict.py) and predictions.json (per test image, for --compare and plot.py)."""
 import argparse
 import json
 import math
@@ -48,9 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--epochs", type=runs.positive(int), default=100,
                        help=f"passes over the labelled images (default: %(default)s; --demo: {DEMO['epochs']})")
     group.add_argument("-b", "--batch-size", type=runs.batch_size, default=50, help="(default: %(default)s)")
-    group.add_argument("--lr", type=runs.positive(float), default=None,
-                       help=f"base lr: peak lr = lr * batch_size / 256, cosine-decayed (default: {PROBE_LR}; "
-                            f"--finetune: {FINETUNE_LR})")
+    group.add_argument("--lr", type=runs.positive(float), default=None, help="base lr: peak lr = lr * batch_size / "
+                       f"256, cosine-decayed (default: {PROBE_LR}; --finetune: {FINETUNE_LR})")
     group.add_argument("--backbone-lr-factor", type=runs.positive(float), default=1.0,
                        help="--finetune: the backbone's lr is this times the head's (default: %(default)s)")
     group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=runs.in_range(float, 0), default=5e-4,
@@ -91,8 +88,7 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
     other = dataset.load_images(args.test_data, data.images.shape[-1], args.cache_dir, workers=args.workers,
                                 min_classes=1)  # a folder of one class is a fair test set
     print(f"test data: {dataset.describe(other)}")
-    unknown = sorted(set(other.classes) - set(data.classes))
-    if unknown:
+    if unknown := sorted(set(other.classes) - set(data.classes)):
         raise UserError(f"--test-data {args.test_data} has classes {unknown} that the training data lacks: name its "
                         f"folders like the training ones ({', '.join(data.classes)})")
     seen = dataset.near(other.hashes, trained_on)  # the same photos, in any format, under any name
@@ -106,8 +102,8 @@ def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained
               f"in left-out.txt: {', '.join(map(dataset.shown, left_out[:3]))}{' ...' * (len(left_out) > 3)}")
     mapping = torch.tensor([data.classes.index(name) for name in other.classes])
     return TestSet(other.images, kept, mapping[other.labels[kept]], [other.files[i] for i in kept],
-                   f"{len(kept):,} images of {args.test_data}",
-                   dataset.fingerprint([str(other.root / name) for name in other.files], kept), other.hashes[kept], left_out)
+                   f"{len(kept):,} images of {args.test_data}", dataset.fingerprint(
+                       [str(other.root / name) for name in other.files], kept), other.hashes[kept], left_out)
 
 @runs.reports_errors
 def main(argv=None) -> None:
@@ -117,8 +113,7 @@ def main(argv=None) -> None:
                                                               args.all_labels)
     held = runs.check_out(out, args.overwrite)  # the old run's files are set aside once every check has passed
     torch.manual_seed(args.seed)
-    runtime = runs.make_runtime(args.device, args.precision)
-    device = runtime.device
+    device = (runtime := runs.make_runtime(args.device, args.precision)).device
     other = None if args.compare is None else runs.read_predictions(args.compare)  # read before any work
     backbone = evaluate.backbone_source(args)
     checkpoint, image_size, cache_size = backbone.checkpoint, backbone.image_size, backbone.cache_size
@@ -177,8 +172,7 @@ def main(argv=None) -> None:
             return evaluate.accuracy(classifier.head(x), labels[indices]).item()
 
     validation_features = features(validation) if scored and not args.finetune else None  # frozen: fixed
-    generator = runs.generator(device, args.seed)
-    bar = tqdm(range(args.epochs), desc="classifier", unit="epoch")
+    generator, bar = runs.generator(device, args.seed), tqdm(range(args.epochs), desc="classifier", unit="epoch")
     for epoch in bar:  # per epoch only the labelled images' figures: the test set is seen once, last
         classifier.train()
         classifier.backbone.train(args.finetune)  # frozen: BatchNorm statistics must not move

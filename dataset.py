@@ -3,8 +3,7 @@ fatal), the splits and the leak rule, batches, the demo set and the download. La
     ROOT/<class>/<image>        one sub-folder per class (PetImages/Cat/0.jpg), a class's own sub-folders included
     ROOT/<class>.<n>.<ext>      Kaggle's flat layout (train/cat.0.jpg): the class is the name's prefix
     ROOT/<image>                loose photos (IMG_0001.jpg): unlabelled, for pretraining (unlabelled=None)
-    ROOT/**/<image>             unlabelled=True: every photo under ROOT, whatever its sub-folders, unlabelled
-"""
+    ROOT/**/<image>             unlabelled=True: every photo under ROOT, whatever its sub-folders, unlabelled"""
 import contextlib
 import hashlib
 import itertools
@@ -92,11 +91,10 @@ def find_images(root: Path, min_classes: int = 2,
 # ---- decoding
 
 DECODE_VERSION = 4  # in the cache key with Pillow's version: bump when the decoding or the cache's record changes
-# A photo's identity, whatever its name, format, size or encoding: a 64-bit perceptual hash (the signs of the 8 x 8
-# lowest DCT coefficients but the mean of its grey HASH_SIDE px square, against their median) and its mean colour
-# R << 16 | G << 8 | B, which keeps apart one layout in other colours (the demo set's shapes). Two photos are one when
-# the hashes differ in at most NEAR_BITS bits and the colours by at most NEAR_LEVELS per channel (docs/protocol.md).
-HASH_SIDE, NEAR_BITS, NEAR_LEVELS = 32, 8, 16
+# A photo's identity under any name, format or size (docs/protocol.md): a 64-bit perceptual hash (which of the 8 x 8
+# lowest DCT coefficients but the mean of its grey HASH_SIDE px square exceed their median) and its mean colour
+# R << 16 | G << 8 | B (one layout in other colours, as the demo set's shapes, stays apart).
+HASH_SIDE, NEAR_BITS, NEAR_LEVELS = 32, 8, 16  # one photo: hashes <= NEAR_BITS bits apart, colours <= NEAR_LEVELS each
 _DCT = np.cos(np.pi * (2 * np.arange(HASH_SIDE)[None, :] + 1) * np.arange(HASH_SIDE)[:, None] / (2 * HASH_SIDE))
 
 def decode_file(source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -161,8 +159,7 @@ def default_cache_size(image_size: int) -> int:  # 8/7 of it, as 256/224 on Imag
     return math.ceil(image_size * 8 / 7)
 
 def cache_key(root: Path, files: list[str], size: int) -> str:
-    """Changes with the file list, each file's size, times, change time and inode (a photo replaced under the same
-    name, size and time by cp -p or rsync -t changes the last two), the resolution, the decoding and Pillow."""
+    """Changes with the files, each one's size, times and inode (cp -p, rsync -t keep mtime), px, decoding, Pillow."""
     digest = hashlib.sha1(f"{DECODE_VERSION} {PILLOW_VERSION} {size}".encode())
     for name in files:
         digest.update(b"\n" + os.fsencode(name))  # fsencode: any name, UTF-8 or not
@@ -172,8 +169,7 @@ def cache_key(root: Path, files: list[str], size: int) -> str:
     return digest.hexdigest()[:16]
 
 @contextlib.contextmanager
-def staging_folder(target: Path, inside: str = ""):
-    """A temporary folder beside `target`, whose `inside` becomes `target` when the block ends without error."""
+def staging_folder(target: Path, inside: str = ""):  # temporary, by `target`; `inside` becomes `target` on success
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
@@ -240,8 +236,7 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
         shutil.rmtree(folder)
     if not folder.exists():
         build_cache(root, files, size, folder, workers or os.cpu_count() or 1)
-    meta = json.loads((folder / "meta.json").read_bytes())
-    label_of = dict(zip(files, labels))
+    meta, label_of = json.loads((folder / "meta.json").read_bytes()), dict(zip(files, labels))
     kept_labels = [label_of[name] for name in meta["files"]]
     for label in sorted(set(range(max(len(classes), 1))) - set(kept_labels)):  # a class (unlabelled: all) left empty
         members = [file for file, its_label in label_of.items() if its_label == label]
@@ -275,10 +270,9 @@ class Splits:  # sorted int64 indices
 def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, num_labels: int, seed: int,
                 label_seed: int, class_names: list[str] | None = None, hashes: torch.Tensor | None = None,
                 val_fraction: float = 0.0) -> Splits:
-    """The test split is stratified and depends on (seed, test_fraction) only: every script, validation size and
-    label draw holds out the same test images. Validation comes next from the same shuffle, the labelled subset is
-    drawn (label_seed) from the rest. The leak rule: with `hashes`, copies (by identity, under any name or class) of
-    test or validation images are left out of what comes after. No classes: nothing is held out."""
+    """The stratified test split depends on (seed, test_fraction) only, so every script, validation size and label draw
+    holds out the same test images; validation comes next from the same shuffle, the labels (label_seed) from the rest.
+    Leak rule: with `hashes`, later splits drop copies of test or validation images. No classes: none held out."""
     if num_classes == 0:
         empty = torch.zeros(0, dtype=torch.int64)
         return Splits(test=empty, labelled=empty, pretrain=torch.arange(len(labels)), validation=empty)
@@ -347,8 +341,7 @@ def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
 
 # ---- batches
 
-def pin_memory(tensor: torch.Tensor) -> torch.Tensor:
-    """A page-locked copy of a host tensor (the seam tests/emulated_cuda.py replaces to count the pins)."""
+def pin_memory(tensor: torch.Tensor) -> torch.Tensor:  # the seam tests/emulated_cuda.py replaces to count the pins
     return tensor.pin_memory()
 
 def cache_on_device(images: torch.Tensor, device: torch.device, reserve_bytes: int = 4 << 30) -> torch.Tensor:
@@ -362,16 +355,14 @@ def gather(images: torch.Tensor, indices: torch.Tensor, device: torch.device) ->
 
 def epoch_batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator, rank: int = 0,
                   world_size: int = 1, skip: int = 0):
-    """Batches of `indices` in the generator's order (drawn on its device) after the first `skip`, the last if
-    incomplete dropped; each of `world_size` processes gets its slice of each."""
+    """Batches of `indices` in the generator's order from batch `skip`, a short last one dropped; a slice per rank."""
     order = indices.to(generator.device)[torch.randperm(len(indices), generator=generator, device=generator.device)]
     for start in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
         yield order[start:start + batch_size].chunk(world_size)[rank]  # world_size divides batch_size
 
 def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
                    device: torch.device, rank: int = 0, world_size: int = 1, skip: int = 0, prefetch: int = 3):
-    """uint8 batches (B, 3, S, S) on `device`, in epoch_batches' order. From a host cache to CUDA, a thread gathers
-    and pins them `prefetch` batches ahead, so that the GPU does not wait for the host."""
+    """epoch_batches' uint8 (B, 3, S, S) on `device`; from a host cache to CUDA a thread pins them `prefetch` ahead."""
     order = [rows.to(images.device) for rows in epoch_batches(indices, batch_size, generator, rank, world_size, skip)]
     if not (images.device.type == "cpu" and device.type == "cuda"):
         yield from (gather(images, rows, device) for rows in order)
@@ -392,7 +383,6 @@ def device_batches(images: torch.Tensor, indices: torch.Tensor, batch_size: int,
 DEMO_PER_CLASS, DEMO_FOLDER = 400, "demo-data-2x400"  # the folder under --cache-dir, named by its content
 
 def make_demo_images(folder: Path, per_class: int = DEMO_PER_CLASS, size: int = 64, seed: int = 0) -> Path:
-    """Once: folder/disc and folder/square, PNGs of a disc or square of random colour, size and place on noise."""
     if folder.is_dir():
         return folder
     rng = np.random.default_rng(seed)
@@ -415,8 +405,7 @@ DEFAULT_URL = ("https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869
                "kagglecatsanddogs_5340.zip")
 
 def download_dataset(parent: Path, url: str = DEFAULT_URL) -> Path:
-    """parent/PetImages, unless there: the zip at `url` streamed to a .part file renamed when whole (and kept, for
-    a rerun), checked, extracted into a temporary folder renamed into place, so PetImages exists only when whole."""
+    """parent/PetImages, if absent: `url`'s zip (kept) via a .part file, checked, extracted via a temporary folder."""
     target, archive, part = (Path(parent) / name for name in ("PetImages", "PetImages.zip", "PetImages.zip.part"))
     if target.is_dir():
         return target

@@ -1,13 +1,11 @@
-"""The frozen backbone's 512-d features of a folder of photos, for your own analysis: OUT (.npy, N x 512 float32)
-and OUT with .csv (a row each: its row in the .npy, the file, its class where the folder has class folders), in the
-evaluation view at the backbone's resolution, as the classifier sees its test images.
+"""The frozen backbone's 512-d features of a folder's photos as the classifier sees its test images, for your own
+analysis: OUT (.npy, N x 512 float32), OUT with .csv (a row each: its .npy row, the file, its class if any).
 
     python embed.py data/PetImages                                  # runs/simsiam/siam.pt -> runs/embeddings.npy
     python embed.py photos/ --checkpoint runs/mine/siam.pt --out photos.npy   # loose photos: no classes
     python embed.py photos/ --init imagenet --out photos-imagenet.npy         # torchvision's ImageNet weights
 
-The photos are decoded once into the cache, as for training; a file that cannot be decoded is skipped and listed.
-"""
+The photos are decoded once into the cache, as for training; a file that cannot be decoded is skipped and listed."""
 import argparse
 import csv
 from pathlib import Path
@@ -42,8 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     runs.writable_folder(args.out.parent, "--out")
-    runtime = runs.make_runtime(args.device, args.precision)
-    chosen = evaluate.backbone_source(args)
+    runtime, chosen = runs.make_runtime(args.device, args.precision), evaluate.backbone_source(args)
     data = dataset.load_images(args.folder, chosen.cache_size, args.cache_dir, workers=args.workers, min_classes=1,
                                unlabelled=None)
     print(dataset.describe(data))

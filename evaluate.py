@@ -46,8 +46,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N,
 def standard_error(accuracy: float, n: int) -> float:  # binomial, on n independent test images
     return (accuracy * (1 - accuracy) / n) ** 0.5
 
-def paired_difference(correct_a, correct_b) -> dict:
-    """Accuracy of a minus b from their (n,) correctness on the same images, the paired s.e. and McNemar's exact p."""
+def paired_difference(correct_a, correct_b) -> dict:  # a - b from (n,) correctness: paired s.e., McNemar's exact p
     a, b = (torch.as_tensor(correct, dtype=torch.float64) for correct in (correct_a, correct_b))
     only_a, only_b = int((a > b).sum()), int((a < b).sum())
     p = min(1., sum(math.comb(only_a + only_b, k) for k in range(min(only_a, only_b) + 1)) / 2 ** (only_a + only_b - 1))
@@ -66,10 +65,6 @@ PROBE_PREDICTIONS = {"head": "linear probe", "closed_form": "closed-form probe"}
 
 def correctness(predictions: dict, key: str) -> list[bool]:
     return [p == label for p, label in zip(predictions[key], predictions["labels"])]
-
-def same_test_images(*predictions: dict) -> bool:
-    return all(p.get("files") == predictions[0].get("files") and p.get("labels") == predictions[0].get("labels")
-               for p in predictions)
 
 def compare_predictions(a: dict, b: dict, key: str) -> dict | None:
     """Paired difference of `key`'s predictions on the images both runs tested (by name and label, of one folder:
@@ -92,10 +87,8 @@ def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95%
 PROBE_PENALTIES = tuple(10.0 ** k for k in range(-6, 5))
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """The (N, D) sets scaled by the training set's per-feature mean and std (a constant feature keeps std 1)."""
-    mean, std = train.mean(dim=0), train.std(dim=0)
-    std = torch.where(std > 0, std, 1.0)
-    return [(x - mean) / std for x in (train, *others)]
+    mean, std = train.mean(dim=0), train.std(dim=0)  # the training set's, per feature
+    return [(x - mean) / torch.where(std > 0, std, 1.0) for x in (train, *others)]  # a constant feature keeps std 1
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, penalty: float) -> tuple:
     """(D, K) W, (K,) b minimising mean cross-entropy(x W + b) + penalty / 2 ||W||^2 by full-batch L-BFGS (convex)."""
@@ -103,13 +96,11 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, penalt
     bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     # at most 300 iterations: weakly penalised separable problems stop there
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=300, line_search_fn="strong_wolfe")
-
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = F.cross_entropy(x @ weight + bias, labels) + penalty / 2 * weight.square().sum()
         loss.backward()
         return loss
-
     with torch.enable_grad():
         optimizer.step(closure)
     return weight.detach(), bias.detach()
@@ -157,8 +148,7 @@ def logistic_probe(train_features: torch.Tensor, train_labels: torch.Tensor, tes
 IMAGENET = ResNet18_Weights.IMAGENET1K_V1  # torchvision's supervised ResNet18: labels of dog breeds and cats included
 # the SHA-256's first hex digits, in the file's name: torch.hub's check of a download, made here of the cached file too
 IMAGENET_SHA256 = torch.hub.HASH_REGEX.search(Path(IMAGENET.url).name)[1]
-IMAGE_SIZES = {"imagenet": 224, "demo": 32, "other": 150}  # px without a checkpoint: ImageNet's crop, train.py --demo's,
-# the original repository's
+IMAGE_SIZES = {"imagenet": 224, "demo": 32, "other": 150}  # px without a checkpoint (ImageNet, --demo, official code)
 
 def add_backbone_arguments(group) -> None:
     source = group.add_mutually_exclusive_group()
@@ -176,8 +166,7 @@ def add_backbone_arguments(group) -> None:
 def backbone_name(args) -> str:  # of the backbone flags: simsiam, random, imagenet or weights
     return "weights" if args.init_weights else args.init or "simsiam"
 
-class Backbone(NamedTuple):
-    """What --checkpoint, --init or --init-weights chose, read before any decoding."""
+class Backbone(NamedTuple):  # what --checkpoint, --init or --init-weights chose, read before any decoding
     name: str  # simsiam, random, imagenet or weights
     weights: dict | None  # None: random init
     path: Path | None  # the file they came from
@@ -201,7 +190,6 @@ def backbone_source(args) -> Backbone:
                                                                  checkpoint and checkpoint["args"], size))
 
 def imagenet_file() -> Path:
-    """torchvision's ImageNet ResNet18 file in the torch hub cache, fetched by torchvision where absent."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET.url).name
     if not path.is_file():
         try:
@@ -216,7 +204,6 @@ def imagenet_file() -> Path:
     return path
 
 def read_pretrained(path: Path, hint: str = "train one with train.py") -> dict:
-    """train.py's siam.pt or last.pt with its arguments, split and pretraining photos, read before any decoding."""
     try:
         checkpoint = model.load_checkpoint(path, "simsiam", needs=("args", "split", "pretraining_hashes"))
         runs.check_protocol(checkpoint, path)
@@ -233,7 +220,6 @@ def resolution(image_size: int | None, cache_size: int | None, pretrained_args: 
     return image_size, cache_size or dataset.default_cache_size(image_size)
 
 def check_unseen(checkpoint: dict, path: Path, test_hashes: torch.Tensor) -> None:
-    """Refuse a backbone pretrained on any test image, by pixels (dataset.near), whatever its name or format."""
     if count := int(dataset.near(test_hashes, seen := checkpoint["pretraining_hashes"]).sum()):
         raise model.UserError(f"{count:,} of the {len(test_hashes):,} test images were among the {len(seen):,} photos "
                               f"{path} was pretrained on (by pixels): use the data flags it was pretrained with")

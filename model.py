@@ -2,8 +2,7 @@
 the loss D(p, z), the collapse metric, the checkpoint format and the training step, in the paper's symbols:
     z1, z2 = f(x1), f(x2)          f = projector(backbone(x)), the encoder
     p1, p2 = h(z1), h(z2)          h = predictor
-    L = D(p1, z2) / 2 + D(p2, z1) / 2
-"""
+    L = D(p1, z2) / 2 + D(p2, z1) / 2"""
 import math
 import os
 import tempfile
@@ -27,29 +26,23 @@ class UserError(Exception):
 
 # ---------------------------------------------------------------- the network
 
-def resnet18_backbone(zero_init_residual: bool = False) -> nn.Module:
-    """Randomly initialised torchvision ResNet18 without its classifier: (B, 3, H, W) -> (B, 512).
-    zero_init_residual starts every residual block as the identity (its last BN scale at 0)."""
+def resnet18_backbone(zero_init_residual: bool = False) -> nn.Module:  # random init, no fc: (B, 3, H, W) -> (B, 512)
     backbone = resnet18(weights=None, zero_init_residual=zero_init_residual)
     backbone.fc = nn.Identity()
     return backbone
 
 def projection_mlp(in_dim: int, dim: int) -> nn.Sequential:
     """Projection MLP (§4): three Linear -> BN layers, ReLU after the first two, output BN without affine."""
-    return nn.Sequential(
-        nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
-    )
+    return nn.Sequential(nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+                         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+                         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
 
 def prediction_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
     """Prediction MLP (§4): a bottleneck Linear -> BN -> ReLU -> Linear, no BN on its output."""
     return nn.Sequential(nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, dim))
 
-class SimSiam(nn.Module):
-    """backbone + projector form the encoder f; predictor is h. zero_init_residual as the official code's encoder;
-    False gives torchvision's initialisation, the random-init baseline's."""
+class SimSiam(nn.Module):  # backbone + projector: the encoder f; predictor: h; zero_init_residual as the official code
     def __init__(self, zero_init_residual: bool = True):
         super().__init__()
         self.backbone = resnet18_backbone(zero_init_residual)
@@ -61,7 +54,6 @@ class SimSiam(nn.Module):
         return self.predictor(z1), self.predictor(z2), z1, z2
 
 class Classifier(nn.Module):
-    """A ResNet18 backbone and a linear head on its features, for the few-label evaluation."""
     def __init__(self, num_classes: int):
         super().__init__()
         self.backbone = resnet18_backbone()
@@ -105,16 +97,14 @@ def make_optimizer(model: SimSiam, lr: float, momentum: float, weight_decay: flo
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, generator: torch.Generator,
                image_size: int, blur_reference: int, step: int, total_steps: int, runtime) -> tuple:
-    """One SimSiam step (Algorithm 1) on a uint8 batch (B, 3, S, S) on the device: the lr of this step, two views,
-    sgd_step."""
+    """One SimSiam step (Algorithm 1) on a device's uint8 batch (B, 3, S, S): this step's lr, two views, sgd_step."""
     set_lr(optimizer, step, total_steps)
     x1 = augment.simsiam_view(images, image_size, generator, blur_reference)  # (B, 3, size, size)
     x2 = augment.simsiam_view(images, image_size, generator, blur_reference)
     return sgd_step(model, optimizer, x1, x2, runtime)
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, runtime) -> tuple:
-    """One SGD step on the symmetric loss (eq. 2; the stop-gradient is inside D): (loss, z-std) as detached 0-dim
-    tensors on the device, so that nothing here waits for the GPU."""
+    """SGD on the symmetric loss (eq. 2): (loss, z-std) as detached 0-dim tensors on the device, no wait for the GPU."""
     x1, x2 = (x.contiguous(memory_format=runtime.memory_format) for x in (x1, x2))
     with runtime.autocast():
         p1, p2, z1, z2 = model(x1, x2)  # (B, d) each
@@ -124,8 +114,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tenso
     return loss.detach(), (z_std(z1) + z_std(z2)) / 2
 
 def match_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Momentum buffers laid out as their parameters: a last.pt from a CPU resumes into channels_last on CUDA, and
-    the fused update wants both alike."""
+    """Momentum buffers laid out as their parameters (a CPU's last.pt on CUDA): the fused update wants both alike."""
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             state = optimizer.state.get(parameter, {})
@@ -137,8 +126,7 @@ def match_layout(optimizer: torch.optim.Optimizer) -> None:
 #   {"format": FORMAT, "version": VERSION, "kind": "simsiam" | "classifier", "model": state_dict, ...extra entries}
 
 def unwrap(model: nn.Module) -> nn.Module:  # the plain module inside DDP or torch.compile wrappers
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    return getattr(model := getattr(model, "module", model), "_orig_mod", model)
 
 def finite_state(model: nn.Module) -> bool:  # every weight and BatchNorm statistic finite: checked before saving
     return all(bool(value.isfinite().all()) for value in model.state_dict().values() if value.is_floating_point())
@@ -156,8 +144,7 @@ def atomic_save(state: dict, path: Path) -> None:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
+        os.umask(umask := os.umask(0))
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0o600 would hide the checkpoint from the group
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:
@@ -168,17 +155,14 @@ def atomic_save(state: dict, path: Path) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra) -> None:
-    """Write a checkpoint of `kind` atomically: the unwrapped model's state dict and `extra`."""
     atomic_save({"format": FORMAT, "version": VERSION, "kind": kind, "model": unwrap(model).state_dict(), **extra},
                 path)
 
 def export_backbone(model: SimSiam, path: Path) -> None:
-    """The backbone alone in torchvision's key format, on the CPU: resnet18().load_state_dict(torch.load(path),
-    strict=False) misses only fc.weight and fc.bias."""
+    """The backbone in torchvision's key format, on the CPU: a resnet18() state dict less fc.weight and fc.bias."""
     atomic_save({key: value.cpu() for key, value in unwrap(model).backbone.state_dict().items()}, path)
 
-def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool = False) -> nn.Module:
-    """module.load_state_dict(state_dict), strictly; a mismatch is one line naming the file."""
+def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool = False) -> nn.Module:  # strictly
     try:
         module.load_state_dict(state_dict, assign=assign)
     except (RuntimeError, TypeError, AttributeError) as error:
@@ -187,7 +171,6 @@ def load_weights(module: nn.Module, state_dict: dict, path: Path, assign: bool =
     return module
 
 def read_file(path: Path) -> dict:
-    """A dict saved by torch.save, read without unpickling code; a UserError naming the file otherwise."""
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file" + " (a folder: pass the .pt file in it)" * path.is_dir())
     try:
@@ -200,8 +183,7 @@ def read_file(path: Path) -> dict:
     return state
 
 def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
-    """A checkpoint of `kind` holding the entries `needs`, read without unpickling code and its weights checked
-    strictly against a fresh model of that kind; a UserError saying what is wrong otherwise."""
+    """A checkpoint of `kind` holding `needs`, its weights checked strictly against a fresh model; else a UserError."""
     state = read_file(path := Path(path))
     if state.get("format") != FORMAT:
         raise UserError(f"{path}: a PyTorch file but not a {FORMAT} checkpoint")
@@ -210,8 +192,7 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
     if state.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint format version {state.get('version')!r}, this code reads {VERSION}: "
                         f"written by another version of this repository")
-    missing = [key for key in ("model", *needs) if key not in state]
-    if missing:
+    if missing := [key for key in ("model", *needs) if key not in state]:
         hint = " (siam.pt holds the weights only: --resume reads last.pt)" if "optimizer" in missing else ""
         raise UserError(f"{path}: a {kind} checkpoint without {', '.join(map(repr, missing))}{hint}")
     classes = state.get("classes")
@@ -225,7 +206,6 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
         raise UserError(f"{path}: its weights hold values that are not finite (NaN or infinity)")
     return state
 
-def backbone_state(checkpoint: dict) -> dict:
-    """The backbone's weights from a SimSiam checkpoint's state dict, without the "backbone." prefix."""
+def backbone_state(checkpoint: dict) -> dict:  # a SimSiam checkpoint's backbone, in torchvision's key format
     return {key.removeprefix("backbone."): value for key, value in checkpoint["model"].items()
             if key.startswith("backbone.")}

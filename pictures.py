@@ -6,8 +6,7 @@ images by cosine similarity of features, green where the class agrees), features
     python pictures.py --demo --random --device cpu     # a random-init backbone alone, no checkpoint
     python pictures.py --data data/PetImages            # runs/simsiam/siam.pt -> runs/plots/*.png
 
-Pass train.py's data flags. Image and cache size follow the checkpoint unless --image-size or --cache-size say so.
-"""
+Pass train.py's data flags. Image and cache size follow the checkpoint unless --image-size or --cache-size say so."""
 import argparse
 from pathlib import Path
 
@@ -65,10 +64,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.demo and args.out.resolve().is_relative_to(args.data.resolve()):
         raise model.UserError(f"--out {args.out} lies inside --data {args.data}: its PNGs would be read as photos")
-    runtime = runs.make_runtime(args.device, args.precision)
-    chosen = evaluate.backbone_source(args)
+    runtime, chosen = runs.make_runtime(args.device, args.precision), evaluate.backbone_source(args)
     checkpoint, image_size, cache_size = chosen.checkpoint, chosen.image_size, chosen.cache_size
-    pretrained = None if checkpoint is None else checkpoint["args"]
     data, splits = dataset.open_data(argparse.Namespace(**{**vars(args), "image_size": image_size,
                                                            "cache_size": cache_size}))
     if checkpoint is not None:
@@ -84,7 +81,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{' and '.join(backbones)} at {image_size} px ({cache_size} px cache) on {device}, {runtime.precision}")
     batch = dataset.gather(images, bank[torch.randperm(len(bank))[:VIEW_IMAGES]], device)  # (R, 3, S, S) uint8
-    generator, blur = runs.generator(device, args.seed), (pretrained or {}).get("blur_reference_size")
+    generator, blur = runs.generator(device, args.seed), checkpoint and checkpoint["args"].get("blur_reference_size")
     views = [augment.simsiam_view(batch, image_size, generator, blur or augment.BLUR_REFERENCE_SIZE)
              for _ in range(2 * VIEW_PAIRS)]  # x1, x2 of pair 1, x1, x2 of pair 2, ...
     figure, axes = thumbnails(len(batch), 1 + len(views), f"SimSiam's views x1, x2 of pretraining images, drawn as "

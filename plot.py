@@ -4,10 +4,8 @@
     python plot.py runs/demo --out runs/demo/plots   # the runs in one folder (the quick start's)
     python plot.py runs/simsiam runs/classifier-random-frozen --out figures   # chosen runs
 
-OUT/simsiam.png: SimSiam loss, z-std against 1/sqrt(d), kNN accuracy per epoch; OUT/classifier.png: classifier runs'
-training loss and accuracy, test accuracy in the legend. Then the test accuracies ± standard error, and the paired
-difference of SimSiam and random-init runs of one mode on the same test images. Foreign folders are skipped, noted.
-"""
+OUT/simsiam.png: SimSiam loss, z-std against 1/sqrt(d), kNN accuracy per epoch; OUT/classifier.png: training loss and
+accuracy (legend: test accuracy). Then test accuracy ± s.e., SimSiam - random init paired; foreign folders skipped."""
 import argparse
 import contextlib
 import itertools
@@ -44,8 +42,7 @@ def run_folders(paths: list[Path]) -> list[Path]:
         folders += [path] if (path / "metrics.jsonl").is_file() or not found else found
     return folders
 
-def problem(run_args, records: list[dict]) -> str | None:
-    """What in a run folder's files is not what runs write, naming the file and the field; None when nothing is."""
+def problem(run_args, records: list[dict]) -> str | None:  # what in a run's files is not what runs write, if any
     if not isinstance(run_args, dict) or run_args.get("backbone", "random") not in runs.COLOURS \
             or run_args.get("mode", "frozen") not in runs.LINESTYLES:
         return "its args.json is not a run's (an object with a known backbone and mode)"
@@ -105,8 +102,7 @@ def plot(drawn: list[dict], panels: tuple, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
-def results(classifiers: list[dict]) -> list[str]:
-    """Finished classifier runs' test accuracies; SimSiam - random init image by image, on the same test images."""
+def results(classifiers: list[dict]) -> list[str]:  # test accuracies; SimSiam - random init paired on the same images
     finished = [run for run in classifiers if run["final"] is not None]
     rows = [f"{'backbone':8} {'probe':18} {'accuracy':>8} ± s.e.    {'test':>6}   run"] if finished else []
     for run in finished:
@@ -125,8 +121,8 @@ def results(classifiers: list[dict]) -> list[str]:
              and a["args"]["backbone"] != "random" == b["args"]["backbone"]]
     for (a, b), (key, probe) in itertools.product(pairs, evaluate.PROBE_PREDICTIONS.items()):  # None: other images
         if difference := evaluate.compare_predictions(saved.get(a["folder"], {}), saved.get(b["folder"], {}), key):
-            rows.append(f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: {evaluate.describe_difference(difference)} ({a['name']} against "
-                        f"{b['name']})")
+            rows.append(f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: "
+                        f"{evaluate.describe_difference(difference)} ({a['name']} against {b['name']})")
     return rows
 
 @runs.reports_errors

@@ -6,8 +6,7 @@
     python predict.py ~/.cache/simsiam-cats-dogs/demo-data-2x400 --checkpoint runs/demo-classifier/classifier.pt
 
 A photo is seen as the classifier saw its test images: decoded as the cache decodes it, its centre view, the
-backbone in eval mode, then the head. Folders are searched recursively; an unreadable file is reported and skipped.
-"""
+backbone in eval mode, then the head. Folders are searched recursively; an unreadable file is reported and skipped."""
 import argparse
 import csv
 import sys

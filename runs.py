@@ -22,8 +22,7 @@ import numpy
 import PIL
 import torch
 import torchvision
-from torch import distributed as dist
-from torch import nn
+from torch import distributed as dist, nn
 
 import dataset
 from model import MIN_IMAGE_SIZE, UserError
@@ -44,21 +43,17 @@ def in_range(kind, low: float, high: float = math.inf, include_low: bool = True)
         return value
     return parse
 
-def positive(kind):
-    return in_range(kind, 0, include_low=False)
-
+positive = functools.partial(in_range, low=0, include_low=False)
 fraction = in_range(float, 0, 1, include_low=False)
 seed = in_range(int, 0, 2 ** 32)  # numpy's seeds are 32-bit
 image_size = in_range(int, MIN_IMAGE_SIZE)
 batch_size = in_range(int, 2)  # BatchNorm in training needs two samples
 DEMO_SPLITS = {"test_fraction": 0.25, "val_fraction": 0.1}  # of 800 demo images: 200 tested (s.e. ~3.5 points)
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data flags every script shares; equal values give every script the same splits."""
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:  # shared by every script: equal values, equal splits
     group = parser.add_argument_group("data")
-    group.add_argument("--data", type=Path, default=Path("data/PetImages"),
-                       help="photos: one sub-folder per class (PetImages/Cat, PetImages/Dog), Kaggle's flat "
-                            "train/cat.0.jpg, or loose photos (default: %(default)s)")
+    group.add_argument("--data", type=Path, default=Path("data/PetImages"), help="photos: a sub-folder per class "
+                       "(PetImages/Cat, .../Dog), Kaggle's flat train/cat.0.jpg or loose photos (default: %(default)s)")
     group.add_argument("--download", action="store_true", help="first fetch Microsoft's archive (787 MB) to --data")
     group.add_argument("--download-url", default=dataset.DEFAULT_URL, help="where --download fetches from")
     group.add_argument("--demo", action="store_true", help="a generated two-class set, with small settings")
@@ -71,9 +66,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=seed, default=0, help="seed of the test split and --limit (default: 0)")
     group.add_argument("--test-fraction", type=fraction, default=0.1,
                        help="stratified test split, never seen by pretraining or labels (default: %(default)s)")
-    group.add_argument("--val-fraction", type=in_range(float, 0, 1), default=0.05,
-                       help="stratified split held out from pretraining and labels for the kNN monitor, which never "
-                            "reads the test split; 0: no monitor (default: %(default)s)")
+    group.add_argument("--val-fraction", type=in_range(float, 0, 1), default=0.05, help="the kNN monitor's stratified "
+                       "split (not the test's), held out from pretraining and labels; 0: none (default: %(default)s)")
     group.add_argument("--labels", type=positive(int), default=250, help="labelled images, balanced (default: 250)")
     group.add_argument("--label-seed", type=seed, default=0, help="seed of the labelled subset draw (default: 0)")
 
@@ -98,8 +92,7 @@ def add_output_arguments(group, default_out: Path | None, resumable: bool, shown
                             help="continue from OUT/last.pt, or from PATH (a last.pt or a run folder) into --out")
 
 def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = None) -> argparse.Namespace:
-    """argv parsed with a --config record's flags, else the --demo (DEMO_SPLITS and `demo`) or --cpu preset, as
-    defaults: explicit flags still win."""
+    """argv parsed over defaults: a --config record's flags, else the --demo (DEMO_SPLITS, `demo`) or --cpu preset."""
     parser.add_argument("--config", type=Path, metavar="ARGS_JSON", help="a run's args.json: its flags, less --resume "
                         "and --overwrite, are the defaults; flags given here win (pass --out for a new folder)")
     known, data_default = parser.parse_known_args(argv)[0], parser.get_default("data")
@@ -116,8 +109,7 @@ def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = 
         summary_writer()  # refused before any work when the package is missing
     return args
 
-def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
-    """The recorded flags of an args.json that `parser` has; those it lacks (another version's) are named."""
+def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:  # the flags `parser` has; others are named
     try:
         record = json.loads(path.read_text())
         flags = {name: record[name] for name in record.get("flags", record)}  # "flags": the names of the flags
@@ -132,14 +124,13 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
 
 WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # one line and exit 2, as a UserError
 
-class Interrupted(Exception):
-    """A run stopped by SIGINT or SIGTERM after saving what it had; exits with 128 + the signal's number."""
+class Interrupted(Exception):  # a run stopped by a signal after saving what it had; exits 128 + the signal's number
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.exit_status = 128 + signal_number
 
 def reports_errors(main):
-    """A script's main, its errors reported as API.md's "Errors" says; a bug still shows its traceback."""
+    """A script's main: a UserError or a full disk: one line, exit 2; a stop: 128 + its signal; a bug: a traceback."""
     @functools.wraps(main)
     def run(argv=None):
         for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, not a crash
@@ -167,12 +158,11 @@ def reports_errors(main):
 
 TENSORBOARD = "tensorboard"  # OUT/tensorboard: TensorBoard's event files, under --tensorboard
 RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
-             "labelled.json", "left-out.txt", TENSORBOARD)  # what runs write; nothing else in a run folder is ever moved or deleted
+             "labelled.json", "left-out.txt", TENSORBOARD)  # what runs write; nothing else is ever moved or deleted
 REPLACED = ".replaced"  # OUT/.replaced: the run an --overwrite replaces, until the new run's first good checkpoint
 _replacing: dict[Path, Path] = {}  # resolved run folder -> as given, while its old run waits in OUT/.replaced
 
-def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
-    """Refuse before any work a `folder` that is a file (or below one) or cannot be written; create it if `create`."""
+def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:  # refused early if a file or unwritable
     nearest = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         problem = "is a file, not a folder" if not nearest.is_dir() else "cannot be written"
@@ -183,8 +173,7 @@ def writable_folder(folder: Path, flag: str, create: bool = True) -> Path:
 
 def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = None,
               resumable: bool = False) -> list[str]:
-    """The run files in `out` this run replaces; a folder holding another run is refused unless this run continues
-    it (`resume_from` is its last.pt) or replaces it (`overwrite`). Changes nothing."""
+    """The run files in `out` this run replaces, changing nothing; another run there needs --resume or --overwrite."""
     if resume_from is not None and not resume_from.is_file():
         raise UserError(f"nothing to resume: {resume_from} does not exist (start the run without --resume)")
     if (out / REPLACED).exists():
@@ -199,8 +188,7 @@ def check_out(out: Path, overwrite: bool = False, resume_from: Path | None = Non
     writable_folder(out, "--out", create=False)
     return [] if continues else held
 
-def start_run(out: Path, held: list[str]) -> None:
-    """Just before the first step, every check passed: create `out`, set the replaced run's files `held` aside."""
+def start_run(out: Path, held: list[str]) -> None:  # checks passed: create `out`, set the old run's `held` files aside
     out.mkdir(parents=True, exist_ok=True)
     if held:
         (out / REPLACED).mkdir()
@@ -212,8 +200,7 @@ def keep_run(out: Path) -> None:  # after this run's first good checkpoint: the 
     if _replacing.pop(out.resolve(), None) is not None:
         shutil.rmtree(out / REPLACED)
 
-def release() -> None:
-    """At the end of every main: a run that ended before keep_run is deleted, the run it replaced put back."""
+def release() -> None:  # at every main's end: a run ended before keep_run is deleted, the one it replaced put back
     while _replacing:
         out = _replacing.popitem()[1]
         for path in (out / name for name in RUN_FILES):
@@ -224,7 +211,6 @@ def release() -> None:
         print(f"the run in {out} that this one was to replace is back as it was", file=sys.stderr)
 
 def resume_checkpoint(resume: Path | bool | None, out: Path) -> Path | None:
-    """--resume: OUT/last.pt; --resume PATH: PATH, or PATH/last.pt for a folder; None without --resume."""
     if resume is None or resume is True:
         return None if resume is None else out / "last.pt"
     return resume / "last.pt" if resume.is_dir() else resume
@@ -233,8 +219,7 @@ def plain_args(args: argparse.Namespace) -> dict:  # paths as strings, for JSON 
     return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 
 def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
-    """OUT/args.json: the flags (their names in "flags", for --config), `derived`; its environment describes
-    derived["device_used"] (a concrete name) unless `derived` holds one."""
+    """OUT/args.json: the flags (named in "flags", for --config), `derived`, derived["device_used"]'s environment."""
     record = {**plain_args(args), **derived, "protocol": PROTOCOL, "code_version": code_version(),
               "flags": sorted(vars(args))}
     record.setdefault("environment", environment(torch.device(derived.get("device_used", "cpu"))))
@@ -293,15 +278,12 @@ def read_predictions(folder: Path) -> dict:
                         "run's folder") from None
 
 def classifier_run_name(backbone: str, finetune: bool, all_labels: bool = False) -> str:
-    name = f"classifier-{backbone}-{'finetune' if finetune else 'frozen'}"
-    return name + ("-all-labels" if all_labels else "")
+    return f"classifier-{backbone}-{'finetune' if finetune else 'frozen'}" + "-all-labels" * all_labels
 
-class StopSignals:
-    """Within `with`, SIGINT (Ctrl-C) and SIGTERM (preemption) only set `.signal_number`: the loop saves and stops."""
+class StopSignals:  # within `with`, SIGINT and SIGTERM (preemption) only set .signal_number: the loop saves and stops
     signal_number: int | None = None
     def __enter__(self) -> "StopSignals":
-        def request(number: int, frame) -> None:
-            self.signal_number = number
+        request = lambda number, frame: setattr(self, "signal_number", number)
         self.signal_number = None  # entered again: a new start
         self.previous = {number: signal.signal(number, request) for number in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -325,16 +307,14 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
-COLOURS = {"random": ["tab:gray", "black", "silver"], "imagenet": ["tab:olive"], "weights": ["tab:cyan"],  # plots:
-           # a colour per backbone (one per run in turn)
+COLOURS = {"random": ["tab:gray", "black", "silver"], "imagenet": ["tab:olive"], "weights": ["tab:cyan"],
            "simsiam": ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]}
-LINESTYLES = {"frozen": "-", "finetune": "--"}  # and a line style per mode
+LINESTYLES = {"frozen": "-", "finetune": "--"}  # plots: COLOURS per backbone (one per run in turn), a style per mode
 
 # ---------------------------------------------------------------- devices
 
 @dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed: a concrete device (cuda:0, never cuda), the precision, the ranks."""
+class Runtime:  # where and how tensors are computed: a concrete device (cuda:0, never cuda), the precision, the ranks
     device: torch.device
     precision: str  # "bf16" or "fp16" (autocast), or "fp32"
     context: "Context" = field(default_factory=lambda: Context())
@@ -362,10 +342,7 @@ class Runtime:
 
 def make_runtime(device_name: str, precision: str = "auto", context: "Context | None" = None,
                  image_size: int | None = None) -> Runtime:
-    """The device is concrete ("cuda" is the current GPU, "auto" it or the CPU); one the machine lacks: UserError.
-    Precision auto: on CUDA bf16 where the GPU has it (compute capability 8.0 or more), else fp16 with a gradient
-    scaler; on a CPU with bf16 units (AMX or AVX512-BF16) bf16 for pretraining at `image_size` 64 px or more (1.4x
-    faster at 64 px on a 2-core Xeon, docs/benchmarks.md; train.py and bench.py pass it), else fp32."""
+    """A concrete device ("cuda": the current GPU, "auto": it or the CPU), else a UserError; "auto": auto_precision."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     try:
         device = torch.device(name)
@@ -390,7 +367,7 @@ def auto_precision(device: torch.device, image_size: int | None) -> tuple[str, s
         return "fp32", f"{device.type} without bf16 units"
     if image_size is None or image_size < 64:  # 32 px: 3% faster; below, bf16 backward is wrong (docs/benchmarks.md)
         return "fp32", f"bf16 pays on this CPU ({', '.join(units)}) for pretraining at 64 px or more"
-    return "bf16", f"the CPU has {', '.join(units)}, at {image_size} px"
+    return "bf16", f"the CPU has {', '.join(units)}, at {image_size} px"  # 1.4x faster at 64 px on a 2-core Xeon
 
 def cpuinfo(key: str) -> str:  # a line of Linux's /proc/cpuinfo ("model name", "flags"); "" elsewhere
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
@@ -411,8 +388,7 @@ def synchronize(device: torch.device, reset_peak_memory: bool = False) -> None: 
         if reset_peak_memory:
             torch.cuda.reset_peak_memory_stats(device)
 
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory allocated on a CUDA device since the last reset; on a CPU the process's peak resident memory."""
+def peak_memory_gb(device: torch.device) -> float:  # allocated on CUDA since the last reset; on a CPU the peak RSS
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
@@ -438,8 +414,7 @@ class Context:
     is_main = property(lambda self: self.rank == 0)  # rank 0 writes logs, metrics, checkpoints, shows progress
     is_distributed = property(lambda self: self.world_size > 1)
 
-def setup(device_name: str) -> tuple[Context, str]:
-    """(context, device name); joins torchrun's process group: NCCL on cuda:LOCAL_RANK, gloo on the CPU."""
+def setup(device_name: str) -> tuple[Context, str]:  # joins torchrun's group: NCCL on cuda:LOCAL_RANK, gloo on the CPU
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Context(), device_name
     if device_name not in ("auto", "cuda", "cpu"):  # cuda:N would be overridden by LOCAL_RANK, mps fall back to cpu
@@ -461,8 +436,7 @@ def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-def barrier(context: Context) -> None:
-    """Wait for every process; when one stopped first (and said why), the others end in one line too."""
+def barrier(context: Context) -> None:  # when one process stopped first (saying why), the others end in one line too
     if context.is_distributed:
         try:
             dist.barrier()

@@ -11,8 +11,7 @@
 Every step is model.train_step: two augmented views, loss = D(p1, z2) / 2 + D(p2, z1) / 2, one SGD step. OUT gets
 siam.pt (weights, split, pixel hashes of the photos pretrained on), backbone.pt (torchvision's key format), last.pt
 (for --resume), metrics.jsonl (per epoch: loss, z-std, lr, images/s, kNN accuracy on the validation split) and
-args.json. SIGTERM or Ctrl-C saves last.pt after the step in progress; --resume goes on as if never stopped.
-"""
+args.json. SIGTERM or Ctrl-C saves last.pt after the step in progress; --resume goes on as if never stopped."""
 import argparse
 import math
 import shutil
@@ -30,10 +29,8 @@ import model
 import runs
 from model import UserError
 
-# --demo: 32 px and a high lr, so that a few hundred CPU steps visibly move the loss. --cpu: the 23,000 real photos
-# in about 36 min on 2 cores (docs/cpu.md): 32 px costs a twentieth of 150 px, base lr 0.2 suits a few thousand steps
-DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}
-# the CPU curve's recipe (docs/cpu.md): about 3 h on 2 cores, bf16 where the CPU has bf16 units; the blur scaled
+DEMO = {"epochs": 20, "batch_size": 64, "image_size": 32, "lr": 0.5}  # a few hundred CPU steps visibly move the loss
+# --cpu (docs/cpu.md): about 3 h on 2 cores, bf16 where the CPU has it, blur scaled; lr 0.2 suits a few thousand steps
 CPU = {"epochs": 60, "batch_size": 64, "image_size": 64, "lr": 0.2, "device": "cpu"}
 RESUME_WARNS = ("epochs", "batch_size", "image_size", "lr", "weight_decay", "momentum", "blur_reference_size", "seed")
 COLLAPSE_FRACTION = 0.25  # of 1/sqrt(d), z-std's healthy value: below it, a warning that the representation collapses
@@ -86,8 +83,7 @@ def seed_of(*numbers: int) -> int:
     return int(np.random.SeedSequence([len(numbers), *numbers]).generate_state(1, np.uint64)[0])
 
 def knn_accuracy(network: model.SimSiam, monitor: tuple, args: argparse.Namespace, runtime) -> float:
-    """kNN accuracy of the backbone's features on the monitor's validation split, the labelled subset the bank. The
-    test split is never read while pretraining: it is the final evaluation's alone."""
+    """kNN accuracy of the backbone's features on the validation split, the labelled subset the bank (not the test)."""
     data, splits, images = monitor
     bank, queries = (evaluate.embed(network.backbone, images, rows, args.image_size, runtime)
                      for rows in (splits.labelled, splits.validation))
@@ -116,8 +112,7 @@ def save(out: Path, network: model.SimSiam, optimizer, recorded: dict, checkpoin
     return out / "last.pt"
 
 def resume(last: Path, network: model.SimSiam, optimizer, recorded: dict, args: argparse.Namespace, say) -> dict:
-    """Load last.pt into `network` and `optimizer`; refused: another held-out split or other pretraining photos
-    (its epochs may have seen the new held-out images), or fewer --epochs than it has done."""
+    """Load last.pt into `network` and `optimizer`, refused for another split or photos, or fewer --epochs than done."""
     state = model.load_checkpoint(last, "simsiam", needs=("optimizer", "epoch", "step", "args", "split",
                                                           "pretraining_hashes"))
     runs.check_protocol(state, last)

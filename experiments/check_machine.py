@@ -5,8 +5,7 @@
 
 On the demo set, a subprocess per step: bench.py; train.py (2 short epochs); the same run stopped by SIGTERM after a
 step, then --resume, equal bit for bit to the uninterrupted one (--deterministic); classifier.py on its siam.pt;
-predict.py. Prints and writes (RUNS/check-machine.json) each step passed, not run or why it failed; exits 1 if any.
-"""
+predict.py. Prints and writes (RUNS/check-machine.json) each step passed, not run or why it failed; exits 1 if any."""
 import argparse
 import json
 import shutil

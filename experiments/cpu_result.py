@@ -6,8 +6,7 @@ random init, paired on the same test images, per label draw; with --budgets, als
     python -m experiments.cpu_result --budgets 5 10 20 40 -- --save-every 1   # the curve; train.py's flags after --
 
 The verdict is over the label draws: SimSiam ahead by MARGIN and STANDARD_ERRORS paired standard errors. Reuses
-finished runs, resumes an unfinished pretraining. Writes RESULTS/cpu-result.json, .md, small files (and the curve).
-"""
+finished runs, resumes an unfinished pretraining. Writes RESULTS/cpu-result.json, .md, small files (and the curve)."""
 from matplotlib.figure import Figure
 
 import runs
@@ -47,11 +46,11 @@ def main(argv=None) -> None:
     rows, folders = runner.compare(args, runner.pretrained(args, ["--cpu"], args.budgets), ("frozen",))
     rows = [{**row, "meets_target": row["difference"] >= max(MARGIN, STANDARD_ERRORS * row["standard_error"]),
              **(budget(args, row) if args.budgets and row["backbone"] != "imagenet" else {})} for row in rows]
-    verdicts = [f"verdict, {row['protocol']}, {row['backbone']}: "
-                f"{'ImageNet weights' if row['backbone'] == 'imagenet' else 'SimSiam'} "
-                f"{('does not beat', 'beats')[row['meets_target']]} random init by {100 * MARGIN:.0f} points and "
-                f"{STANDARD_ERRORS} paired standard errors over {row['draws']} label draws"
-                + (f", after {row['epoch']} epochs ({row['minutes']:.0f} min)" if "epoch" in row else "") for row in rows]
+    verdicts = [f"verdict, {r['protocol']}, {r['backbone']}: "
+                f"{'ImageNet weights' if r['backbone'] == 'imagenet' else 'SimSiam'} "
+                f"{('does not beat', 'beats')[r['meets_target']]} random init by {100 * MARGIN:.0f} points and "
+                f"{STANDARD_ERRORS} paired standard errors over {r['draws']} label draws"
+                + (f", after {r['epoch']} epochs ({r['minutes']:.0f} min)" if "epoch" in r else "") for r in rows]
     runner.write_results(args, "cpu-result", {"margin": MARGIN, "standard_errors": STANDARD_ERRORS, "rows": rows},
                          [*runner.paired_table(rows), "", *verdicts], folders)
     if args.budgets:

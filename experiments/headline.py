@@ -7,8 +7,7 @@
 
 train.py per pretraining seed; classifier.py over random init and each SimSiam backbone, frozen (linear and
 closed-form probes) and fine-tuned, per label draw, each protocol paired on the same test images; the supervised bound
-(random init fine-tuned on every label); plot.py. Writes RESULTS/headline.json, .md and the runs' small files.
-"""
+(random init fine-tuned on every label); plot.py. Writes RESULTS/headline.json, .md and the runs' small files."""
 import runs
 from experiments import runner
 

@@ -1,13 +1,11 @@
-"""Label efficiency: held-out test accuracy against the number of labelled images, random init against SimSiam,
-frozen (linear and closed-form probes) and fine-tuned.
+"""Label efficiency: test accuracy against the number of labels, random init against SimSiam, frozen and fine-tuned.
 
     python -m experiments.label_efficiency                     # a GPU: pretraining, then 100 classifier runs
     python -m experiments.label_efficiency --checkpoint runs/headline/pretrain-seed0/siam.pt
     python -m experiments.label_efficiency --tiny              # CPU smoke run on the --demo set, in seconds
 
 Each of --sizes is drawn once per --label-seeds; the supervised bound is random init fine-tuned on every label.
-Writes RESULTS/label-efficiency.json, .md, .png (the spread over the draws as a band) and the runs' small files.
-"""
+Writes RESULTS/label-efficiency.json, .md, .png (the spread over the draws as a band) and the runs' small files."""
 import json
 
 from matplotlib.figure import Figure  # drawn to a file without pyplot: no backend is chosen
@@ -66,8 +64,7 @@ def main(argv=None) -> None:
             groups.setdefault((backbone, protocol, labels), []).append(records[-1]["accuracy"])
     summary = [{"backbone": backbone, "protocol": protocol, "labels": labels, "seeds": len(accuracies),
                 **runner.spread(accuracies)} for (backbone, protocol, labels), accuracies in sorted(groups.items())]
-    bound = records[0]["accuracy"]  # planned first: random init fine-tuned on every label
-    test = predictions["labels"]
+    bound, test = records[0]["accuracy"], predictions["labels"]  # the bound: planned first, random init, every label
     chance = max(map(test.count, set(test))) / len(test)  # always guessing the test split's largest class
     table = ["| labels | backbone | protocol | draws | test accuracy, mean ± std | min to max |", "| --- " * 6 + "|"]
     table += [f"| {r['labels']:,} | {r['backbone']} | {r['protocol']} | {r['seeds']} | {100 * r['mean']:.1f}% ± "

@@ -32,9 +32,8 @@ PROTOCOLS = {"linear probe": ("frozen", "head"), "closed-form probe": ("frozen",
 stop = runs.StopSignals()  # entered by run_all: a SIGINT or SIGTERM to the experiment goes on to its scripts
 
 def run(command: list[str], log: Path, stop_when: Path | None = None, shown: list[str] | None = None) -> int:
-    """`command` (a script of the repository and its arguments) under `stop`, its output into `log` after the
-    command (or `shown`); its exit status. With `stop_when`: SIGTERM once that file exists. Each script runs in its
-    own process group, so that a Ctrl-C reaches it once: from here."""
+    """`command` (a repository script and its arguments) under `stop`, `log` holding it (or `shown`) and its output;
+    its exit status. `stop_when`: SIGTERM once it exists. Its own process group: a Ctrl-C reaches it once, from here."""
     if stop.signal_number is None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as file:
@@ -54,8 +53,7 @@ def run(command: list[str], log: Path, stop_when: Path | None = None, shown: lis
 def last_line(log: Path) -> str:
     return ([line for line in log.read_text(errors="replace").splitlines() if line.strip()] or ["no output"])[-1]
 
-def run_once(command: list[str], log: Path) -> None:
-    """run(), unless the log says this command finished; one it left unfinished resumes from its last.pt."""
+def run_once(command: list[str], log: Path) -> None:  # skipped when logged done; an unfinished one resumes from last.pt
     out, text = Path(command[command.index("--out") + 1]), log.read_text(errors="replace") if log.is_file() else ""
     tried = text.startswith(f"# python {' '.join(command)}\n") and out.exists()
     if tried and "\n# done in " in text:
@@ -127,8 +125,7 @@ def run_classifiers(args, checkpoints: dict[str, Path], planned: dict[Path, tupl
     image_size, cache_size = evaluate.resolution(None, None, checkpoint["args"], checkpoint["args"]["image_size"])
     run_all([(["classifier.py", *data_flags(args), "--image-size", str(image_size), "--cache-size", str(cache_size),
                *(["--random"] if backbone == "random" else ["--init", "imagenet"] if backbone == "imagenet" else
-                 ["--checkpoint", str(checkpoints[backbone])]),
-               *(["--finetune"] if mode == "finetune" else []),
+                 ["--checkpoint", str(checkpoints[backbone])]), *(["--finetune"] if mode == "finetune" else []),
                *(TINY["classifier"] if args.tiny else ["--epochs", str(args.classifier_epochs)]), *flags,
                "--out", str(out), "--overwrite"], out.with_suffix(".log"))
              for out, (backbone, mode, flags) in planned.items()], args.parallel)
@@ -147,7 +144,7 @@ def compare(args, checkpoints: dict[str, Path], modes: tuple, extra: dict | None
         run_all([(["plot.py", *map(str, [*pretrainings, *first]), "--out", str(args.runs / "plots")],
                   args.runs / "plot.log")])
     predictions = {key: runs.read_predictions(out) for key, out in folders.items()}
-    if not evaluate.same_test_images(*predictions.values()):
+    if len({json.dumps([p.get("files"), p.get("labels")]) for p in predictions.values()}) > 1:  # not one test set
         raise UserError(f"the classifier runs in {args.runs} were not all tested on the same images")
     rows = []
     for protocol, (mode, key) in [(protocol, use) for protocol, use in PROTOCOLS.items() if use[0] in modes]:
@@ -178,8 +175,7 @@ def spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values)}
 
 def write_results(args, name: str, result: dict, table: list[str], folders: list[Path]) -> None:
-    """RESULTS/NAME.json (with the arguments, date, machine and pretrainings), NAME.md (the table, printed too) and
-    the small files of `folders` (arguments, metrics, labels, predictions, plots; no checkpoints) in RESULTS/NAME/."""
+    """RESULTS/NAME.json (arguments, date, machine, pretrainings), NAME.md (the table, printed), NAME/ (small files)."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")  # the machine's figures
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "environment": runs.environment(device),
               "pretraining": {folder.name: epochs(folder)[-1] for folder in folders if folder.name[:9] == "pretrain-"},
