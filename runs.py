@@ -116,7 +116,7 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:  # the fla
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise UserError(f"--config {path}: not a run's args.json ({type(error).__name__}: {error})") from None
     known = {action.dest for action in parser._actions} - {"help", "config", "resume", "overwrite"}
-    if unused := sorted(set(flags) - known - {"config", "resume", "overwrite"}):
+    if unused := sorted(set(flags) - known - {"config", "resume", "overwrite"}) * ("flags" in record):  # else: old
         print(f"note: --config {path}: this version has no flag for {', '.join(unused)}: not used", file=sys.stderr)
     return {name: value for name, value in flags.items() if name in known}
 

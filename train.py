@@ -4,7 +4,7 @@
     python train.py --data data/PetImages                  # Microsoft's Cats and Dogs: 150 px, batch 256, 200 epochs
     python train.py --data data/PetImages --resume         # go on with a stopped or killed run from OUT/last.pt
     python train.py --data myphotos --monitor-data data/PetImages --out runs/mine   # your own unlabelled photos
-    python train.py --data data/PetImages --cpu            # the CPU recipe: 32 px, under an hour on 2 cores
+    python train.py --data data/PetImages --cpu            # the CPU recipe: 64 px, about 3 hours on 2 cores
     python train.py --data data/PetImages --image-size 32 --epochs 1 --limit 1000 --device cpu   # a quick CPU check
     torchrun --nproc_per_node=4 train.py --data data/PetImages   # DistributedDataParallel, the batch split in 4
 
