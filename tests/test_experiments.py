@@ -95,8 +95,9 @@ def parsed(monkeypatch) -> list[list[str]]:
 
 
 def test_headline_protocols_bound_and_spread_over_pretraining_seeds(tmp_path, parsed):
-    """Each protocol (linear, closed-form, fine-tuned) is paired for each pretraining seed; the spread over the seeds
-    and the supervised bound are in the JSON and the table. Every script accepts the command it is given."""
+    """Each protocol (linear, closed-form, fine-tuned) is paired for each pretraining seed and, with --imagenet, for
+    ImageNet weights (classifier.py --init imagenet); the spread over the pretraining seeds (not ImageNet's) and the
+    supervised bound are in the JSON and the table. Every script accepts the command it is given."""
     folder = tmp_path / "runs"
     for seed in (0, 1):
         write_pretraining(folder / f"pretrain-seed{seed}")
@@ -104,16 +105,22 @@ def test_headline_protocols_bound_and_spread_over_pretraining_seeds(tmp_path, pa
         write_run(folder / f"simsiam-seed{seed}-finetune-labels0", 16 + 2 * seed)
     write_run(folder / "random-frozen-labels0", 10, closed_form=10)
     write_run(folder / "random-finetune-labels0", 12)
+    write_run(folder / "imagenet-frozen-labels0", 19, closed_form=20)
+    write_run(folder / "imagenet-finetune-labels0", 20)
     write_run(folder / "supervised-all-labels", 19)
-    headline.main(["--pretrain-seeds", "0", "1", "--label-seeds", "0", "--runs", str(folder),
+    headline.main(["--pretrain-seeds", "0", "1", "--label-seeds", "0", "--imagenet", "--runs", str(folder),
                    "--results", str(tmp_path / "results"), "--", "--epochs", "3"])
-    assert [c[0] for c in parsed] == ["train.py"] * 2 + ["classifier.py"] * (1 + 2 * 3) + ["plot.py"]
+    assert [c[0] for c in parsed] == ["train.py"] * 2 + ["classifier.py"] * (1 + 2 * 4) + ["plot.py"]
+    assert sum(c[c.index("--out") + 1].startswith(str(folder / "imagenet-")) and "imagenet" == c[c.index("--init") + 1]
+               for c in parsed if "--init" in c) == 2
     assert parsed[0][-7:-1] == ["--epochs", "3", "--seed", "0", "--out", str(folder / "pretrain-seed0")]
     assert {"--random", "--finetune", "--all-labels"} <= set(parsed[2])  # the supervised bound, the longest, first
     assert all(c[c.index("--image-size") + 1] == "32" for c in parsed if c[0] == "classifier.py")
     result = json.loads((tmp_path / "results" / "headline.json").read_text())
     assert [(r["protocol"], r["backbone"]) for r in result["rows"]] == [
-        (protocol, f"simsiam-seed{seed}") for protocol in runner.PROTOCOLS for seed in (0, 1)]
+        (protocol, backbone) for protocol in runner.PROTOCOLS for backbone in ("simsiam-seed0", "simsiam-seed1",
+                                                                                "imagenet")]
+    assert result["rows"][2]["difference"] == pytest.approx(0.45)  # ImageNet's linear probe: 19 against 10 of 20
     spread = result["spread_over_pretraining_seeds"]["fine-tuned"]["difference"]
     assert (spread["min"], spread["max"], spread["mean"]) == pytest.approx((0.2, 0.3, 0.25))
     assert result["supervised_accuracy"] == 0.95
