@@ -27,7 +27,7 @@ def plot(summary: list[dict], backbones: list[str], bound: float, chance: float,
     for index, backbone in enumerate(backbones):
         for protocol, (mode, _) in runner.PROTOCOLS.items():
             rows = [row for row in summary if (row["backbone"], row["protocol"]) == (backbone, protocol)]
-            colour = runs.COLOURS["random"][0] if index == 0 else runs.COLOURS["simsiam"][index - 1]
+            colour = (runs.COLOURS.get(backbone) or runs.COLOURS["simsiam"][index - 1:])[0]  # simsiam-seedS: in turn
             sizes = [r["labels"] for r in rows]
             axis.fill_between(sizes, [r["min"] for r in rows], [r["max"] for r in rows], color=colour, alpha=0.1)
             axis.plot(sizes, [r["mean"] for r in rows], color=colour, marker="o", label=f"{backbone}, {protocol}",
@@ -45,7 +45,8 @@ def plot(summary: list[dict], backbones: list[str], bound: float, chance: float,
 def main(argv=None) -> None:
     args = parse_args(argv)
     checkpoints = runner.pretrained(args, [])
-    backbones, sizes = ["random", *checkpoints], sorted(set(args.sizes or ([10] if args.tiny else SIZES)), reverse=True)
+    backbones = ["random", *checkpoints, *["imagenet"] * args.imagenet]
+    sizes = sorted(set(args.sizes or ([10] if args.tiny else SIZES)), reverse=True)
     draws = [("all-labels", [*runner.ALL_LABELS, "--epochs", "1" if args.tiny else str(args.supervised_epochs)]),
              *((f"{n}-labels-seed{seed}", ["--labels", str(n), "--label-seed", str(seed)])
                for n in sizes for seed in args.label_seeds)]  # the longest first

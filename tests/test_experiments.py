@@ -131,21 +131,22 @@ def test_headline_protocols_bound_and_spread_over_pretraining_seeds(tmp_path, pa
 def test_label_efficiency_summary_and_plot(tmp_path, parsed):
     """Per backbone, protocol and number of labels: the draws and their spread (min <= mean <= max), the closed-form
     probe for the frozen runs only, the supervised bound and chance; the plot is a PNG. The runs on every label come
-    first, the longest."""
+    first, the longest. --imagenet adds ImageNet weights as a backbone."""
     folder = tmp_path / "runs"
     write_pretraining(folder / "pretrain-seed0")
-    for backbone, base in (("random", 10), ("simsiam-seed0", 12)):
+    for backbone, base in (("random", 10), ("simsiam-seed0", 12), ("imagenet", 14)):
         for mode in ("frozen", "finetune"):
             write_run(folder / f"{backbone}-{mode}-all-labels", base + 6, 16 if mode == "frozen" else None, 300)
             for seed in (0, 1):
                 write_run(folder / f"{backbone}-{mode}-10-labels-seed{seed}", base + seed,
                           base if mode == "frozen" else None, 10)
-    label_efficiency.main(["--sizes", "10", "--label-seeds", "0", "1", "--runs", str(folder),
+    label_efficiency.main(["--sizes", "10", "--label-seeds", "0", "1", "--imagenet", "--runs", str(folder),
                            "--results", str(tmp_path / "results")])
-    assert len(parsed) == 1 + 2 * 2 * 3 and "--all-labels" in parsed[1] and "--all-labels" not in parsed[5]
+    assert len(parsed) == 1 + 2 * 3 * 3 and "--all-labels" in parsed[1] and "--all-labels" not in parsed[7]
+    assert sum("imagenet" in command for command in parsed) == 2 * 3
     result = json.loads((tmp_path / "results" / "label-efficiency.json").read_text())
     summary = {(r["backbone"], r["protocol"], r["labels"]): r for r in result["summary"]}
-    assert len(summary) == 2 * 3 * 2 and summary["random", "fine-tuned", 300]["seeds"] == 1
+    assert len(summary) == 3 * 3 * 2 and summary["random", "fine-tuned", 300]["seeds"] == 1
     ten = summary["simsiam-seed0", "linear probe", 10]
     assert ten["seeds"] == 2 and (ten["min"], ten["mean"], ten["max"]) == pytest.approx((0.6, 0.625, 0.65))
     assert {run["protocol"] for run in result["runs"] if "finetune" in run["run"]} == {"fine-tuned"}
