@@ -73,12 +73,12 @@ class TestSet(NamedTuple):
     files: list[str]  # (M,) names, for predictions.json
     name: str  # "400 held-out test images"
     fingerprint: str  # in args.json, so that plot.py never mixes two test sets on one axis
-    hashes: torch.Tensor  # (M, 2) photo identities, checked against the pretraining photos
+    hashes: torch.Tensor  # (M, 8) photo identities, checked against the pretraining photos
     left_out: list[str]  # --test-data: its copies of photos trained on, not tested
 
 def evaluation_set(args, data: dataset.ImageSet, splits: dataset.Splits, trained_on: torch.Tensor) -> TestSet:
     """The held-out split, or every image of --test-data (its classes mapped onto the training ones) that is not
-    a copy of a photo this classifier or its backbone trained on (`trained_on`: their (N, 2) identities)."""
+    a copy of a photo this classifier or its backbone trained on (`trained_on`: their identities)."""
     if args.test_data is None:
         test, name = (splits.validation, "validation") if args.validate else (splits.test, "held-out test")
         if not len(test):

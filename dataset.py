@@ -19,7 +19,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,8 @@ KAGGLE_NAME = re.compile(r"([^.]+)\.[0-9]+\.[^.]+")  # cat.0.jpg: class, number,
 FETCH_HINT = "run with --download to fetch Microsoft's Cats and Dogs, or with --demo for a synthetic set"
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and (path.is_file()
+                                                                                       or path.is_symlink())
 
 def image_tree(folder: Path) -> list[str]:
     """The images under `folder` at any depth, then its sub-folders that could not be read ("x/"), relative and sorted.
@@ -90,14 +91,25 @@ def find_images(root: Path, min_classes: int = 2,
 
 # ---- decoding
 
-DECODE_VERSION = 4  # in the cache key with Pillow's version: bump when the decoding or the cache's record changes
-# A photo's identity under any name, format or size (docs/protocol.md): a 64-bit perceptual hash (which of the 8 x 8
-# lowest DCT coefficients but the mean of its grey HASH_SIDE px square exceed their median) and its mean colour
-# R << 16 | G << 8 | B (one layout in other colours, as the demo set's shapes, stays apart).
+DECODE_VERSION = 5  # in the cache key with Pillow's version: bump when the decoding or the cache's record changes
+# A photo's identity under any name, format or size (docs/protocol.md): 4 views, the photo itself, its mirror image,
+# its centre 80% and that one's mirror image, each a 64-bit perceptual hash (which of the 8 x 8 lowest DCT
+# coefficients but the mean of its grey HASH_SIDE px square exceed their median) and its mean colour R << 16 | G << 8
+# | B (one layout in other colours, as the demo set's shapes, stays apart; a grey copy is compared by brightness).
 HASH_SIDE, NEAR_BITS, NEAR_LEVELS = 32, 8, 16  # one photo: hashes <= NEAR_BITS bits apart, colours <= NEAR_LEVELS each
 _DCT = np.cos(np.pi * (2 * np.arange(HASH_SIDE)[None, :] + 1) * np.arange(HASH_SIDE)[:, None] / (2 * HASH_SIDE))
+LUMA, MIRROR = np.array([0.299, 0.587, 0.114]), (-1.0) ** np.arange(8)  # a mirror image: odd columns change sign
 
-def decode_file(source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def identity(square: Image.Image, box: tuple) -> list[int]:  # [hash, colour] of the `box` of `square`, its mirror's
+    small = np.asarray(square.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, box), np.float64)
+    colour = int.from_bytes(small.mean(axis=(0, 1)).round().astype(np.uint8).tobytes(), "big")
+    hashes = []
+    for coefficients in (low := (_DCT @ (small @ LUMA) @ _DCT.T)[:8, :8], low * MIRROR):
+        bits = np.concatenate([[False], coefficients.flatten()[1:] > np.median(coefficients.flatten()[1:])])
+        hashes.append(int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little", signed=True))
+    return [hashes[0], colour, hashes[1], colour]
+
+def decode_file(source, size: int) -> tuple[np.ndarray, list[int]]:
     """(the (size, size, 3) uint8 RGB square: upright (EXIF), centre crop; the identity), from any PIL mode."""
     with Image.open(source) as image:
         image.draft("RGB", (max(size, HASH_SIDE),) * 2)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale where enough
@@ -109,27 +121,32 @@ def decode_file(source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):  # on white
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
         image = image.convert("RGB")
-    small = np.asarray(ImageOps.fit(image, (HASH_SIDE, HASH_SIDE), Image.Resampling.BOX), np.float64)
-    coefficients = (_DCT @ (small @ [0.299, 0.587, 0.114]) @ _DCT.T)[:8, :8].flatten()[1:]
-    bits = np.packbits(np.concatenate([[False], coefficients > np.median(coefficients)]), bitorder="little")
-    red, green, blue = (int(v) for v in small.mean(axis=(0, 1)).round())
+    square = ImageOps.fit(image, (5 * HASH_SIDE,) * 2, Image.Resampling.BOX)  # its centre 80%: 16 px in from each side
     return (np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)),
-            (int.from_bytes(bits.tobytes(), "little", signed=True), red << 16 | green << 8 | blue))
+            identity(square, (0, 0, 160, 160)) + identity(square, (16, 16, 144, 144)))
 
-def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """(N,) bool: whether each of N photos (identities (N, 2)) is one of `others` (M, 2)."""
-    def parts(rows):  # (N, 2) -> the hashes' bits (N, 64) float 0/1, the colours (N, 3)
+def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """(N,) bool: whether each of N photos (identities (N, 2V): V views, itself first) is a copy of one of `others`
+    (M, 2W): one's own view within NEAR_BITS bits of a view of the other, a colour alike (a grey one: brightness)."""
+    def parts(rows):  # (N, 2V) -> the views' hash bits (N * V, 64), float 0/1, and their colours (N * V, 3)
+        rows = rows.reshape(-1, 2)
         return ((rows[:, :1] >> torch.arange(64)) & 1).float(), (rows[:, 1:] >> torch.tensor([16, 8, 0])) & 255
+    def alike(a, b):  # (K, 3) pairs of colours: within NEAR_LEVELS each, or where either is grey, in brightness
+        grey, luma = (a.amax(1) - a.amin(1) <= 2) | (b.amax(1) - b.amin(1) <= 2), torch.from_numpy(LUMA).float()
+        return ((a - b).abs() <= NEAR_LEVELS).all(1) | grey & ((a - b).float() @ luma).abs().le(NEAR_LEVELS)
     found = torch.zeros(len(identities), dtype=torch.bool)
-    other_bits, other_colours = parts(others)
     for start in range(0, len(identities) if len(others) else 0, chunk):
-        bits, colours = parts(identities[start:start + chunk])
-        distance = bits.sum(1, keepdim=True) + other_bits.sum(1) - 2 * bits @ other_bits.T
-        same_colour = ((colours[:, None] - other_colours[None]).abs() <= NEAR_LEVELS).all(2)
-        found[start:start + chunk] = ((distance <= NEAR_BITS) & same_colour).any(1)
+        rows = identities[start:start + chunk]
+        for mine, theirs in ((rows[:, :2], others), (rows, others[:, :2])):  # its own view: their views; and back
+            (bits, colours), (other_bits, other_colours) = parts(mine), parts(theirs)
+            distance = bits.sum(1, keepdim=True) + other_bits.sum(1) - 2 * bits @ other_bits.T
+            i, j = torch.nonzero(distance <= NEAR_BITS, as_tuple=True)
+            found[start + i[alike(colours[i], other_colours[j])] // (mine.shape[1] // 2)] = True
     return found
 
 def failure_kind(path: Path, error: Exception) -> str:  # why `path` could not be decoded, for skipped.txt
+    if path.is_symlink() and not path.exists():  # dangling, or a loop of links
+        return "broken link"
     if isinstance(error, Image.UnidentifiedImageError):  # no format that this Pillow reads
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0:
@@ -144,7 +161,7 @@ def failure_kind(path: Path, error: Exception) -> str:  # why `path` could not b
 
 _rows: np.memmap | None = None  # the staging images.u8 while a build runs: the forked decoding processes write into it
 
-def _decode_row(index: int, path: Path) -> tuple[tuple[int, int] | None, str | None]:
+def _decode_row(index: int, path: Path) -> tuple[list[int] | None, str | None]:
     try:
         square, its_identity = decode_file(path, _rows.shape[-1])
         _rows[index] = square.transpose(2, 0, 1)
@@ -201,7 +218,8 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
             meta = {"root": str(root), "shape": [len(kept), 3, size, size], "files": [files[i] for i in kept],
                     "identities": [results[i][0] for i in kept], "skipped": skipped}
             (staging / "meta.json").write_text(json.dumps(meta))  # a name that is not UTF-8 round-trips (\udcXX)
-            (staging / "skipped.txt").write_bytes(os.fsencode("".join(f"{n}\t{why}\n" for n, why in skipped.items())))
+            lines = [one_line(name) + f"\t{why}\n".encode() for name, why in skipped.items()]
+            (staging / "skipped.txt").write_bytes(b"".join(lines))
     finally:
         _rows = None
 
@@ -214,12 +232,15 @@ class ImageSet:
     files: list[str]  # relative to root
     skipped: dict[str, str]  # file -> why it was skipped
     cache_path: Path
-    hashes: torch.Tensor  # (N, 2) int64: each photo's identity, whatever its file (see decode_file)
+    hashes: torch.Tensor  # (N, 8) int64: each photo's identity, 4 views of (hash, colour), whatever its file
 
 def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
                 workers: int | None = None, min_classes: int = 2, unlabelled: bool | None = False) -> ImageSet:
     """The images of `root` (find_images; a seeded `limit` of them) at `size` px, from the cache (built if absent)."""
     root = Path(root).resolve()
+    if Path(cache_dir).resolve().is_relative_to(root):
+        raise UserError(f"--cache-dir {cache_dir} is inside --data {root}: its files would be read as photos; choose a "
+                        "cache folder outside it")
     files, labels, classes = find_images(root, min_classes, unlabelled)
     if limit is not None and limit < len(files):
         chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
@@ -246,7 +267,10 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
             f" among the {limit} that --limit drew: raise --limit"))
     images = torch.from_numpy(np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=tuple(meta["shape"])))
     return ImageSet(root, images, torch.tensor(kept_labels), classes, meta["files"], meta["skipped"], folder,
-                    torch.tensor(meta["identities"], dtype=torch.int64).reshape(-1, 2))
+                    torch.tensor(meta["identities"], dtype=torch.int64).reshape(-1, 8))
+
+def one_line(name: str) -> bytes:  # a file name as bytes for a list of one name per line: \n, \t and \\ escaped
+    return os.fsencode(name).replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")
 
 def shown(name: str) -> str:  # printable anywhere: the bytes of a name that is not UTF-8 (surrogates) as \xNN
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -266,6 +290,7 @@ class Splits:  # sorted int64 indices
     labelled: torch.Tensor  # the few labelled images, balanced per class, among the pretraining images
     pretrain: torch.Tensor  # every image in neither test nor validation, nor a copy of one; its labels unused
     validation: torch.Tensor  # the kNN monitor's queries: choices made while pretraining never read the test split
+    two_labels: torch.Tensor  # photos whose pixels are also under another class: in no split
 
 def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, num_labels: int, seed: int,
                 label_seed: int, class_names: list[str] | None = None, hashes: torch.Tensor | None = None,
@@ -275,7 +300,7 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     Leak rule: with `hashes`, later splits drop copies of test or validation images. No classes: none held out."""
     if num_classes == 0:
         empty = torch.zeros(0, dtype=torch.int64)
-        return Splits(test=empty, labelled=empty, pretrain=torch.arange(len(labels)), validation=empty)
+        return Splits(empty, empty, torch.arange(len(labels)), empty, empty)
     split_generator, label_generator = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(label_seed)
     per_class_labels = [num_labels // num_classes + (c < num_labels % num_classes) for c in range(num_classes)]
     test, validation, others = [], [], []
@@ -285,7 +310,13 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
         counts = [max(1, round(f * len(members))) if f > 0 else 0 for f in (test_fraction, val_fraction)]  # >= 1
         for split, part in zip((test, validation, others), members.split([*counts, len(members) - sum(counts)])):
             split.append(part)
-    if hashes is not None:
+    two_labels = torch.zeros(len(labels), dtype=torch.bool)
+    if hashes is not None:  # the same pixels (the photo itself: identical hash and colour) under two classes
+        classes_of = defaultdict(set)
+        for key, label in zip(keys := [tuple(row) for row in hashes[:, :2].tolist()], labels.tolist()):
+            classes_of[key].add(label)
+        two_labels = torch.tensor([len(classes_of[key]) > 1 for key in keys], dtype=torch.bool)
+        test, validation, others = ([part[~two_labels[part]] for part in split] for split in (test, validation, others))
         held_out = hashes[torch.cat(test)]
         validation = [rest[~near(hashes[rest], held_out)] for rest in validation]
         held_out = torch.cat([held_out, hashes[torch.cat(validation)]])
@@ -293,14 +324,18 @@ def make_splits(labels: torch.Tensor, num_classes: int, test_fraction: float, nu
     labelled = []
     for c, rest in enumerate(others):
         if len(rest) < per_class_labels[c] + 1:
-            copies = int((labels == c).sum()) - len(test[c]) - len(validation[c]) - len(rest)
+            dropped = int((labels == c).sum()) - len(test[c]) - len(validation[c]) - len(rest)
+            lower = [flag for flag, count, least in (("--labels", per_class_labels[c], 1), ("--test-fraction",
+                     len(test[c]), 1), ("--val-fraction", len(validation[c]), 0)) if count > least]
             raise UserError(f"class {class_names[c] if class_names else c!r} has {int((labels == c).sum())} images"
-                            f"{f' ({copies} copies of held-out ones)' if copies else ''}, too few for {len(test[c])} "
-                            f"test, {len(validation[c])} validation, {per_class_labels[c]} labelled and one more to "
-                            f"pretrain on: add images, or lower --labels, --test-fraction or --val-fraction")
+                            f"{f' ({dropped} copies of held-out ones or under two classes)' if dropped else ''}, too "
+                            f"few for {len(test[c])} test, {len(validation[c])} validation, {per_class_labels[c]} "
+                            f"labelled and one more to pretrain on: add images" + ", or lower " * bool(lower)
+                            + " or ".join(lower))
         labelled.append(rest[torch.randperm(len(rest), generator=label_generator)[:per_class_labels[c]]])
     return Splits(test=torch.cat(test).sort().values, labelled=torch.cat(labelled).sort().values,
-                  pretrain=torch.cat(others).sort().values, validation=torch.cat(validation).sort().values)
+                  pretrain=torch.cat(others).sort().values, validation=torch.cat(validation).sort().values,
+                  two_labels=torch.nonzero(two_labels).flatten())
 
 def fingerprint(files: list[str], indices: torch.Tensor) -> str:  # names a set of images by their names' bytes
     return hashlib.sha1(b"\n".join(sorted(os.fsencode(files[i]) for i in indices.tolist()))).hexdigest()[:16]
@@ -333,6 +368,13 @@ def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
                        options.workers, unlabelled=getattr(options, "unlabelled", False) and not options.demo)
     splits = make_splits(data.labels, len(data.classes), options.test_fraction, options.labels, options.split_seed,
                          options.label_seed, data.classes, data.hashes, options.val_fraction)
+    if verbose and len(splits.two_labels):
+        names = [data.files[i] for i in splits.two_labels]
+        with contextlib.suppress(OSError):  # the cache folder is named by the files, so by their classes too
+            (data.cache_path / "two-labels.txt").write_bytes(b"".join(one_line(name) + b"\n" for name in names))
+        print(f"warning: {len(names):,} photos are under two classes or more, the same pixels ("
+              f"{', '.join(map(shown, names[:3]))}{' ...' * (len(names) > 3)}): left out of every split; listed in "
+              f"{data.cache_path / 'two-labels.txt'}")
     if verbose:
         print(f"{describe(data)}\nsplits: {len(splits.pretrain):,} pretraining (labels unused), "
               f"{len(splits.labelled):,} labelled, {len(splits.validation):,} validation, {len(splits.test):,} test "

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import SHARED_PETIMAGES, write_class_tree, write_image
 from emulated_cuda import emulated_cuda
-from PIL import Image
+from PIL import Image, ImageOps
 
 import dataset
 from model import UserError
@@ -168,7 +168,8 @@ def test_every_mode_decodes_to_an_upright_rgb_square(tmp_path):
 
 def test_bad_files_are_skipped_and_listed_with_why(class_tree, cache_dir, monkeypatch):
     """Every bad file (empty, truncated, not an image, too many pixels, HEIC without a decoder, deleted during the
-    build, an unreadable folder, a name that is not UTF-8) is skipped and listed in skipped.txt with why; every
+    build, a dangling link or a loop, an unreadable folder, a name not UTF-8 or with a newline) is skipped and listed
+    in skipped.txt with why, a line each; every
     decodable image is kept, in order, its row its decoded pixels."""
     cat, dog, fox = (class_tree / name for name in ("Cat", "Dog", "Fox"))
     (cat / "empty.jpg").write_bytes(b"")
@@ -181,6 +182,9 @@ def test_bad_files_are_skipped_and_listed_with_why(class_tree, cache_dir, monkey
     (dog / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     write_image(fox / "private" / "0.jpg", seed=9)
     (fox / NOT_UTF8).write_bytes(b"")
+    (fox / "two\nlines.jpg").write_bytes(b"")
+    (dog / "gone.jpg").symlink_to(dog / "absent.jpg")
+    (dog / "loop.jpg").symlink_to(dog / "loop.jpg")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 14,400 px is over twice it; the forked workers inherit it
     listing, real_decode = os.scandir, dataset.decode_file
     monkeypatch.setattr(os, "scandir", lambda path=".": (_ for _ in ()).throw(PermissionError(13, "denied", path))
@@ -192,12 +196,14 @@ def test_bad_files_are_skipped_and_listed_with_why(class_tree, cache_dir, monkey
                             "Cat/truncated.jpg": "truncated image", "Dog/3.jpg": "unreadable (FileNotFoundError)",
                             "Dog/bomb.png": "unreadable (DecompressionBombError)",
                             "Dog/photo.heic": "not an image this Pillow reads", "Fox/private/": "unreadable folder",
-                            f"Fox/{NOT_UTF8}": "empty file"}
-    assert b"Fox/caf\xe9.jpg\tempty file" in (data.cache_path / "skipped.txt").read_bytes().splitlines()
+                            f"Fox/{NOT_UTF8}": "empty file", "Fox/two\nlines.jpg": "empty file",
+                            "Dog/gone.jpg": "broken link", "Dog/loop.jpg": "broken link"}
+    listed = (data.cache_path / "skipped.txt").read_bytes().splitlines()
+    assert b"Fox/caf\xe9.jpg\tempty file" in listed and b"Fox/two\\nlines.jpg\tempty file" in listed
     assert len(data.files) == 60 - 1 + 1 and "Cat/png.jpg" in data.files
     monkeypatch.setattr(dataset, "decode_file", real_decode)
     assert rows_match_files(data) and data.labels.tolist() == [0] * 21 + [1] * 19 + [2] * 20
-    assert "8 skipped (2 empty file, 1 not an image, " in dataset.describe(data)
+    assert "11 skipped (3 empty file, 2 broken link, 1 not an image, " in dataset.describe(data)
 
 
 def test_a_class_whose_every_file_is_skipped_is_refused(class_tree, cache_dir):
@@ -226,12 +232,16 @@ def write_photo(path: Path, seed: int, size=(120, 90)) -> Path:
     return path
 
 
-def reencode(source: Path, target: Path, scale: float, **options) -> Path:
+def reencode(source: Path, target: Path, scale: float, change=lambda image: image, **options) -> Path:
     with Image.open(source) as image:
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)),
-                                    Image.Resampling.LANCZOS).save(target, **options)
+        change(image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)),
+                                           Image.Resampling.LANCZOS)).save(target, **options)
     return target
+
+
+COPIES = {"smaller": lambda image: image, "mirrored": ImageOps.mirror, "grey": lambda image: image.convert("L"),
+          "centre 80%": lambda image: ImageOps.crop(image, (image.width // 10, image.height // 10))}
 
 
 def identity(source) -> torch.Tensor:
@@ -278,7 +288,7 @@ def test_cache_is_decoded_once_and_reused(class_tree, cache_dir, monkeypatch):
     write_image(class_tree / "Cat" / NOT_UTF8, seed=7)
     first = load(class_tree, cache_dir)
     assert first.images.shape == (61, 3, 16, 16) and first.images.dtype == torch.uint8 and rows_match_files(first)
-    assert first.hashes.shape == (61, 2) and first.labels.dtype == torch.int64 and f"Cat/{NOT_UTF8}" in first.files
+    assert first.hashes.shape == (61, 8) and first.labels.dtype == torch.int64 and f"Cat/{NOT_UTF8}" in first.files
     monkeypatch.setattr(dataset, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
     second = load(class_tree, cache_dir)
     assert second.files == first.files and torch.equal(second.hashes, first.hashes)
@@ -425,22 +435,24 @@ def test_copies_of_held_out_images_are_neither_pretrained_nor_labelled():
     hashes = torch.randint(-2 ** 62, 2 ** 62, (600, 2), generator=torch.Generator().manual_seed(0))
     before = splits_of(val_fraction=0.1, hashes=hashes)
     copies = [int(before.pretrain[0]), int(before.pretrain[-1]), int(before.validation[-1])]
-    hashes[copies[0]], hashes[copies[1]] = hashes[before.test[0]], hashes[before.validation[0]]
-    hashes[copies[2]] = hashes[before.test[1]]
+    one_bit = torch.tensor([1, 0])  # near, not identical: identical pixels under two classes are in no split
+    hashes[copies[0]], hashes[copies[1]] = hashes[before.test[0]] ^ one_bit, hashes[before.validation[0]] ^ one_bit
+    hashes[copies[2]] = hashes[before.test[1]] ^ one_bit
     after = splits_of(val_fraction=0.1, hashes=hashes)
     kept = set(torch.cat([after.pretrain, after.labelled, after.validation]).tolist())
     assert not kept & set(copies) and torch.equal(after.test, before.test)
 
 
-def test_reencoded_copies_in_the_folder_are_held_out_together(tmp_path, cache_dir):
-    """A folder holding each cat twice, as PNG and resized as JPEG under another name: whichever copy is held out,
-    the other is neither pretrained nor labelled."""
+@pytest.mark.parametrize("copy", COPIES)
+def test_reencoded_copies_in_the_folder_are_held_out_together(tmp_path, cache_dir, copy):
+    """A folder holding each cat twice, as PNG and as a smaller, mirrored, grey or cropped JPEG under another name:
+    whichever copy is held out, the other is neither pretrained nor labelled."""
     root = tmp_path / "Pets"
     for c, name in enumerate(["Cat", "Dog"]):
         for i in range(10):
             path = write_photo(root / name / f"{i}.png", seed=1000 * c + i, size=(60, 45))
             if name == "Cat":
-                reencode(path, root / "Cat" / f"copy-{i}.jpg", 0.8, quality=85)
+                reencode(path, root / "Cat" / f"copy-{i}.jpg", 0.8, COPIES[copy], quality=85)
     data = load(root, cache_dir, 32)
     splits = dataset.make_splits(data.labels, 2, 0.2, 4, 0, 0, data.classes, data.hashes, 0.1)
     stem = lambda i: Path(data.files[i]).stem.removeprefix("copy-") if data.files[i].startswith("Cat") else None
@@ -455,7 +467,9 @@ def test_too_few_images_per_class_say_what_is_needed():
     with pytest.raises(UserError, match=r"class 'Dog' has 5 images, too few for 1 test, 1 validation, 10 labelled "
                                         r"and one more to pretrain on: add images, or lower --labels"):
         dataset.make_splits(torch.tensor([0] * 100 + [1] * 5), 2, 0.1, 20, 0, 0, ["Cat", "Dog"], val_fraction=0.05)
-    with pytest.raises(UserError, match=r"class 'Cat' has 4 images \(3 copies of held-out ones\)"):
+    with pytest.raises(UserError, match=r"class 'Cat' has 4 images \(3 copies of held-out ones or under two classes\)"
+                                        r", too few for 1 test, 0 validation, 1 labelled and one more to pretrain on: "
+                                        r"add images$"):  # nothing left to lower
         hashes = torch.arange(8).repeat(2, 1).T.contiguous() * 1000003
         hashes[1:4] = hashes[0]
         dataset.make_splits(torch.tensor([0] * 4 + [1] * 4), 2, 0.25, 2, 0, 0, ["Cat", "Dog"], hashes)
@@ -499,6 +513,22 @@ def test_open_data_reads_the_flags_and_prints_the_start_up_lines(class_tree, cac
     with pytest.raises(UserError, match="--cache-size 12 is below --image-size 16"):
         dataset.open_data(options(tmp := cache_dir / "none", tmp, cache_size=12))
     assert not tmp.exists()
+    with pytest.raises(UserError, match=f"--cache-dir {class_tree / 'cache'} is inside --data {class_tree}: its files"):
+        dataset.open_data(options(class_tree, class_tree / "cache"))
+
+
+def test_photos_under_two_classes_are_counted_listed_and_in_no_split(class_tree, cache_dir, capsys):
+    """The same photo in two class folders has no label: each copy is left out of every split, and a warning counts
+    them and lists them in two-labels.txt."""
+    for i in range(5):
+        (class_tree / "Dog" / f"cat-{i}.jpg").write_bytes((class_tree / "Cat" / f"{i}.jpg").read_bytes())
+    data, splits = dataset.open_data(options(class_tree, cache_dir))
+    both = {f"Cat/{i}.jpg" for i in range(5)} | {f"Dog/cat-{i}.jpg" for i in range(5)}
+    assert {data.files[i] for i in splits.two_labels} == both and "warning: 10 photos are under two classes" in \
+        capsys.readouterr().out
+    assert set((data.cache_path / "two-labels.txt").read_text().splitlines()) == both
+    in_splits = torch.cat([splits.test, splits.validation, splits.labelled, splits.pretrain]).tolist()
+    assert not {data.files[i] for i in in_splits} & both and len(set(in_splits)) == 65 - 10
 
 
 # ---- batches
