@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled], "classes": data.classes,
         "labels": data.labels[labelled].tolist(), "root": str(data.root)}))
-    metrics = runs.Metrics(out / "metrics.jsonl", args.tensorboard)
+    metrics = runs.Metrics(out / "metrics.jsonl")
     print(f"{mode} {backbone.name} ResNet18 + linear head at {image_size} px from a {cache_size} px cache, "
           f"{len(labelled):,} labelled images, {test.name}, on {device} ({runtime.precision})")
 

@@ -100,8 +100,8 @@ HASH_SIDE, NEAR_BITS, NEAR_LEVELS = 32, 8, 16  # one photo: hashes <= NEAR_BITS 
 _DCT = np.cos(np.pi * (2 * np.arange(HASH_SIDE)[None, :] + 1) * np.arange(HASH_SIDE)[:, None] / (2 * HASH_SIDE))
 LUMA, MIRROR = np.array([0.299, 0.587, 0.114]), (-1.0) ** np.arange(8)  # a mirror image: odd columns change sign
 
-def identity(square: Image.Image, box: tuple) -> list[int]:  # [hash, colour] of the `box` of `square`, its mirror's
-    small = np.asarray(square.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, box), np.float64)
+def identity(image: Image.Image) -> list[int]:  # [hash, colour] of a HASH_SIDE px square, and of its mirror image
+    small = np.asarray(image, np.float64)
     colour = int.from_bytes(small.mean(axis=(0, 1)).round().astype(np.uint8).tobytes(), "big")
     hashes = []
     for coefficients in (low := (_DCT @ (small @ LUMA) @ _DCT.T)[:8, :8], low * MIRROR):
@@ -121,9 +121,10 @@ def decode_file(source, size: int) -> tuple[np.ndarray, list[int]]:
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):  # on white
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
         image = image.convert("RGB")
-    square = ImageOps.fit(image, (5 * HASH_SIDE,) * 2, Image.Resampling.BOX)  # its centre 80%: 16 px in from each side
+    square, box = ImageOps.fit(image, (5 * HASH_SIDE,) * 2, Image.Resampling.BOX), (16, 16, 144, 144)  # centre 80%
     return (np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)),
-            identity(square, (0, 0, 160, 160)) + identity(square, (16, 16, 144, 144)))
+            identity(ImageOps.fit(image, (HASH_SIDE,) * 2, Image.Resampling.BOX))
+            + identity(square.resize((HASH_SIDE,) * 2, Image.Resampling.BOX, box)))
 
 def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(N,) bool: whether each of N photos (identities (N, 2V): V views, itself first) is a copy of one of `others`

@@ -3,6 +3,7 @@ the loss D(p, z), the collapse metric, the checkpoint format and the training st
     z1, z2 = f(x1), f(x2)          f = projector(backbone(x)), the encoder
     p1, p2 = h(z1), h(z2)          h = predictor
     L = D(p1, z2) / 2 + D(p2, z1) / 2"""
+import contextlib
 import math
 import os
 import tempfile
@@ -133,13 +134,10 @@ def finite_state(model: nn.Module) -> bool:  # every weight and BatchNorm statis
 
 def atomic_save(state: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, synced, then os.replace: a kill at any moment leaves the old
-    file or the new one. A full disk (torch.save raises RuntimeError or OSError) is a UserError; the old file stays."""
-    path = Path(path)
+    file or the new one. Any failure (a full disk, a folder made read-only) is a UserError; the old file stays."""
+    path, temporary = Path(path), None
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror or error})") from None
-    try:
         with os.fdopen(descriptor, "wb") as file:
             torch.save(state, file)
             file.flush()
@@ -147,12 +145,13 @@ def atomic_save(state: dict, path: Path) -> None:
         os.umask(umask := os.umask(0))
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0o600 would hide the checkpoint from the group
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # torch.save raises RuntimeError for a full disk, OSError or others elsewhere
+        with contextlib.suppress(OSError, TypeError):  # TypeError: no temporary file yet
+            os.unlink(temporary)
+        left = f"; delete {temporary}, left where it could not be" if temporary and os.path.exists(temporary) else ""
         kept = "the previous file is kept" if path.exists() else "nothing was written"
-        raise UserError(f"cannot write {path} ({getattr(error, 'strerror', None) or error}): free some space "
-                        f"there or choose another --out; {kept}") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({getattr(error, 'strerror', None) or error}): free some space there, "
+                        f"make it writable or choose another --out; {kept}{left}") from None
 
 def save_checkpoint(path: Path, kind: str, model: nn.Module, **extra) -> None:
     atomic_save({"format": FORMAT, "version": VERSION, "kind": kind, "model": unwrap(model).state_dict(), **extra},

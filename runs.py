@@ -83,7 +83,6 @@ def add_run_arguments(group) -> None:
 def add_output_arguments(group, default_out: Path | None, resumable: bool, shown: str = "%(default)s") -> None:
     group.add_argument("--out", type=Path, default=default_out, help=f"run folder (default: {shown}); one holding "
                        f"another run is refused unless {'--resume or ' if resumable else ''}--overwrite")
-    group.add_argument("--tensorboard", action="store_true", help="also write the records to OUT/tensorboard")
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out; it comes back if this run fails before its first checkpoint")
@@ -105,8 +104,6 @@ def parse(parser: argparse.ArgumentParser, argv, demo: dict, cpu: dict | None = 
     args = parser.parse_args(argv)
     if args.demo and args.data != data_default:
         parser.error("--demo trains on a generated set and would ignore --data: pass one or the other")
-    if getattr(args, "tensorboard", False):
-        summary_writer()  # refused before any work when the package is missing
     return args
 
 def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:  # the flags `parser` has; others are named
@@ -156,9 +153,8 @@ def reports_errors(main):
 
 # ---------------------------------------------------------------- run folders
 
-TENSORBOARD = "tensorboard"  # OUT/tensorboard: TensorBoard's event files, under --tensorboard
 RUN_FILES = ("args.json", "metrics.jsonl", "predictions.json", "siam.pt", "last.pt", "backbone.pt", "classifier.pt",
-             "labelled.json", "left-out.txt", TENSORBOARD)  # what runs write; nothing else is ever moved or deleted
+             "labelled.json", "left-out.txt", "tensorboard")  # what runs write (tensorboard/: older versions' runs)
 REPLACED = ".replaced"  # OUT/.replaced: the run an --overwrite replaces, until the new run's first good checkpoint
 _replacing: dict[Path, Path] = {}  # resolved run folder -> as given, while its old run waits in OUT/.replaced
 
@@ -225,33 +221,13 @@ def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
     record.setdefault("environment", environment(torch.device(derived.get("device_used", "cpu"))))
     (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
 
-def summary_writer():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard (or run without "
-                        "--tensorboard; metrics.jsonl holds the same records)") from None
-    return SummaryWriter
-
-class Metrics:
-    """OUT/metrics.jsonl, a flat JSON object per event flushed at once; with `tensorboard` its numbers as scalars at
-    step `epoch` (EVENT/key for an event's). `purge_from`: the first epoch a resumed run writes again."""
-    def __init__(self, path: Path, tensorboard: bool = False, purge_from: int | None = None):
-        self.path, self.tensorboard, self.purge_from = Path(path), tensorboard, purge_from
-        self.writer, self.step = None, 0
+class Metrics:  # OUT/metrics.jsonl: a flat JSON object per event, flushed at once
+    def __init__(self, path: Path):
+        self.path = Path(path)
 
     def log(self, **record) -> None:
-        record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as file:
-            file.write(json.dumps(record) + "\n")
-        if self.tensorboard:
-            self.writer = self.writer or summary_writer()(self.path.parent / TENSORBOARD, purge_step=self.purge_from)
-            self.step = record.get("epoch", self.step)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("time", "epoch"):
-                    tag = f"{record['event']}/{key}" if "event" in record else key
-                    self.writer.add_scalar(tag, value, self.step, walltime=record["time"])
-            self.writer.flush()
+            file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 def read_jsonl(path: Path) -> list[dict]:  # the JSON objects; a line cut short by a killed process is skipped
     records = []
@@ -265,7 +241,8 @@ def final_record(path: Path) -> dict | None:  # the classifier's closing record;
 
 def truncate_metrics(path: Path, after_epoch: int) -> None:  # the epochs a resumed run writes again go, atomically
     if path.is_file():
-        kept = [record for record in read_jsonl(path) if record.get("epoch", 0) <= after_epoch]
+        kept = [record for record in read_jsonl(path) if isinstance(epoch := record.get("epoch", 0), int)
+                and epoch <= after_epoch]  # a record not of this code's making goes too
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
         os.replace(temporary, path)

@@ -50,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in CPU.items()))
     group.add_argument("--epochs", type=runs.positive(int), default=200,
                        help=f"passes over the pretraining images (default: %(default)s; --demo: {DEMO['epochs']})")
-    group.add_argument("-b", "--batch-size", type=runs.batch_size, default=256, help="images per step, all processes "
-                       f"together, as the original repository (default: %(default)s; --demo: {DEMO['batch_size']})")
+    group.add_argument("-b", "--batch-size", type=runs.batch_size, default=None, help="images per step, all processes "
+                       "together, as the original repository (default: 256, halved until a small folder holds it; "
+                       f"--demo: {DEMO['batch_size']})")
     group.add_argument("--image-size", type=runs.image_size, default=150, help="side of the views in px, as the "
                        f"original repository (default: %(default)s; --demo: {DEMO['image_size']})")
     group.add_argument("--lr", "--base-lr", dest="lr", type=runs.positive(float), default=0.03,
@@ -117,8 +118,12 @@ def resume(last: Path, network: model.SimSiam, optimizer, recorded: dict, args: 
                                                           "pretraining_hashes"))
     runs.check_protocol(state, last)
     differences = dataset.split_differences(state["split"], recorded["split"])
-    if not torch.equal(state["pretraining_hashes"], recorded["pretraining_hashes"]):
-        differences.append("the pretraining photos' pixels")
+    if not torch.equal(hashes := state["pretraining_hashes"], recorded["pretraining_hashes"][:, :hashes.shape[1]]):
+        sizes = [run.get("cache_size") or dataset.default_cache_size(run["image_size"]) for run in (state["args"],
+                                                                                                  vars(args))]
+        differences.append("the pretraining photos' pixels" + (f" (decoded at {sizes[1]} px, the run's at {sizes[0]} "
+                           f"px: pass its --image-size {state['args']['image_size']} and --cache-size {sizes[0]})")
+                           * (sizes[0] != sizes[1]))
     if differences:
         raise UserError(f"cannot resume {last}: its split differs ({'; '.join(differences)}), so its epochs may have "
                         f"trained on the new held-out images: resume with its data flags, or start a new --out")
@@ -168,6 +173,8 @@ def main(argv=None) -> None:
         say("no kNN monitor (it needs labels, in --data or --monitor-data LABELLED, and --val-fraction above 0): "
             "the loss and z-std are logged as always")
         monitor = None
+    if args.batch_size is None:  # the default: 256, or for a small folder the largest power of two it holds
+        args.batch_size = max([2 ** k for k in range(1, 9) if 2 ** k <= len(pretrain) and 2 ** k % world == 0] or [256])
     if args.batch_size > len(pretrain) or args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must divide among {world} process(es) and not exceed the "
                         f"{len(pretrain):,} pretraining images: the largest that fits is "
@@ -182,6 +189,10 @@ def main(argv=None) -> None:
     optimizer = model.make_optimizer(network, peak_lr, args.momentum, args.weight_decay)
     start = {"epoch": 0, "step": 0, "loss_sum": 0.0, "std_sum": 0.0} if last is None else resume(
         last, network, optimizer, recorded, args, say)
+    if not 0 <= start["step"] < len(pretrain) // args.batch_size:
+        raise UserError(f"cannot resume {last}: its step {start['step']} is past an epoch of "
+                        f"{len(pretrain) // args.batch_size} steps: resume with its --batch-size "
+                        f"{start['args']['batch_size']}, or start a new --out")
     wrapped = runs.wrap(network, context, device)  # DDP in several processes; shares its weights with `network`
     wrapped = torch.compile(wrapped) if args.compile else wrapped
     steps_per_epoch = len(pretrain) // args.batch_size
@@ -189,7 +200,7 @@ def main(argv=None) -> None:
     say(f"SimSiam ResNet18, {sum(p.numel() for p in network.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}: {runtime.reason}) x {world} process(es), cache in {images.device.type} memory; "
         f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, peak lr {peak_lr:g}")
-    metrics = runs.Metrics(args.out / "metrics.jsonl", args.tensorboard, None if last is None else start["epoch"] + 1)
+    metrics = runs.Metrics(args.out / "metrics.jsonl")
     augment_generator, checkpoint, healthy_std = runs.generator(device, 0), last, 1 / math.sqrt(model.PROJECTION_DIM)
 
     with runs.StopSignals() as stop:  # from here a signal stops the run after the step in progress, saved
@@ -233,7 +244,6 @@ def main(argv=None) -> None:
             if context.is_main:  # the monitor, the records and the checkpoints are rank 0's
                 record["knn_accuracy"] = None if monitor is None else knn_accuracy(network, monitor, args, runtime)
                 record["collapse_warning"] = record["z_std"] < COLLAPSE_FRACTION * healthy_std
-                metrics.log(epoch=epoch + 1, **record)
                 knn = "" if monitor is None else f", kNN accuracy {record['knn_accuracy']:.4f}"
                 print(f"epoch {epoch + 1}/{args.epochs}: loss {mean_loss:.4f}, z-std {mean_std:.4f} (healthy "
                       f"{healthy_std:.4f}){knn}, {record['images_per_s']:,.0f} images/s")
@@ -241,6 +251,7 @@ def main(argv=None) -> None:
                     print(f"warning: z-std below {COLLAPSE_FRACTION} / sqrt(d): the representation is collapsing")
                 if stop_now or (epoch + 1) % args.save_every == 0 or epoch + 1 in (args.epochs, *args.keep_epochs):
                     checkpoint = save(args.out, network, optimizer, recorded, checkpoint, epoch + 1)
+                metrics.log(epoch=epoch + 1, **record)  # after its checkpoint: a failed save leaves no record ahead
                 if epoch + 1 in args.keep_epochs:  # a budget of the curve of the lead against pretraining time
                     shutil.copyfile(args.out / "siam.pt", args.out / f"siam-epoch{epoch + 1}.pt")
             if stop_now:

@@ -438,7 +438,8 @@ def test_save_leaves_no_temporary_files(tmp_path):
     RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: "
                  "file write failed, No space left on device"),
     OSError(errno.ENOSPC, "No space left on device"),
-], ids=["RuntimeError", "OSError"])
+    ValueError("No space left on device (any other exception)"),
+], ids=["RuntimeError", "OSError", "other"])
 def test_save_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, error):
     """A save that fails half-written for lack of space (torch.save raising RuntimeError or OSError) is one
     UserError line naming the file and the cause, and leaves the previous checkpoint intact and no temporary
@@ -458,6 +459,20 @@ def test_save_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, erro
     assert str(path) in message and "No space left on device" in message and "\n" not in message
     assert "previous file is kept" in message
     assert os.listdir(tmp_path) == ["last.pt"] and path.read_bytes() == previous
+
+
+def test_save_into_a_folder_made_read_only_is_one_line_naming_what_is_left(tmp_path, monkeypatch):
+    """The folder made read-only during a save (os.replace and the clean-up both refused): one UserError line, which
+    names the temporary file that could not be deleted."""
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as patch, pytest.raises(UserError, match=r"last.pt \(Permission denied\): .*make it "
+                                                       r"writable.*nothing was written; delete .*/\.last\.pt\..*\.tmp, "
+                                                       r"left where it could not be$"):
+        patch.setattr(os, "replace", refused)
+        patch.setattr(os, "unlink", refused)
+        save_checkpoint(tmp_path / "last.pt", "simsiam", nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["umask-022", "umask-002", "umask-077"])
