@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from matplotlib import rc_context
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 
 import augment
@@ -60,6 +61,7 @@ def show(axis, image: torch.Tensor, title: str = "", label: str = "", frame: str
         spine.set(visible=frame is not None, edgecolor=frame or "black", linewidth=4)
 
 @runs.reports_errors
+@rc_context({"text.parse_math": False})  # names drawn as written: a $ would start matplotlib's mathtext
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.demo and args.out.resolve().is_relative_to(args.data.resolve()):
@@ -93,7 +95,7 @@ def main(argv=None) -> None:
     figure.savefig(args.out / "views.png", dpi=DPI)
     print(f"wrote {args.out / 'views.png'}: {len(batch)} pretraining images, {VIEW_PAIRS} pairs of views each")
     labels, k = data.labels.tolist(), min(K, len(bank))  # neighbours.png: test images' k nearest pretraining images
-    names = [dataset.shown(name).replace("$", r"\$") for name in data.classes]  # a $ would start matplotlib's mathtext
+    names = [dataset.shown(name) for name in data.classes]
     queries, test_features, panels, summary = torch.randperm(len(test))[:QUERIES], {}, {}, []  # positions in test
     for name, backbone in backbones.items():
         test_features[name] = evaluate.embed(backbone, images, test, image_size, runtime).cpu()  # (T, 512)

@@ -1,6 +1,6 @@
 """Curves and results from the files runs leave (args.json, metrics.jsonl, predictions.json), nothing else.
 
-    python plot.py                                   # every run under runs/, PNGs into runs/plots
+    python plot.py                                   # the runs in runs/*/, PNGs into runs/plots
     python plot.py runs/demo --out runs/demo/plots   # the runs in one folder (the quick start's)
     python plot.py runs/simsiam runs/classifier-random-frozen --out figures   # chosen runs
 
@@ -8,11 +8,11 @@ OUT/simsiam.png: SimSiam loss, z-std against 1/sqrt(d), kNN accuracy per epoch; 
 accuracy (legend: test accuracy). Then test accuracy ± s.e., SimSiam - random init paired; foreign folders skipped."""
 import argparse
 import contextlib
-import itertools
 import json
 import math
 from pathlib import Path
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure  # drawn to files without pyplot, so no backend is chosen
 
 import dataset
@@ -34,13 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/plots"), help="PNGs' folder (default: %(default)s)")
     return parser.parse_args(argv)
 
-def run_folders(paths: list[Path]) -> list[Path]:
+def run_folders(paths: list[Path]) -> list[Path]:  # none: runs/*/ alone, runs/demo/* or experiments' not mixed in
     folders = []  # each path that is a run folder, else the run folders under it
-    for path in paths:
+    for path in paths or [Path("runs")]:
         found = sorted(metrics.parent for metrics in path.rglob("metrics.jsonl")  # outside hidden folders (.replaced)
                        if not any(part.startswith(".") for part in metrics.relative_to(path).parts))
         folders += [path] if (path / "metrics.jsonl").is_file() or not found else found
-    return folders
+    if nested := sorted({str(Path(*folder.parts[:2])) for folder in folders if not paths and len(folder.parts) > 2}):
+        print(f"further runs, not plotted: {', '.join(nested)} (python plot.py {nested[0]} --out {nested[0]}/plots)")
+    return [folder for folder in folders if paths or len(folder.parts) == 2]
 
 def problem(run_args, records: list[dict]) -> str | None:  # what in a run's files is not what runs write, if any
     if not isinstance(run_args, dict) or run_args.get("backbone", "random") not in runs.COLOURS \
@@ -53,39 +55,41 @@ def problem(run_args, records: list[dict]) -> str | None:  # what in a run's fil
                 return f"its metrics.jsonl's {key} is {value!r}, not a number{' in [0, 1]' * accuracy}"
         if record.get("event") == "final" and not (type(record.get("num_test")) is int and "test_accuracy" in record):
             return "its metrics.jsonl's final record lacks num_test or test_accuracy"
+    return None if records else "its metrics.jsonl has no records yet"
 
-def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict]]:
-    pretraining, classifiers = [], []
+def load_runs(folders: list[Path]) -> tuple[list[dict], list[dict], list[str]]:  # and why each other was skipped
+    pretraining, classifiers, skipped = [], [], []
     for folder in folders:
-        try:
+        try:  # OSError: args.json or metrics.jsonl absent, unreadable, or a folder
             run_args = json.loads((folder / "args.json").read_text())
-            records = runs.read_jsonl(folder / "metrics.jsonl")
+            why = problem(run_args, records := runs.read_jsonl(folder / "metrics.jsonl"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            print(f"skipped {folder}: not a run's folder, no readable args.json and metrics.jsonl ({error})")
+            why = (f"not a run's folder, no readable {Path(error.filename).name} ({error.strerror})"
+                   if isinstance(error, OSError) else f"its args.json is not JSON ({error})")
+        if why is not None:
+            skipped.append(f"{folder}: {why}")
             continue
-        if (why := problem(run_args, records)) is not None:
-            print(f"skipped {folder}: {why}")
-            continue
-        run = {"name": dataset.shown(folder.name), "folder": folder, "args": run_args,
+        shown = folder.name if [other.name for other in folders].count(folder.name) == 1 else str(folder)  # told apart
+        run = {"name": dataset.shown(shown), "folder": folder, "args": run_args,
                "final": next((record for record in reversed(records) if record.get("event") == "final"), None),
                "epochs": [record for record in records if isinstance(record.get("epoch"), int)]}
         (classifiers if "backbone" in run_args else pretraining).append(run)
-    return pretraining, classifiers
+    return pretraining, classifiers, skipped
 
+@rc_context({"text.parse_math": False})  # names drawn as written: a $ would start matplotlib's mathtext
 def plot(drawn: list[dict], panels: tuple, path: Path) -> None:
-    axes = (figure := Figure(figsize=(5 * len(panels), 4.4))).subplots(1, len(panels), sharex=True)
+    axes = (figure := Figure(figsize=(5 * len(panels), 4.4), layout="tight")).subplots(1, len(panels), sharex=True)
     for i, run in enumerate(drawn):
         backbone, mode, final = run["args"].get("backbone"), run["args"].get("mode"), run["final"]
         colours = runs.COLOURS.get(backbone, [None])  # None: matplotlib's next colour
         turn = sum(other["args"].get("backbone") == backbone for other in drawn[:i])  # the runs of this backbone
         style = {"color": colours[turn % len(colours)], "linestyle": runs.LINESTYLES.get(mode, "-")}
         name = run["name"] if backbone is None else f"{backbone}, {mode} ({run['name']})"
+        tested = "" if final is None else f", test {final['test_accuracy']:.3f}"
         for axis, (key, _, _) in zip(axes, panels):
             records = [record for record in run["epochs"] if record.get(key) is not None]  # None: no kNN monitor
-            label = name + (f": {records[-1][key]:.3f}" if records else "") + (
-                "" if final is None else f", test {final['test_accuracy']:.3f}")
             axis.plot([r["epoch"] for r in records], [r[key] for r in records], marker="o", markersize=3, **style,
-                      label=label)  # a marker: a run of one epoch is visible
+                      label=name + (f": {records[-1][key]:.3f}" if records else "") + tested)  # a marker: 1 epoch seen
     classes = {run["args"].get("num_classes") for run in drawn}
     for axis, (key, title, ylabel) in zip(axes, panels):
         axis.set(title=title, xlabel="epoch", ylabel=ylabel)
@@ -99,7 +103,6 @@ def plot(drawn: list[dict], panels: tuple, path: Path) -> None:
         axis.legend(fontsize=8)
     if len({run["args"].get("test_fingerprint") for run in drawn}) > 1:
         figure.suptitle("WARNING: these runs were tested on different test sets", color="tab:red")
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 def results(classifiers: list[dict]) -> list[str]:  # test accuracies; SimSiam - random init paired on the same images
@@ -117,9 +120,9 @@ def results(classifiers: list[dict]) -> list[str]:  # test accuracies; SimSiam -
     for run in finished:
         with contextlib.suppress(UserError):
             saved[run["folder"]] = runs.read_predictions(run["folder"])
-    pairs = [(a, b) for a in finished for b in finished if a["args"]["mode"] == b["args"]["mode"]
-             and a["args"]["backbone"] != "random" == b["args"]["backbone"]]
-    for (a, b), (key, probe) in itertools.product(pairs, evaluate.PROBE_PREDICTIONS.items()):  # None: other images
+    pairs = [(a, b, key, probe) for a in finished for b in finished for key, probe in evaluate.PROBE_PREDICTIONS.items()
+             if a["args"]["mode"] == b["args"]["mode"] and a["args"]["backbone"] != "random" == b["args"]["backbone"]]
+    for a, b, key, probe in pairs:  # a difference of None: tested on other images
         if difference := evaluate.compare_predictions(saved.get(a["folder"], {}), saved.get(b["folder"], {}), key):
             rows.append(f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: "
                         f"{evaluate.describe_difference(difference)} ({a['name']} against {b['name']})")
@@ -128,9 +131,10 @@ def results(classifiers: list[dict]) -> list[str]:  # test accuracies; SimSiam -
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    pretraining, classifiers = load_runs(run_folders(args.runs or [Path("runs")]))
-    if not pretraining and not classifiers:
-        raise UserError(f"no runs in {' '.join(map(str, args.runs)) or 'runs'}: run train.py and classifier.py first")
+    pretraining, classifiers, skipped = load_runs(run_folders(args.runs))
+    if not pretraining and not classifiers:  # why, folder by folder; no folder: runs/ holds no run folder itself
+        raise UserError("; ".join(skipped) or "no runs in runs/*/: run train.py and classifier.py first")
+    print("".join(f"skipped {note}\n" for note in skipped), end="")
     runs.writable_folder(args.out, "--out")
     for name, drawn in (("simsiam.png", pretraining), ("classifier.png", classifiers)):
         if drawn:

@@ -1,5 +1,5 @@
-"""pictures.py: its three PNGs for a SimSiam checkpoint and for --random (class names that matplotlib would read as
-TeX included), its refusals in one line, the neighbours' agreement and the PCA map."""
+"""pictures.py: its three PNGs for a SimSiam checkpoint and for --random (class and backbone names that matplotlib
+would read as TeX included), its refusals in one line, the neighbours' agreement and the PCA map."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 import dataset
@@ -50,6 +52,20 @@ def test_pictures_writes_three_readable_pngs(pretrained, tmp_path, capsys, backb
         assert any(line.startswith(f"wrote {tmp_path / 'plots' / name}:") for line in written)
         with Image.open(tmp_path / "plots" / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 500
+
+
+@pytest.mark.slow
+def test_names_in_tex_are_drawn_as_written(pretrained, tmp_path, monkeypatch):
+    """A backbone file named like TeX ($\\foo$.pt: mathtext cannot parse it) beside class names with $: the three
+    PNGs are written, the backbone's name in its panels' titles as written, and no text is read as mathtext."""
+    flags, weights = pretrained[0], tmp_path / "$\\foo$.pt"
+    torch.save(model.resnet18_backbone().state_dict(), weights)
+    figures, savefig = [], Figure.savefig  # each figure saved, still written to its file
+    monkeypatch.setattr(Figure, "savefig", lambda *args, **kwargs: figures.append(args[0]) or savefig(*args, **kwargs))
+    pictures.main([*flags, "--init-weights", str(weights), "--image-size", "32", "--out", str(tmp_path / "plots")])
+    texts = [text for figure in figures for text in figure.findobj(Text)]
+    assert len(figures) == 3 and not any(text.get_parse_math() for text in texts)
+    assert {"$\\foo$.pt #1", "a$b^$c"} <= {text.get_text() for text in texts}
 
 
 @pytest.mark.parametrize("extra, fragment", [
