@@ -153,15 +153,13 @@ def colour_augment(x: torch.Tensor, generator: torch.Generator,
 def simsiam_view(images: torch.Tensor, size: int, generator: torch.Generator,
                  blur_reference: int = BLUR_REFERENCE_SIZE) -> torch.Tensor:
     """One augmented view of a uint8 batch (B, 3, S, S): normalised float32 (B, 3, size, size)."""
-    n, side = images.shape[0], images.shape[-1]
-    x = resized_crop(to_float(images), random_crop_boxes(n, side, generator), chance(0.5, n, generator), size)
-    return normalize(colour_augment(x, generator, blur_reference))
+    return crop_flip_view(images, size, generator, lambda x: colour_augment(x, generator, blur_reference))
 
-def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """The classifier's training view: random resized crop and flip only, normalised."""
+def crop_flip_view(images: torch.Tensor, size: int, generator: torch.Generator, then=lambda x: x) -> torch.Tensor:
+    """The classifier's training view: random resized crop and flip only (`then`: more), normalised."""
     n, side = images.shape[0], images.shape[-1]
-    boxes = random_crop_boxes(n, side, generator)
-    return normalize(resized_crop(to_float(images), boxes, chance(0.5, n, generator), size))
+    return normalize(then(resized_crop(to_float(images), random_crop_boxes(n, side, generator),
+                                       chance(0.5, n, generator), size)))
 
 def center_view(images: torch.Tensor, size: int) -> torch.Tensor:  # the evaluation view: the whole image, antialiased
     return normalize(F.interpolate(to_float(images), size, mode="bilinear", antialias=True, align_corners=False))

@@ -194,11 +194,8 @@ def load_checkpoint(path: Path, kind: str, needs: tuple[str, ...] = ()) -> dict:
     if missing := [key for key in ("model", *needs) if key not in state]:
         hint = " (siam.pt holds the weights only: --resume reads last.pt)" if "optimizer" in missing else ""
         raise UserError(f"{path}: a {kind} checkpoint without {', '.join(map(repr, missing))}{hint}")
-    classes = state.get("classes")
-    if kind == "classifier" and not (isinstance(classes, list) and classes):
-        raise UserError(f"{path}: a classifier checkpoint without its list of classes")
     with torch.device("meta"):  # shapes and types only: nothing allocated
-        fresh = SimSiam() if kind == "simsiam" else Classifier(len(classes))
+        fresh = SimSiam() if kind == "simsiam" else Classifier(len(state.get("classes") or ()))
     # names and shapes checked; a plain dict, since load_state_dict(assign=True) marks the state dict's _metadata
     load_weights(fresh, dict(state["model"]), path, assign=True)
     if not finite_state(fresh):  # assign=True: fresh holds the checkpoint's tensors

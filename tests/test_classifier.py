@@ -306,3 +306,12 @@ def test_validate_tests_on_the_validation_split(pretrained, frozen, tmp_path):
     assert not set(predictions["files"]) & set(labelled["files"])
     assert final["test_accuracy"] == pytest.approx(frozen_final["validation_accuracy"])
 
+
+
+def test_config_of_a_random_init_record_from_before_init_reruns_random_init(tmp_path):
+    """An args.json written before --init (its "random": true, no "flags") reruns random init, not the checkpoint it
+    also names."""
+    (tmp_path / "args.json").write_text(json.dumps({"random": True, "checkpoint": "runs/simsiam/siam.pt",
+                                                    "labels": 8, "data": "data/PetImages"}))
+    args = classifier.parse_args(["--config", str(tmp_path / "args.json")])
+    assert evaluate.backbone_name(args) == "random" and args.labels == 8

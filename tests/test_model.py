@@ -348,7 +348,7 @@ DAMAGED = {  # id: (change to the saved simsiam checkpoint, kind asked for, need
     "needed entry missing": (unchanged, "simsiam", ("epoch", "split"), "without 'split'"),
     "siam.pt given to --resume": (unchanged, "simsiam", ("optimizer",), "--resume reads last.pt"),
     "classifier without classes": (edited(lambda s: s.update(kind="classifier")), "classifier", (),
-                                   "without its list of classes"),
+                                   "its weights do not fit this code's model"),
     "missing weight": (edited(lambda s: s["model"].pop("projector.0.weight")), "simsiam", (), "projector.0.weight"),
     "unexpected weight": (edited(lambda s: s["model"].update({"extra.weight": torch.zeros(1)})), "simsiam", (),
                           "extra.weight"),
