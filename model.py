@@ -175,8 +175,9 @@ def read_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a pickle, damaged, or holding code that weights_only refuses to run
-        reason = " ".join(str(error).split())[:200]
-        raise UserError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from None
+        fault = error.__context__ or error  # under weights_only's advice to unpickle anyway, the fault itself
+        reason = " ".join(str(fault).split(". ")[0].split())[:200]
+        raise UserError(f"{path}: not a readable checkpoint ({type(fault).__name__}: {reason})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: a PyTorch file, but not a dict of weights")
     return state

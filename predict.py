@@ -23,34 +23,36 @@ import model
 import runs
 from model import UserError
 
+ONE_LINE = {c: ascii(chr(c))[1:-1] for c in (*range(32), 127, 0x85, 0x2028, 0x2029)}  # control characters, newlines
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", type=Path, nargs="+", help="photos, and folders searched recursively for photos")
     parser.add_argument("--checkpoint", type=Path, help="classifier.py's classifier.pt (default: %(default)s)",
                         default=Path("runs") / runs.classifier_run_name("simsiam", finetune=False) / "classifier.pt")
-    parser.add_argument("--batch-size", type=runs.positive(int), default=64,
-                        help="photos per forward pass; the results do not depend on it (default: %(default)s)")
-    parser.add_argument("--csv", type=Path, default=None,
-                        help="also write path, class, probability and probability_<class> columns to this .csv file")
+    parser.add_argument("--batch-size", type=runs.positive(int), default=64, help="photos per batch (%(default)s)")
+    parser.add_argument("--csv", type=Path, help="also write the predictions and each class's probability to this .csv")
     runs.add_run_arguments(parser)
     return parser.parse_args(argv)
 
-def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:  # (3, S, S) uint8, or why not
+def read_image(path: Path, size: int) -> tuple[np.ndarray, str | None]:  # (3, S, S) uint8, or a blank and why not
     try:
         return dataset.decode_file(path, size)[0].transpose(2, 0, 1), None
     except Exception as error:  # any undecodable file is reported and skipped, never fatal
-        return None, dataset.failure_kind(path, error)
+        return np.zeros((3, size, size), np.uint8), dataset.failure_kind(path, error)
 
 @runs.reports_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    files = []  # each file as given, each folder's photos at any depth and its unreadable sub-folders
+    if sys.stdout is None:  # closed (>&-): every prediction would vanish
+        raise UserError("stdout is closed, so the predictions would go nowhere: redirect it (> predictions.txt)")
+    files = []  # files as given, folders' photos at any depth and unreadable sub-folders; each once, as first given
     for path in args.paths:
         if not path.is_dir() and not path.is_file():  # a mistyped name is no damaged photo; a named pipe would hang
             raise UserError(f"no such file or folder: {path}" if not path.exists() else
                             f"not a regular file or folder (a named pipe or a device?): {path}")
         files += [path / name for name in dataset.image_tree(path)] if path.is_dir() else [path]
-    files = list(dict.fromkeys(files))  # each file once
+    files = [files[i] for i in sorted({path.resolve(): i for i, path in reversed(list(enumerate(files)))}.values())]
     if args.csv is not None and (args.csv.is_dir() or (args.csv.exists() and args.csv.suffix.lower() != ".csv")):
         raise UserError(f"--csv {args.csv} would replace a folder or a file that is not a .csv file: name a .csv file")
     runtime = runs.make_runtime(args.device, args.precision)
@@ -61,25 +63,27 @@ def main(argv=None) -> None:
         raise UserError(f"{error}: pass --checkpoint {found or 'RUN/classifier.pt of a classifier.py run'}") from None
     classes, trained = checkpoint["classes"], checkpoint["args"]
     image_size, cache_size = trained["image_size"], trained["cache_size"]
+    final = runs.final_record(record) if (record := args.checkpoint.parent / "metrics.jsonl").is_file() else None
+    accuracy, chance = final and final["test_accuracy"], 1 / len(classes)  # how far the predictions can be trusted
+    error = final and evaluate.standard_error(accuracy, final["num_test"])  # its standard error, as classifier.py's
+    print(f"classifier: test accuracy {accuracy:.4f} ± {error:.4f} (standard error) on {final.get('test_set')}"
+          + f"; warning: within 2 standard errors of chance (1/{len(classes)})" * (abs(accuracy - chance) <= 2 * error)
+          if final else f"classifier: test accuracy unknown (no final record in {record})", file=sys.stderr)
     classifier = model.load_weights(model.Classifier(len(classes)), checkpoint["model"], args.checkpoint)
     classifier = classifier.to(runtime.device, memory_format=runtime.memory_format).eval()
     rows = []  # name, class, its probability, each class's probability
     with ThreadPoolExecutor() as pool, torch.no_grad():  # PIL releases the GIL while it decodes
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start:start + args.batch_size]
+        for batch in (files[start:start + args.batch_size] for start in range(0, len(files), args.batch_size)):
             decoded = list(pool.map(read_image, batch, [cache_size] * len(batch)))
-            for path, (image, reason) in zip(batch, decoded):
-                if image is None:
-                    print(f"skipped {dataset.shown(str(path))}: {reason}", file=sys.stderr)
-            good = [path for path, (image, _) in zip(batch, decoded) if image is not None]
-            if good:
-                images = torch.from_numpy(np.stack([image for image, _ in decoded if image is not None]))  # uint8
-                features = evaluate.embed(classifier.backbone, images, torch.arange(len(good)), image_size, runtime)
-                probabilities = F.softmax(classifier.head(features), dim=1).cpu()  # (B, K)
-                confidence, predicted = probabilities.max(dim=1)
-                for path, p, label, row in zip(good, confidence.tolist(), predicted.tolist(), probabilities.tolist()):
-                    print(f"{dataset.shown(str(path))}  {classes[label]}  {p:.2f}")
-                    rows.append([dataset.shown(str(path)), classes[label], f"{p:.6f}", *(f"{q:.6f}" for q in row)])
+            images = torch.from_numpy(np.stack([image for image, _ in decoded]))  # (B, 3, S, S) uint8
+            features = evaluate.embed(classifier.backbone, images, torch.arange(len(batch)), image_size, runtime)
+            for path, (_, reason), row in zip(batch, decoded, F.softmax(classifier.head(features), dim=1).tolist()):
+                name, label = dataset.shown(str(path)).translate(ONE_LINE), row.index(max(row))  # argmax: the first
+                if reason is not None:  # unreadable: its blank's probabilities are not shown
+                    print(f"skipped {name}: {reason}", file=sys.stderr)
+                    continue
+                rows.append([name, classes[label], f"{row[label]:.6f}", *(f"{q:.6f}" for q in row)])
+                print(f"{name}  {classes[label]}  {row[label]:.2f}")
     if not rows:
         raise UserError(f"none of the {len(files):,} files could be classified (see the lines above)")
     if args.csv is not None:

@@ -257,7 +257,9 @@ def main(argv=None) -> None:
             if stop_now:
                 runs.cleanup(context)
                 raise interrupted(stop, f"after epoch {epoch + 1}", args.out)
-    say(f"saved {args.out / 'siam.pt'}")
+    size = sum(path.stat().st_size for path in args.out.glob("*.pt")) / 1e6
+    say(f"saved {args.out / 'siam.pt'}; {args.out} holds {size:,.0f} MB of checkpoints (last.pt, the largest, is for "
+        "--resume: delete it when done)")
     runs.cleanup(context)
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ import importlib
 import importlib.util
 import re
 import shlex
+import subprocess
 import sys
 
 import pytest
-from conftest import REPOSITORY
+from conftest import ONE_THREAD, PYTHON, REPOSITORY, SHARED_PETIMAGES, write_image
 
 README = REPOSITORY / "README.md"
 DOCUMENTS = [README, *sorted((REPOSITORY / "docs").glob("*.md"))]
-SCRIPTS = ("train.py", "classifier.py", "plot.py", "pictures.py", "predict.py", "bench.py")
+SCRIPTS = ("train.py", "classifier.py", "plot.py", "pictures.py", "predict.py", "bench.py", "embed.py")
 PLACEHOLDER = re.compile(r"\$|<[^>]*>|\.\.\.|\b[A-Z]{3,}\b")  # $VAR, <dir>, ..., FLAGS: not meant to be pasted
 
 
@@ -137,3 +138,38 @@ def test_the_readme_is_short_and_speaks_of_the_project_only():
     assert len(text.splitlines()) <= 130
     assert "../shared" not in text
     assert not re.search(r"(?i)\bissues?\s*#?\s*\d+|(?<![\w/&])#\d+\b", text)
+
+
+# appended to each README command, so that it runs in seconds; the README's own flags, folders and order are kept
+QUICK = {"train.py": ["--epochs", "1", "--image-size", "16", "--limit", "300", "--labels", "20", "--device", "cpu"],
+         "classifier.py": ["--epochs", "1", "--limit", "300", "--labels", "20", "--device", "cpu"],
+         "pictures.py": ["--limit", "300", "--labels", "20", "--device", "cpu"], "embed.py": [], "plot.py": [],
+         "predict.py": []}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_PETIMAGES.is_dir(), reason="the 4,000 shared photos are absent")
+def test_the_readme_commands_run_in_order_on_a_fresh_clone(tmp_path):
+    """The README's commands of the scripts, in its order, in a fresh folder holding the scripts, data/PetImages (the
+    4,000 photos), 200 loose photos in myphotos/ and 3 in photos/: each runs (fewer epochs, pixels and images) and
+    none collides with another's run folder. Not run: the experiments (their own tests), --init imagenet (offline)."""
+    for path in [*REPOSITORY.glob("*.py"), REPOSITORY / "results"]:
+        (tmp_path / path.name).symlink_to(path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "PetImages").symlink_to(SHARED_PETIMAGES)
+    for i in range(200):
+        write_image(tmp_path / "myphotos" / f"IMG_{i:04d}.jpg", seed=i, size=(48, 36))
+    for i in range(3):
+        write_image(tmp_path / "photos" / f"{i}.jpg", seed=500 + i)
+    environment = {**ONE_THREAD, "XDG_CACHE_HOME": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
+    ran = []
+    for command in bash_commands(README.read_text()):
+        call = script_call(command)
+        if call is None or call[0] not in QUICK or "imagenet" in command:
+            continue
+        result = subprocess.run([PYTHON, call[0], *call[1], *QUICK[call[0]]], cwd=tmp_path, env=environment,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"README: `{command}` failed: {result.stderr.strip().splitlines()[-1:]}"
+        ran.append(call[0])
+    assert {"train.py", "classifier.py", "plot.py", "pictures.py", "predict.py", "embed.py"} <= set(ran)
+

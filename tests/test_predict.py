@@ -1,10 +1,13 @@
 """predict.py end to end: one tiny classifier trained by classifier.main for the module, then predict.main on its
-test photos, folders with clutter and broken files, names that are not UTF-8, bad inputs (one table), emulated CUDA."""
+test photos, folders with clutter and broken files, odd names, bad inputs (one table), its recorded accuracy, emulated
+CUDA."""
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,7 +100,7 @@ def test_folders_are_searched_and_bad_files_skipped(trained, tmp_path, capsys):
     run_predict(trained[1], photos)
     captured = capsys.readouterr()
     assert sorted(printed(captured.out)) == sorted(map(str, wanted))
-    assert [line.rpartition(": ")[0] for line in captured.err.splitlines()] == [
+    assert [line.rpartition(": ")[0] for line in captured.err.splitlines()[1:]] == [  # after the test accuracy
         f"skipped {photos / 'bad' / name}" for name in kinds]  # each with its reason (dataset.failure_kind's)
     assert "2 classified" in captured.out and "3 unreadable" in captured.out
 
@@ -112,6 +115,56 @@ def test_a_name_that_is_not_utf8_is_classified(trained, tmp_path, capsys):
     assert list(printed(capsys.readouterr().out)) == [f"{tmp_path}/caf\\xe9.jpg"]
 
 
+def test_a_newline_or_tab_in_a_name_is_escaped(trained, tmp_path, capsys):
+    """A newline or tab in a photo's name prints as \\n or \\t: each photo keeps its one line."""
+    write_image(tmp_path / "a\tb.jpg", seed=5)
+    write_image(tmp_path / "new\nline.jpg", seed=6)
+    run_predict(trained[1], tmp_path)
+    assert list(printed(capsys.readouterr().out)) == [f"{tmp_path}/a\\tb.jpg", f"{tmp_path}/new\\nline.jpg"]
+
+
+def test_a_photo_given_by_several_names_is_classified_once(trained, tmp_path, monkeypatch, capsys):
+    """The same file by several names (relative, through .., in a folder given) is classified once, by the name and
+    in the order first given."""
+    write_image(tmp_path / "photos" / "a.jpg", seed=1)
+    write_image(tmp_path / "photos" / "b.png", seed=2)
+    monkeypatch.chdir(tmp_path)
+    run_predict(trained[1], "photos/b.png", tmp_path / "photos" / ".." / "photos" / "a.jpg", "photos")
+    out = capsys.readouterr().out
+    assert list(printed(out)) == ["photos/b.png", f"{tmp_path}/photos/../photos/a.jpg"] and "2 classified" in out
+
+
+def test_a_closed_stdout_is_an_error(trained, capsys, monkeypatch):
+    """With stdout closed (>&-: sys.stdout is None) no prediction could be read: exit 2, one error line."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(SystemExit) as stop:
+        run_predict(trained[1], trained[0] / "Cat" / "0.jpg")
+    errors = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2 and len(errors) == 1 and errors[0].startswith("error: stdout is closed")
+
+
+def test_the_classifiers_recorded_test_accuracy_comes_first(trained, tmp_path, capsys):
+    """First, on stderr: the test accuracy and test set the classifier.py run recorded beside classifier.pt, with a
+    warning within 2 standard errors of chance (1/3 here), or "test accuracy unknown" without that record."""
+    tree, run = trained
+    (tmp_path / "classifier.pt").symlink_to(run / "classifier.pt")  # the same classifier, away from its run
+    final = runs.final_record(run / "metrics.jsonl")
+    headers = []
+    for folder, accuracy in [(run, None), (tmp_path, None), (tmp_path, 0.4), (tmp_path, 0.9)]:
+        if accuracy is not None:
+            (tmp_path / "metrics.jsonl").write_text(json.dumps(
+                {"event": "final", "test_accuracy": accuracy, "num_test": 90, "test_set": "90 held-out test images"}))
+        run_predict(folder, tree / "Cat" / "0.jpg")
+        headers.append(capsys.readouterr().err.splitlines()[0])
+    assert headers[0].startswith(f"classifier: test accuracy {final['test_accuracy']:.4f} ± ")
+    assert headers[0].split(" (standard error) on ")[1].startswith("9 held-out test images")
+    assert headers[1:] == [
+        f"classifier: test accuracy unknown (no final record in {tmp_path / 'metrics.jsonl'})",
+        "classifier: test accuracy 0.4000 ± 0.0516 (standard error) on 90 held-out test images; warning: within 2 "
+        "standard errors of chance (1/3)",
+        "classifier: test accuracy 0.9000 ± 0.0316 (standard error) on 90 held-out test images"]
+
+
 @pytest.fixture(scope="module")
 def inputs(trained, module_folder) -> dict[str, str]:
     """In a folder whose runs/demo/ holds a classifier.pt, as after the quick start (relative to it): checkpoints that
@@ -124,13 +177,15 @@ def inputs(trained, module_folder) -> dict[str, str]:
     nan.head[1].weight.data[0, 0] = float("nan")
     model.save_checkpoint(tmp_path / "nan.pt", "classifier", nan, classes=CLASSES,
                           args={"image_size": 16, "cache_size": 20})
+    damaged = (tmp_path / "nan.pt").read_bytes().replace(b"\x80\x02}", b"\x80\x02$", 1)  # its pickle: an unknown opcode
+    (tmp_path / "damaged.pt").write_bytes(damaged)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     write_image(tmp_path / "photo.jpg", seed=3)
     os.mkfifo(tmp_path / "pipe.jpg")
     broken_files(tmp_path / "broken")
     return {"folder": str(tmp_path), "good": str(trained[1] / "classifier.pt"), "missing": "missing.pt",
-            "siam": "siam.pt", "nan": "nan.pt", "garbage": "garbage.pt", "photo": "photo.jpg", "pipe": "pipe.jpg",
-            "broken": "broken"}
+            "siam": "siam.pt", "nan": "nan.pt", "damaged": "damaged.pt", "garbage": "garbage.pt", "photo": "photo.jpg",
+            "pipe": "pipe.jpg", "broken": "broken"}
 
 
 REFUSALS = {  # case: (arguments, a fragment of the one error line)
@@ -138,6 +193,7 @@ REFUSALS = {  # case: (arguments, a fragment of the one error line)
                            "pass --checkpoint runs/demo/classifier-random-frozen/classifier.pt"),
     "simsiam checkpoint": (["{photo}", "--checkpoint", "{siam}"], "expected a 'classifier' one"),
     "NaN weights": (["{photo}", "--checkpoint", "{nan}"], "not finite"),
+    "damaged checkpoint": (["{photo}", "--checkpoint", "{damaged}"], "not a readable checkpoint (UnpicklingError: Unsupported operand"),
     "not a checkpoint": (["{photo}", "--checkpoint", "{garbage}"], "garbage.pt: not a readable checkpoint"),
     "mistyped photo": (["{photo}", "nowhere.jpg", "--checkpoint", "{good}"], "no such file or folder: nowhere.jpg"),
     "named pipe": (["{pipe}", "--checkpoint", "{good}"], "not a regular file or folder"),
@@ -150,9 +206,9 @@ REFUSALS = {  # case: (arguments, a fragment of the one error line)
 
 @pytest.mark.parametrize("arguments, fragment", REFUSALS.values(), ids=REFUSALS)
 def test_refusals_are_one_line(inputs, capsys, monkeypatch, arguments, fragment):
-    """A missing, foreign, damaged or unreadable checkpoint (naming what to pass), a mistyped path, a named pipe, a
-    --csv that would replace a photo, the checkpoint or a folder, no readable photo: exit 2, one error line, no
-    prediction, and no file changed."""
+    """A missing, foreign, damaged or unreadable checkpoint (naming its fault and what to pass, never torch.load's
+    arguments), a mistyped path, a named pipe, a --csv that would replace a photo, the checkpoint or a folder, no
+    readable photo: exit 2, one error line, no prediction, and no file changed."""
     kept = [Path(inputs["folder"]) / inputs["photo"], Path(inputs["good"])]  # what a bad --csv would replace
     before = [(path.stat().st_size, path.stat().st_mtime_ns) for path in kept]
     monkeypatch.chdir(inputs["folder"])
@@ -161,6 +217,7 @@ def test_refusals_are_one_line(inputs, capsys, monkeypatch, arguments, fragment)
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert stop.value.code == 2 and len(errors) == 1 and fragment in errors[0] and printed(captured.out) == {}
+    assert "weights_only" not in errors[0]
     assert [(path.stat().st_size, path.stat().st_mtime_ns) for path in kept] == before
 
 
