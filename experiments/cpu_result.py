@@ -18,7 +18,7 @@ def parse_args(argv=None):
     parser = runner.parser(__doc__, "runs/cpu-result")
     parser.add_argument("--budgets", type=runs.positive(int), nargs="+", default=[], metavar="EPOCH",
                         help="also probe the pretraining after these epochs (train.py --keep-epochs)")
-    return runner.parse(parser, argv)
+    return runner.parse(parser, argv, "cpu-result")
 
 def budget(args, row: dict) -> dict:  # the epoch of a row's backbone, and the pretraining minutes to it
     name, _, epoch = row["backbone"].partition("-epoch")
@@ -40,7 +40,7 @@ def draw_curve(rows: list[dict], path) -> None:
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=120)
 
-@runs.reports_errors
+@runner.experiment
 def main(argv=None) -> None:
     args = parse_args(argv)
     rows, folders = runner.compare(args, runner.pretrained(args, ["--cpu"], args.budgets), ("frozen",))

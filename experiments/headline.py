@@ -12,9 +12,9 @@ import runs
 from experiments import runner
 
 def parse_args(argv=None):
-    return runner.parse(runner.parser(__doc__, "runs/headline"), argv)
+    return runner.parse(runner.parser(__doc__, "runs/headline"), argv, "headline")
 
-@runs.reports_errors
+@runner.experiment
 def main(argv=None) -> None:
     args = parse_args(argv)
     checkpoints, bound = runner.pretrained(args, []), args.runs / "supervised-all-labels"

@@ -20,7 +20,7 @@ SIZES = [10, 20, 50, 100, 250, 500, 1000, 2500]  # labelled images, balanced per
 def parse_args(argv=None):
     parser = runner.parser(__doc__, "runs/label-efficiency")
     parser.add_argument("--sizes", type=runs.positive(int), nargs="+", help=f"(default: {SIZES}; --tiny: [10])")
-    return runner.parse(parser, argv)
+    return runner.parse(parser, argv, "label-efficiency")
 
 def plot(summary: list[dict], backbones: list[str], bound: float, chance: float, path) -> None:
     axis = (figure := Figure(figsize=(11, 7))).subplots()
@@ -41,7 +41,7 @@ def plot(summary: list[dict], backbones: list[str], bound: float, chance: float,
     axis.legend(fontsize=8)
     figure.savefig(path, dpi=120, bbox_inches="tight")
 
-@runs.reports_errors
+@runner.experiment
 def main(argv=None) -> None:
     args = parse_args(argv)
     checkpoints = runner.pretrained(args, [])
@@ -59,9 +59,8 @@ def main(argv=None) -> None:
         predictions, labels = runs.read_predictions(out), len(json.loads((out / "labelled.json").read_text())["files"])
         for protocol, key in [(name, key) for name, (use, key) in runner.PROTOCOLS.items()
                               if use == mode and key in predictions]:
-            correct = evaluate.correctness(predictions, key)
             records.append({"run": out.name, "backbone": backbone, "protocol": protocol, "labels": labels,
-                            "accuracy": sum(correct) / len(correct)})
+                            "accuracy": sum(correct := evaluate.correctness(predictions, key)) / len(correct)})
             groups.setdefault((backbone, protocol, labels), []).append(records[-1]["accuracy"])
     summary = [{"backbone": backbone, "protocol": protocol, "labels": labels, "seeds": len(accuracies),
                 **runner.spread(accuracies)} for (backbone, protocol, labels), accuracies in sorted(groups.items())]

@@ -7,7 +7,13 @@
 #                                                      # and those of the data and the device to pictures.py too
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt
+elif ! problem=$(.venv/bin/python -c "import torchvision.ops" 2>&1); then  # e.g. a torchvision built for another torch
+  echo "error: .venv cannot import torch and torchvision together ($(tail -n 1 <<<"$problem")): rm -rf .venv and" \
+       "run this again, which installs them afresh" >&2
+  exit 1
+fi
 python=.venv/bin/python
 if [ "${1:-}" = "--data" ]; then
   data=(--data "$2"); shift 2
@@ -42,9 +48,10 @@ Plots: $out/plots/simsiam.png (loss, collapse metric, kNN), $out/plots/classifie
 END
 if [ "${data[0]}" = "--demo" ]; then cat <<END
 What this shows: the whole chain running on this machine, and what each file and plot looks like. What it does
-not show: that SimSiam pays. A few hundred SimSiam steps on a CPU are far too few, so on the demo set the two
-probes differ by noise, either way round. On real photos: python -m experiments.cpu_result (about 3 hours on 2
-cores; the README's first section says what it gave) and, on a GPU, python -m experiments.headline.
+not show: whether SimSiam pays. A few hundred CPU steps do not train SimSiam, and on 200 test images the two
+probes can differ by up to ~10 points either way: one run's difference is not a result. On real photos:
+python -m experiments.cpu_result (about 3 hours on 2 cores; the README's first section says what it gave) and,
+on a GPU, python -m experiments.headline.
 END
 fi
 cat <<END

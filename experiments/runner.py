@@ -1,6 +1,8 @@
 """What the experiments share: running the repository's scripts as a user would (a subprocess and a log per run, a
 finished run reused, SIGINT and SIGTERM passed on), the flags and data of every run, and the paired comparisons."""
 import argparse
+import ctypes
+import functools
 import json
 import shutil
 import signal
@@ -29,25 +31,25 @@ PROTOCOLS = {"linear probe": ("frozen", "head"), "closed-form probe": ("frozen",
 
 # ---------------------------------------------------------------- running the scripts
 
-stop = runs.StopSignals()  # entered by run_all: a SIGINT or SIGTERM to the experiment goes on to its scripts
+stop = runs.StopSignals()  # entered by `experiment`: a SIGINT or SIGTERM to the experiment goes on to its scripts
+STOPPED = "interrupted: run the same command again to go on (finished runs reused, an unfinished pretraining resumed)"
+PDEATHSIG = functools.partial(ctypes.CDLL(None).prctl, 1, signal.SIGTERM) if sys.platform == "linux" else None
 
 def run(command: list[str], log: Path, stop_when: Path | None = None, shown: list[str] | None = None) -> int:
     """`command` (a repository script and its arguments) under `stop`, `log` holding it (or `shown`) and its output;
     its exit status. `stop_when`: SIGTERM once it exists. Its own process group: a Ctrl-C reaches it once, from here."""
-    if stop.signal_number is None:
+    if stop.signal_number is None:  # PDEATHSIG (prctl 1): SIGTERM to it if this thread ends first, even by SIGKILL
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as file:
             print(f"# python {' '.join(shown or command)}", file=file, flush=True)
-            process, sent = subprocess.Popen([sys.executable, REPOSITORY / command[0], *command[1:]], stdout=file,
-                                             stderr=file, stdin=subprocess.DEVNULL, process_group=0), False
-            while process.poll() is None:
-                if not sent and (stop.signal_number or stop_when is not None and stop_when.exists()):
-                    process.send_signal(stop.signal_number or signal.SIGTERM)
-                    sent = True
+            process = subprocess.Popen([sys.executable, REPOSITORY / command[0], *command[1:]], stdout=file,
+                                       stderr=file, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=PDEATHSIG)
+            while process.poll() is None and not (stop.signal_number or stop_when is not None and stop_when.exists()):
                 time.sleep(0.05)
+            process.send_signal(stop.signal_number or signal.SIGTERM)  # a stop passed on, once; none if it has ended
+            process.wait()
     if stop.signal_number is not None:
-        raise runs.Interrupted("interrupted: run the same command again to go on (finished runs are reused, an "
-                               "unfinished pretraining resumes)", stop.signal_number)
+        raise runs.Interrupted(STOPPED, stop.signal_number)
     return process.returncode
 
 def last_line(log: Path) -> str:
@@ -59,31 +61,38 @@ def run_once(command: list[str], log: Path) -> None:  # skipped when logged done
     if tried and "\n# done in " in text:
         return print(f"{log.stem}: finished before, reused", flush=True)
     resume, started = tried and (out / "last.pt").is_file(), time.perf_counter()
-    if status := run([flag if flag != "--overwrite" or not resume else "--resume" for flag in command], log,
-                     shown=command):
-        raise UserError(f"{log.stem} failed (exit {status}): {last_line(log)} (log: {log})")
+    if code := run(["--resume" if resume and flag == "--overwrite" else flag for flag in command], log, shown=command):
+        raise UserError(f"{log.stem} failed (exit {code}): {last_line(log)} (log: {log})")
     with open(log, "a") as file:
         print(f"\n# done in {time.perf_counter() - started:.0f} s", file=file)
     print(f"{log.stem}: {time.perf_counter() - started:.0f} s", flush=True)
 
 def run_all(jobs: list[tuple[list[str], Path]], parallel: int = 1) -> None:
     """run_once each (command, log), `parallel` at a time; after a failure none starts, the first error is raised."""
-    with stop, ThreadPoolExecutor(parallel) as pool:
-        futures = [pool.submit(run_once, *job) for job in jobs]
-        for future in futures:
+    with ThreadPoolExecutor(parallel) as pool:
+        for future in (futures := [pool.submit(run_once, *job) for job in jobs]):
             future.add_done_callback(lambda done: not done.cancelled() and done.exception()
                                      and pool.shutdown(wait=False, cancel_futures=True))
     for error in [future.exception() for future in futures if not future.cancelled() and future.exception()][:1]:
         raise error
 
+def experiment(main):  # an experiment's main: its errors reported once (runs.reports_errors), under `stop` throughout
+    def stoppable(argv=None):
+        with stop:  # a SIGINT or SIGTERM stops the script running; no other starts, and main ends at the latest
+            main(argv)
+        if stop.signal_number is not None:
+            raise runs.Interrupted(STOPPED, stop.signal_number)
+    return runs.reports_errors(functools.wraps(main)(stoppable))
+
 # ---------------------------------------------------------------- the flags and runs of an experiment
 
 def parser(doc: str, runs_default: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--data", type=Path, default=Path("data/PetImages"), help="the photos (default: %(default)s)")
+    add, choice = parser.add_argument, parser.add_mutually_exclusive_group()  # --tiny: the demo set, never --data
+    choice.add_argument("--data", type=Path, default=Path("data/PetImages"), help="the photos (default: %(default)s)")
     add("--runs", type=Path, default=Path(runs_default), help="the run folders (default: %(default)s)")
-    add("--results", type=Path, default=Path("results"), help="the result files (default: %(default)s)")
+    add("--results", type=Path, help="the result files (default: RUNS/results)")
+    add("--replace-tracked", action="store_true", help="let --results replace files that git tracks (results/)")
     add("--checkpoint", type=Path, help="a siam.pt pretrained on the same split: no pretraining")
     add("--pretrain-seeds", type=runs.seed, nargs="+", default=[0], help="a pretraining each (default: %(default)s)")
     add("--label-seeds", type=runs.seed, nargs="+", default=[0, 1, 2], help="a label draw each (default: 0 1 2)")
@@ -91,15 +100,19 @@ def parser(doc: str, runs_default: str) -> argparse.ArgumentParser:
     add("--imagenet", action="store_true", help="also torchvision's ImageNet weights: a reference with free labels")
     add("--supervised-epochs", type=runs.positive(int), default=15, help="on every label (default: %(default)s)")
     add("--parallel", type=runs.positive(int), default=4 if torch.cuda.is_available() else 1, help="runs at a time")
-    add("--tiny", action="store_true", help="CPU smoke run in seconds on the --demo set (the tests)")
+    choice.add_argument("--tiny", action="store_true", help="CPU smoke run in seconds on the --demo set (the tests)")
     add("--report-only", action="store_true", help="run nothing: the results from the runs in --runs")
     add("train_flags", nargs="*", metavar="-- TRAIN_FLAGS", help="train.py flags after a --, applied last")
     return parser
 
-def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:  # RESULTS/NAME*: its files
+    parser.set_defaults(results=parser.parse_known_args(argv)[0].runs / "results")  # not the repository's results/
     args = parser.parse_args(argv)
     if len(set(args.label_seeds)) < len(args.label_seeds):  # one draw would count twice in the paired comparison
         parser.error(f"--label-seeds must differ from each other, got {' '.join(map(str, args.label_seeds))}")
+    if not args.replace_tracked and shutil.which("git") and (tracked := subprocess.run(["git", "ls-files",
+            f"{(args.results / name).resolve()}*"], cwd=REPOSITORY, capture_output=True, text=True).stdout.split()):
+        raise UserError(f"--results {args.results}: git tracks {tracked[0]} ...: --replace-tracked replaces them")
     return args
 
 def data_flags(args: argparse.Namespace) -> list[str]:  # the same images and split in every run
@@ -178,13 +191,11 @@ def write_results(args, name: str, result: dict, table: list[str], folders: list
     """RESULTS/NAME.json (arguments, date, machine, pretrainings), NAME.md (the table, printed), NAME/ (small files)."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")  # the machine's figures
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "environment": runs.environment(device),
-              "pretraining": {folder.name: epochs(folder)[-1] for folder in folders if folder.name[:9] == "pretrain-"},
-              **result}
+              "pretraining": {out.name: epochs(out)[-1] for out in folders if out.name[:9] == "pretrain-"}, **result}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (args.results / f"{name}.md").write_text("\n".join(table) + "\n")
-    for folder in folders:
-        for path in [path for path in folder.glob("*.*") if path.suffix in (".json", ".jsonl", ".png")]:
-            (args.results / name / folder.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, args.results / name / folder.name / path.name)
+    for file in [file for out in folders for file in out.glob("*.*") if file.suffix in (".json", ".jsonl", ".png")]:
+        (args.results / name / file.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, args.results / name / file.parent.name / file.name)
     print("\n".join(table))

@@ -1,16 +1,21 @@
 """The experiments: their verdicts, tables and plot from small canned run folders (--report-only), running the scripts
-(reuse, resume, failure, signals) with tiny stand-in scripts, bad flags, and one tiny end-to-end run."""
+(reuse, resume, failure, signals, a killed experiment) with tiny stand-in scripts, bad flags, results that git tracks,
+quickstart.sh's check of .venv, and one tiny end-to-end run."""
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from PIL import Image
 
 import evaluate
-import runs
 from experiments import check_machine, cpu_result, headline, label_efficiency, runner
 from model import UserError
 
@@ -161,11 +166,17 @@ def test_label_efficiency_summary_and_plot(tmp_path, parsed):
     (label_efficiency, ["--sizes", "0"], "argument --sizes"),
     (headline, ["--parallel", "0"], "argument --parallel"),
     (check_machine, ["--devices", "cpu"], "unrecognized arguments"),
+    (headline, ["--tiny", "--data", "/nonexistent"], "argument --data: not allowed with argument --tiny"),
 ])
 def test_bad_flags_refused(experiment, argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         experiment.main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+# A stand-in's SIGTERM handler: it writes 'stopped' to its first argument and ends, as train.py saves and ends
+STOPS = ("def stop(number, frame):\n    pathlib.Path(sys.argv[1]).write_text('stopped')\n    sys.exit(128 + number)\n"
+         "signal.signal(signal.SIGTERM, stop)\n")
 
 
 def script(tmp_path, code: str):
@@ -206,17 +217,92 @@ def test_a_failed_run_says_why_and_stops_the_rest(tmp_path):
     assert not (tmp_path / "second.log").exists()
 
 
-def test_sigterm_reaches_the_running_script(tmp_path):
+def test_sigterm_reaches_the_running_script(tmp_path, capsys):
     """SIGTERM to the experiment goes on to its running script, which stops; the experiment then stops with exit
-    143, and its own signal handlers are put back."""
+    143, saying how to go on, and its own signal handlers are put back."""
     before = signal.getsignal(signal.SIGTERM)
-    child = script(tmp_path, "def stop(number, frame):\n    pathlib.Path(sys.argv[1]).write_text('stopped')\n"
-                             "    sys.exit(128 + number)\nsignal.signal(signal.SIGTERM, stop)\n"
-                             "os.kill(os.getppid(), signal.SIGTERM)\ntime.sleep(30)\n")
-    with pytest.raises(runs.Interrupted) as stop:
-        runner.run_all([([child, str(tmp_path / "flag"), "--out", str(tmp_path)], tmp_path / "job.log")])
-    assert stop.value.exit_status == 143 and (tmp_path / "flag").read_text() == "stopped"
+    child = script(tmp_path, STOPS + "os.kill(os.getppid(), signal.SIGTERM)\ntime.sleep(30)\n")
+    main = runner.experiment(lambda argv: runner.run_all([([child, str(tmp_path / "flag"), "--out", str(tmp_path)],
+                                                            tmp_path / "job.log")]))
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 143 and (tmp_path / "flag").read_text() == "stopped"
+    assert "run the same command again" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("runs_after", [True, False])
+def test_sigterm_while_no_script_runs_stops_the_experiment(tmp_path, capsys, runs_after):
+    """A SIGTERM to the experiment between its runs (or while it reads the results) stops it: no later run starts,
+    and it exits 143 saying how to go on, at the latest when its main ends."""
+    command = [script(tmp_path, "open(sys.argv[-1], 'w')"), "--out", str(tmp_path), str(tmp_path / "ran")]
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        runner.run_all([(command, tmp_path / "job.log")] * runs_after)
+    with pytest.raises(SystemExit) as stop:
+        runner.experiment(main)([])
+    assert stop.value.code == 143 and not (tmp_path / "ran").exists()
+    assert "run the same command again" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_no_script_outlives_a_killed_experiment(tmp_path):
+    """An experiment killed by SIGKILL (no handler of its own runs) leaves no script running: its running script
+    gets SIGTERM, as from a stopped experiment, and saves and ends."""
+    flag = tmp_path / "flag"
+    child = script(tmp_path, STOPS + "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\ntime.sleep(60)\n")
+    experiment = subprocess.Popen([sys.executable, "-c", "import sys\nfrom experiments import runner\nrunner.run_all("
+                                   f"[({[child, str(flag), '--out', str(tmp_path)]!r}, runner.Path(sys.argv[1]))])",
+                                   str(tmp_path / "job.log")], cwd=runner.REPOSITORY)
+    deadline = time.monotonic() + 60
+    while not (flag.is_file() and flag.read_text()) and experiment.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid, deadline = flag.read_text(), time.monotonic() + 10  # the script runs, in a thread of the experiment
+    experiment.kill()
+    while flag.read_text() != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if flag.read_text() != "stopped":
+        os.kill(int(pid), signal.SIGKILL)
+    assert flag.read_text() == "stopped" and experiment.wait() == -signal.SIGKILL
+
+
+def test_results_where_git_tracks_files_refused(tmp_path, monkeypatch, capsys):
+    """--results is RUNS/results unless given; RESULTS/NAME* that git tracks in the repository (its results/) is
+    refused in one line before anything runs, unless --replace-tracked; without git nothing counts as tracked."""
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    repository, runs_folder = tmp_path / "repository", tmp_path / "runs"
+    (repository / "results").mkdir(parents=True)
+    (repository / "results" / "cpu-result.md").write_text("the committed result\n")
+    subprocess.run(["git", "init", "-q", str(repository)], check=True)
+    subprocess.run(["git", "add", "results"], cwd=repository, check=True)
+    monkeypatch.setattr(runner, "REPOSITORY", repository)
+    assert cpu_result.parse_args(["--runs", str(runs_folder)]).results == runs_folder / "results"
+    argv = ["--report-only", "--runs", str(runs_folder), "--results", str(repository / "results")]
+    with pytest.raises(SystemExit) as stop:
+        cpu_result.main(argv)
+    assert stop.value.code == 2 and not runs_folder.exists()
+    assert "git tracks results/cpu-result.md ..." in capsys.readouterr().err
+    assert headline.parse_args(argv) and cpu_result.parse_args([*argv, "--replace-tracked"])  # NAME*: headline*
+    monkeypatch.setenv("PATH", "")
+    assert cpu_result.parse_args(argv)
+
+
+def test_quickstart_refuses_a_venv_whose_torchvision_does_not_import(tmp_path):
+    """quickstart.sh does not reuse a .venv where torchvision does not import (built for another torch): one line
+    saying why and how to fix it, exit 1, nothing run."""
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(runner.REPOSITORY / "experiments" / "quickstart.sh", tmp_path / "experiments")
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\necho 'RuntimeError: operator torchvision::nms does not exist' >&2\nexit 1\n")
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "experiments" / "quickstart.sh")], capture_output=True, text=True)
+    assert done.returncode == 1 and not done.stdout and not (tmp_path / "runs").exists()
+    assert done.stderr.count("\n") == 1 and "torchvision::nms does not exist" in done.stderr
+    assert "rm -rf .venv" in done.stderr
 
 
 @pytest.mark.slow
