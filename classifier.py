@@ -2,15 +2,12 @@
 (evaluate.logistic_probe), or fine-tuned (--finetune): SimSiam's, random-init (--random, same code path), ImageNet's
 (--init imagenet) or any torchvision ResNet18 (--init-weights); tested once, at the end, on the held-out test split.
 
-    python classifier.py --demo --random --device cpu            # CPU smoke: generated data, small settings
-    python classifier.py --demo                                  # the backbone of `train.py --demo`
+    python classifier.py --demo                                  # the backbone of `train.py --demo`, on a CPU
     python classifier.py --data data/PetImages                   # linear probe on runs/simsiam/siam.pt
     python classifier.py --data data/PetImages --random          # the same over a random-init backbone
     python classifier.py --data data/PetImages --init imagenet   # torchvision's ImageNet weights, at 224 px
     python classifier.py --data data/PetImages --finetune        # backbone and head trained together
-    python classifier.py --data data/PetImages --all-labels      # every label: the supervised bound
-    python classifier.py --data data/PetImages --test-data other/PetImages   # another labelled folder, its copies
-                                                                 # of photos trained on left out (OUT/left-out.txt)
+    python classifier.py --data data/PetImages --test-data other/PetImages   # another labelled folder, less copies
     python classifier.py --data data/PetImages --compare runs/classifier-random-frozen   # paired difference
 
 Resolution and cache follow the checkpoint's. Writes OUT/args.json, metrics.jsonl, labelled.json, classifier.pt (for

@@ -5,7 +5,6 @@
     python train.py --data data/PetImages --resume         # go on with a stopped or killed run from OUT/last.pt
     python train.py --data myphotos --monitor-data data/PetImages --out runs/mine   # your own unlabelled photos
     python train.py --data data/PetImages --cpu            # the CPU recipe: 64 px, about 3 hours on 2 cores
-    python train.py --data data/PetImages --image-size 32 --epochs 1 --limit 1000 --device cpu   # a quick CPU check
     torchrun --nproc_per_node=4 train.py --data data/PetImages   # DistributedDataParallel, the batch split in 4
 
 Every step is model.train_step: two augmented views, loss = D(p1, z2) / 2 + D(p2, z1) / 2, one SGD step. OUT gets
@@ -119,11 +118,10 @@ def resume(last: Path, network: model.SimSiam, optimizer, recorded: dict, args: 
     runs.check_protocol(state, last)
     differences = dataset.split_differences(state["split"], recorded["split"])
     if not torch.equal(hashes := state["pretraining_hashes"], recorded["pretraining_hashes"][:, :hashes.shape[1]]):
-        sizes = [run.get("cache_size") or dataset.default_cache_size(run["image_size"]) for run in (state["args"],
-                                                                                                  vars(args))]
-        differences.append("the pretraining photos' pixels" + (f" (decoded at {sizes[1]} px, the run's at {sizes[0]} "
-                           f"px: pass its --image-size {state['args']['image_size']} and --cache-size {sizes[0]})")
-                           * (sizes[0] != sizes[1]))
+        was, now = (run.get("cache_size") or dataset.default_cache_size(run["image_size"]) for run in (state["args"],
+                                                                                                    vars(args)))
+        differences.append(f"the pretraining photos' pixels{f' (decoded at {now} px, the run at {was} px: pass its '
+                           f'--image-size {state["args"]["image_size"]} and --cache-size {was})' * (was != now)}")
     if differences:
         raise UserError(f"cannot resume {last}: its split differs ({'; '.join(differences)}), so its epochs may have "
                         f"trained on the new held-out images: resume with its data flags, or start a new --out")
