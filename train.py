@@ -120,8 +120,8 @@ def resume(last: Path, network: model.SimSiam, optimizer, recorded: dict, args: 
     if not torch.equal(hashes := state["pretraining_hashes"], recorded["pretraining_hashes"][:, :hashes.shape[1]]):
         was, now = (run.get("cache_size") or dataset.default_cache_size(run["image_size"]) for run in (state["args"],
                                                                                                     vars(args)))
-        differences.append(f"the pretraining photos' pixels{f' (decoded at {now} px, the run at {was} px: pass its '
-                           f'--image-size {state["args"]["image_size"]} and --cache-size {was})' * (was != now)}")
+        sizes = f" (decoded at {now} px, the run at {was} px: pass its --image-size {state['args']['image_size']} and "
+        differences.append("the pretraining photos' pixels" + f"{sizes}--cache-size {was})" * (was != now))
     if differences:
         raise UserError(f"cannot resume {last}: its split differs ({'; '.join(differences)}), so its epochs may have "
                         f"trained on the new held-out images: resume with its data flags, or start a new --out")

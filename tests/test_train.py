@@ -337,7 +337,7 @@ def test_a_resume_at_another_image_size_says_so(reference, cache, tmp_path, smal
     run, _ = reference
     argv = train_args(Path(json.loads((run / "args.json").read_text())["data"]), cache, tmp_path / "other",
                       "--image-size", "24", "--resume", str(run / "last.pt"))
-    assert "(decoded at 28 px, the run's at 19 px: pass its --image-size 16 and --cache-size 19)" in refused(argv,
+    assert "(decoded at 28 px, the run at 19 px: pass its --image-size 16 and --cache-size 19)" in refused(argv,
                                                                                                          capsys)
 
 
