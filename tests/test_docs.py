@@ -141,7 +141,8 @@ def test_the_readme_is_short_and_speaks_of_the_project_only():
 
 
 # appended to each README command, so that it runs in seconds; the README's own flags, folders and order are kept
-QUICK = {"train.py": ["--epochs", "1", "--image-size", "16", "--limit", "300", "--labels", "20", "--device", "cpu"],
+QUICK = {"train.py": ["--epochs", "1", "--image-size", "16", "--precision", "auto", "--limit", "300", "--labels", "20",
+                      "--device", "cpu"],
          "classifier.py": ["--epochs", "1", "--limit", "300", "--labels", "20", "--device", "cpu"],
          "pictures.py": ["--limit", "300", "--labels", "20", "--device", "cpu"], "embed.py": [], "plot.py": [],
          "predict.py": []}
