@@ -225,10 +225,9 @@ def main(argv=None) -> None:
         print(f"closed-form probe (logistic regression, penalty {closed_form['closed_form_penalty']:.0e} by "
               f"{closed_form['closed_form_folds']}-fold CV log-loss on the labels): "
               f"{closed_form['closed_form_accuracy']:.4f}")
-    compared = [(probe, difference) for key, probe in evaluate.PROBE_PREDICTIONS.items() if other is not None
-                and (difference := evaluate.compare_predictions(predictions, other, key)) is not None]
+    compared = [] if other is None else evaluate.paired_differences(predictions, other)
     for probe, difference in compared:
-        print(f"{probe}, this run - {args.compare}: {evaluate.describe_difference(difference)}")
+        print(f"{probe}, this run - {args.compare}: {difference}")
     if other is not None and not compared:
         print(f"note: --compare {args.compare} tested no image of this run's test set, or another probe: not compared")
     error = evaluate.standard_error(test_accuracy, len(test.indices))

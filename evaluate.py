@@ -81,6 +81,10 @@ def describe_difference(d: dict) -> str:  # +6.1 ± 1.3 points (paired s.e.; 95%
             f"{100 * d['low']:+.1f} to {100 * d['high']:+.1f}; McNemar p {d['mcnemar_p']:.2g}) on {d['num_test']:,} "
             f"test images")
 
+def paired_differences(a: dict, b: dict) -> list[tuple[str, str]]:  # (probe, a - b described) per probe compared
+    return [(probe, describe_difference(d)) for key, probe in PROBE_PREDICTIONS.items()
+            if (d := compare_predictions(a, b, key)) is not None]
+
 # ---------------------------------------------------------------- the closed-form probe (Kornblith et al. 2019)
 
 # lambda of lambda / 2 ||W||^2 added to the mean cross-entropy (scikit-learn's C = 1 / (lambda n)), nearly none to huge

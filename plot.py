@@ -120,12 +120,12 @@ def results(classifiers: list[dict]) -> list[str]:  # test accuracies; SimSiam -
     for run in finished:
         with contextlib.suppress(UserError):
             saved[run["folder"]] = runs.read_predictions(run["folder"])
-    pairs = [(a, b, key, probe) for a in finished for b in finished for key, probe in evaluate.PROBE_PREDICTIONS.items()
+    pairs = [(a, b) for a in finished for b in finished
              if a["args"]["mode"] == b["args"]["mode"] and a["args"]["backbone"] != "random" == b["args"]["backbone"]]
-    for a, b, key, probe in pairs:  # a difference of None: tested on other images
-        if difference := evaluate.compare_predictions(saved.get(a["folder"], {}), saved.get(b["folder"], {}), key):
-            rows.append(f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: "
-                        f"{evaluate.describe_difference(difference)} ({a['name']} against {b['name']})")
+    for a, b in pairs:  # none on other images
+        rows += [f"{a['args']['backbone'].replace('simsiam', 'SimSiam')} - random, {probe}: {difference} ({a['name']} "
+                 f"against {b['name']})" for probe, difference in evaluate.paired_differences(
+                     saved.get(a["folder"], {}), saved.get(b["folder"], {}))]
     return rows
 
 @runs.reports_errors
