@@ -120,8 +120,9 @@ def resume(last: Path, network: model.SimSiam, optimizer, recorded: dict, args: 
     if not torch.equal(hashes := state["pretraining_hashes"], recorded["pretraining_hashes"][:, :hashes.shape[1]]):
         was, now = (run.get("cache_size") or dataset.default_cache_size(run["image_size"]) for run in (state["args"],
                                                                                                     vars(args)))
-        sizes = f" (decoded at {now} px, the run at {was} px: pass its --image-size {state['args']['image_size']} and "
-        differences.append("the pretraining photos' pixels" + f"{sizes}--cache-size {was})" * (was != now))
+        sizes = (f" (decoded at {now} px, the run at {was} px: pass its --image-size {state['args']['image_size']} "
+                 f"and --cache-size {was})")
+        differences.append("the pretraining photos' pixels" + sizes * (was != now))
     if differences:
         raise UserError(f"cannot resume {last}: its split differs ({'; '.join(differences)}), so its epochs may have "
                         f"trained on the new held-out images: resume with its data flags, or start a new --out")
@@ -187,13 +188,12 @@ def main(argv=None) -> None:
     optimizer = model.make_optimizer(network, peak_lr, args.momentum, args.weight_decay)
     start = {"epoch": 0, "step": 0, "loss_sum": 0.0, "std_sum": 0.0} if last is None else resume(
         last, network, optimizer, recorded, args, say)
-    if not 0 <= start["step"] < len(pretrain) // args.batch_size:
-        raise UserError(f"cannot resume {last}: its step {start['step']} is past an epoch of "
-                        f"{len(pretrain) // args.batch_size} steps: resume with its --batch-size "
-                        f"{start['args']['batch_size']}, or start a new --out")
+    steps_per_epoch = len(pretrain) // args.batch_size
+    if not 0 <= start["step"] < steps_per_epoch:
+        raise UserError(f"cannot resume {last}: its step {start['step']} is past an epoch of {steps_per_epoch} steps: "
+                        f"resume with its --batch-size {start['args']['batch_size']}, or start a new --out")
     wrapped = runs.wrap(network, context, device)  # DDP in several processes; shares its weights with `network`
     wrapped = torch.compile(wrapped) if args.compile else wrapped
-    steps_per_epoch = len(pretrain) // args.batch_size
     total = steps_per_epoch * args.epochs
     say(f"SimSiam ResNet18, {sum(p.numel() for p in network.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}: {runtime.reason}) x {world} process(es), cache in {images.device.type} memory; "
