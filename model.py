@@ -146,8 +146,9 @@ def atomic_save(state: dict, path: Path) -> None:
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0o600 would hide the checkpoint from the group
         os.replace(temporary, path)
     except Exception as error:  # torch.save raises RuntimeError for a full disk, OSError or others elsewhere
-        with contextlib.suppress(OSError, TypeError):  # TypeError: no temporary file yet
-            os.unlink(temporary)
+        if temporary is not None:
+            with contextlib.suppress(OSError):  # a folder made read-only keeps it: named below
+                os.unlink(temporary)
         left = f"; delete {temporary}, left where it could not be" if temporary and os.path.exists(temporary) else ""
         kept = "the previous file is kept" if path.exists() else "nothing was written"
         raise UserError(f"cannot write {path} ({getattr(error, 'strerror', None) or error}): free some space there, "
