@@ -110,7 +110,8 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:  # the fla
     try:
         record = json.loads(path.read_text())
         flags = {name: record[name] for name in record.get("flags", record)}  # "flags": the names of the flags
-        flags.update({"init": "random"} if "flags" not in record and record.get("random") else {})  # before --init
+        if "flags" not in record and record.get("random"):  # a record from before --init: random init
+            flags["init"] = "random"
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise UserError(f"--config {path}: not a run's args.json ({type(error).__name__}: {error})") from None
     known = {action.dest for action in parser._actions} - {"help", "config", "resume", "overwrite"}
