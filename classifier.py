@@ -13,6 +13,7 @@
 Resolution and cache follow the checkpoint's. Writes OUT/args.json, metrics.jsonl, labelled.json, classifier.pt (for
 predict.py) and predictions.json (per test image, for --compare and plot.py)."""
 import argparse
+import functools
 import json
 import math
 from pathlib import Path
@@ -152,7 +153,7 @@ def main(argv=None) -> None:
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled], "classes": data.classes,
         "labels": data.labels[labelled].tolist(), "root": str(data.root)}))
-    metrics = runs.Metrics(out / "metrics.jsonl")
+    log_metrics = functools.partial(runs.log, out / "metrics.jsonl")
     print(f"{mode} {backbone.name} ResNet18 + linear head at {image_size} px from a {cache_size} px cache, "
           f"{len(labelled):,} labelled images, {test.name}, on {device} ({runtime.precision})")
 
@@ -190,7 +191,7 @@ def main(argv=None) -> None:
             raise UserError(f"non-finite training loss at epoch {epoch + 1}: stopped, nothing saved. Lower --lr "
                             f"(or --backbone-lr-factor)")
         bar.set_postfix(train_loss=f"{train_loss:.3f}", train_accuracy=f"{train_accuracy:.3f}")
-        metrics.log(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_accuracy, lr=lrs["head"],
+        log_metrics(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_accuracy, lr=lrs["head"],
                     **({"backbone_lr": lrs["backbone"]} if args.finetune else {}),
                     **({} if validation_features is None else
                        {"validation_accuracy": head_accuracy(validation_features, validation)}))
@@ -218,7 +219,7 @@ def main(argv=None) -> None:
                    "files": test.files, "labels": test.labels.tolist(), "head": test_logits.argmax(1).tolist(),
                    **({"closed_form": closed_form.pop("closed_form_predictions")} if closed_form else {})}
     (out / "predictions.json").write_text(json.dumps(predictions))
-    metrics.log(event="final", test_accuracy=test_accuracy, num_test=len(test.indices), test_set=test.name,
+    log_metrics(event="final", test_accuracy=test_accuracy, num_test=len(test.indices), test_set=test.name,
                 num_left_out=len(test.left_out), **fitted, **closed_form)
     runs.keep_run(out)
     if closed_form:

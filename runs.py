@@ -223,13 +223,9 @@ def save_args(out: Path, args: argparse.Namespace, **derived) -> None:
     record.setdefault("environment", environment(torch.device(derived.get("device_used", "cpu"))))
     (out / "args.json").write_text(json.dumps(record, indent=2) + "\n")
 
-class Metrics:  # OUT/metrics.jsonl: a flat JSON object per event, flushed at once
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def log(self, **record) -> None:
-        with open(self.path, "a") as file:
-            file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+def log(path: Path, **record) -> None:  # OUT/metrics.jsonl: a flat JSON object per event, flushed at once
+    with open(path, "a") as file:
+        file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 def read_jsonl(path: Path) -> list[dict]:  # the JSON objects; a line cut short by a killed process is skipped
     records = []

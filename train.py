@@ -198,7 +198,6 @@ def main(argv=None) -> None:
     say(f"SimSiam ResNet18, {sum(p.numel() for p in network.parameters()) / 1e6:.1f} M parameters, on {device} "
         f"({runtime.precision}: {runtime.reason}) x {world} process(es), cache in {images.device.type} memory; "
         f"{args.epochs} epochs of {steps_per_epoch} steps, batch {args.batch_size}, peak lr {peak_lr:g}")
-    metrics = runs.Metrics(args.out / "metrics.jsonl")
     augment_generator, checkpoint, healthy_std = runs.generator(device, 0), last, 1 / math.sqrt(model.PROJECTION_DIM)
 
     with runs.StopSignals() as stop:  # from here a signal stops the run after the step in progress, saved
@@ -249,7 +248,7 @@ def main(argv=None) -> None:
                     print(f"warning: z-std below {COLLAPSE_FRACTION} / sqrt(d): the representation is collapsing")
                 if stop_now or (epoch + 1) % args.save_every == 0 or epoch + 1 in (args.epochs, *args.keep_epochs):
                     checkpoint = save(args.out, network, optimizer, recorded, checkpoint, epoch + 1)
-                metrics.log(epoch=epoch + 1, **record)  # after its checkpoint: a failed save leaves no record ahead
+                runs.log(args.out / "metrics.jsonl", epoch=epoch + 1, **record)  # after its checkpoint: none ahead
                 if epoch + 1 in args.keep_epochs:  # a budget of the curve of the lead against pretraining time
                     shutil.copyfile(args.out / "siam.pt", args.out / f"siam-epoch{epoch + 1}.pt")
             if stop_now:

@@ -224,7 +224,7 @@ def overwrite_then(tmp_path: Path, action) -> None:
         held = runs.check_out(tmp_path / "run", overwrite=True)
         runs.start_run(tmp_path / "run", held)
         runs.save_args(tmp_path / "run", args)
-        runs.Metrics(tmp_path / "run" / "metrics.jsonl").log(epoch=1, loss=float("nan"))
+        runs.log(tmp_path / "run" / "metrics.jsonl", epoch=1, loss=float("nan"))
         action()
     ACTIONS["overwrite"] = run
 
@@ -310,10 +310,10 @@ def test_config_reruns_a_record_with_the_flags_given_winning(tmp_path, capsys):
 def test_metrics_are_flushed_per_record_and_read_back_past_a_cut_line(tmp_path):
     """Each record is on disk as soon as it is logged; a line cut short by a kill, or a line that is not an
     object, is skipped by read_jsonl; the last "final" record is the run's result."""
-    metrics = runs.Metrics(tmp_path / "metrics.jsonl")
-    metrics.log(epoch=1, loss=-0.5)
+    metrics = tmp_path / "metrics.jsonl"
+    runs.log(metrics, epoch=1, loss=-0.5)
     assert runs.read_jsonl(tmp_path / "metrics.jsonl")[0]["loss"] == -0.5
-    metrics.log(event="final", test_accuracy=0.75, num_test=8)
+    runs.log(metrics, event="final", test_accuracy=0.75, num_test=8)
     with open(tmp_path / "metrics.jsonl", "a") as file:
         file.write('3\n"text"\n{"epoch": 3, "loss"')
     records = runs.read_jsonl(tmp_path / "metrics.jsonl")
@@ -323,11 +323,11 @@ def test_metrics_are_flushed_per_record_and_read_back_past_a_cut_line(tmp_path):
 
 def test_truncate_metrics_drops_the_epochs_a_resume_writes_again(tmp_path):
     """A resume from epoch 1 drops the records of later epochs and events, which the resumed run writes again."""
-    metrics = runs.Metrics(tmp_path / "metrics.jsonl")
+    metrics = tmp_path / "metrics.jsonl"
     for epoch in (1, 2, 3):
-        metrics.log(epoch=epoch, loss=float(epoch))
-    metrics.log(event="ranks", world_size=2)
-    metrics.log(epoch="2", loss=0.5)  # not of this code's making: dropped, not a TypeError
+        runs.log(metrics, epoch=epoch, loss=float(epoch))
+    runs.log(metrics, event="ranks", world_size=2)
+    runs.log(metrics, epoch="2", loss=0.5)  # not of this code's making: dropped, not a TypeError
     runs.truncate_metrics(tmp_path / "metrics.jsonl", after_epoch=1)
     assert [record.get("epoch") for record in runs.read_jsonl(tmp_path / "metrics.jsonl")] == [1, None]
     assert runs.final_record(tmp_path / "metrics.jsonl") is None
