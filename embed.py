@@ -25,10 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the .npy file, the .csv beside it (default: %(default)s)")
     group = parser.add_argument_group("backbone and cache")
     evaluate.add_backbone_arguments(group)
-    group.add_argument("--cache-size", type=runs.image_size, default=None, help="cached side in px (default: the "
-                       "checkpoint's, else 8/7 of the image size)")
-    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(), help="(default: %(default)s)")
-    group.add_argument("--workers", type=runs.positive(int), default=None, help="decoding processes (default: all)")
+    runs.add_cache_arguments(group)
     runs.add_run_arguments(group)
     parser.set_defaults(demo=False)
     args = parser.parse_args(argv)

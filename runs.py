@@ -57,11 +57,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:  # shared by ev
     group.add_argument("--download", action="store_true", help="first fetch Microsoft's archive (787 MB) to --data")
     group.add_argument("--download-url", default=dataset.DEFAULT_URL, help="where --download fetches from")
     group.add_argument("--demo", action="store_true", help="a generated two-class set, with small settings")
-    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(),
-                       help="decoded images' cache (default: %(default)s)")
-    group.add_argument("--cache-size", type=image_size, default=None, help="cached side in px (default: 8/7 image)")
+    add_cache_arguments(group)
     group.add_argument("--limit", type=positive(int), default=None, help="use a seeded subset of N images")
-    group.add_argument("--workers", type=positive(int), default=None, help="decoding processes (default: all cores)")
     group = parser.add_argument_group("splits (keep equal across scripts)")
     group.add_argument("--split-seed", type=seed, default=0, help="seed of the test split and --limit (default: 0)")
     group.add_argument("--test-fraction", type=fraction, default=0.1,
@@ -70,6 +67,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:  # shared by ev
                        "split (not the test's), held out from pretraining and labels; 0: none (default: %(default)s)")
     group.add_argument("--labels", type=positive(int), default=250, help="labelled images, balanced (default: 250)")
     group.add_argument("--label-seed", type=seed, default=0, help="seed of the labelled subset draw (default: 0)")
+
+def add_cache_arguments(group) -> None:  # where, at what side and by how many processes the photos are decoded
+    group.add_argument("--cache-dir", type=Path, default=dataset.default_cache_dir(), help="decoded images' cache "
+                       "(default: %(default)s)")
+    group.add_argument("--cache-size", type=image_size, default=None, help="cached side in px (default: a "
+                       "checkpoint's, else 8/7 of the image size)")
+    group.add_argument("--workers", type=positive(int), default=None, help="decoding processes (default: all cores)")
 
 def add_run_arguments(group) -> None:
     group.add_argument("--seed", type=seed, default=0, help="seed of initialisation, batch order and augmentation, "
