@@ -13,10 +13,9 @@ import sys
 import time
 
 import pytest
-from PIL import Image
 
 import evaluate
-from experiments import check_machine, cpu_result, headline, label_efficiency, runner
+from experiments import check_machine, cpu_result, headline, runner
 from model import UserError
 
 LABELS = [0, 1] * 10  # 20 test images
@@ -133,37 +132,9 @@ def test_headline_protocols_bound_and_spread_over_pretraining_seeds(tmp_path, pa
     assert "| supervised bound, every label | | | 95.0% |" in table and "2 pretraining seeds" in table
 
 
-def test_label_efficiency_summary_and_plot(tmp_path, parsed):
-    """Per backbone, protocol and number of labels: the draws and their spread (min <= mean <= max), the closed-form
-    probe for the frozen runs only, the supervised bound and chance; the plot is a PNG. The runs on every label come
-    first, the longest. --imagenet adds ImageNet weights as a backbone."""
-    folder = tmp_path / "runs"
-    write_pretraining(folder / "pretrain-seed0")
-    for backbone, base in (("random", 10), ("simsiam-seed0", 12), ("imagenet", 14)):
-        for mode in ("frozen", "finetune"):
-            write_run(folder / f"{backbone}-{mode}-all-labels", base + 6, 16 if mode == "frozen" else None, 300)
-            for seed in (0, 1):
-                write_run(folder / f"{backbone}-{mode}-10-labels-seed{seed}", base + seed,
-                          base if mode == "frozen" else None, 10)
-    label_efficiency.main(["--sizes", "10", "--label-seeds", "0", "1", "--imagenet", "--runs", str(folder),
-                           "--results", str(tmp_path / "results")])
-    assert len(parsed) == 1 + 2 * 3 * 3 and "--all-labels" in parsed[1] and "--all-labels" not in parsed[7]
-    assert sum("imagenet" in command for command in parsed) == 2 * 3
-    result = json.loads((tmp_path / "results" / "label-efficiency.json").read_text())
-    summary = {(r["backbone"], r["protocol"], r["labels"]): r for r in result["summary"]}
-    assert len(summary) == 3 * 3 * 2 and summary["random", "fine-tuned", 300]["seeds"] == 1
-    ten = summary["simsiam-seed0", "linear probe", 10]
-    assert ten["seeds"] == 2 and (ten["min"], ten["mean"], ten["max"]) == pytest.approx((0.6, 0.625, 0.65))
-    assert {run["protocol"] for run in result["runs"] if "finetune" in run["run"]} == {"fine-tuned"}
-    assert result["chance"] == 0.5 and result["num_test"] == 20
-    with Image.open(tmp_path / "results" / "label-efficiency.png") as image:
-        assert image.format == "PNG" and image.size[0] > 800
-
-
 @pytest.mark.parametrize("experiment, argv, message", [
     (cpu_result, ["--label-seeds", "0", "0"], "--label-seeds must differ from each other, got 0 0"),
     (headline, ["--pretrain-seeds", "x"], "argument --pretrain-seeds"),
-    (label_efficiency, ["--sizes", "0"], "argument --sizes"),
     (headline, ["--parallel", "0"], "argument --parallel"),
     (check_machine, ["--devices", "cpu"], "unrecognized arguments"),
     (headline, ["--tiny", "--data", "/nonexistent"], "argument --data: not allowed with argument --tiny"),
