@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tested on the validation split, the test split unread: for choosing settings")
     group.add_argument("--compare", type=Path, default=None, metavar="RUN",
                        help="print the paired difference of each probe against this classifier run (same test set)")
-    runs.add_output_arguments(group, None, False, shown="runs/classifier-{random|simsiam}-{frozen|finetune}")
+    runs.add_output_arguments(group, None, False, shown="runs/classifier-BACKBONE-{frozen|finetune}")
     runs.add_run_arguments(group)
     return runs.parse(parser, argv, DEMO)
 
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     if checkpoint is not None and args.test_data is None:  # the held-out split of other data flags
         evaluate.check_unseen(checkpoint, args.checkpoint, test.hashes)
     classifier = classifier.to(device, memory_format=runtime.memory_format)
-    classifier.backbone.requires_grad_(args.finetune)  # frozen: no gradient, eval mode below, checked unchanged
+    classifier.backbone.requires_grad_(args.finetune)  # frozen: no gradient, eval mode below (tests: unchanged)
     batch_size = min(args.batch_size, len(labelled))
     steps_per_epoch = len(labelled) // batch_size  # the incomplete last batch is dropped
     peak_lr = model.peak_lr(args.lr, batch_size)  # each group named, at its own peak lr (model.set_lr)
