@@ -135,11 +135,11 @@ def near(identities: torch.Tensor, others: torch.Tensor, chunk: int = 256) -> to
     def alike(a, b):  # (K, 3) pairs of colours: within NEAR_LEVELS each, or where either is grey, in brightness
         grey, luma = (a.amax(1) - a.amin(1) <= 2) | (b.amax(1) - b.amin(1) <= 2), torch.from_numpy(LUMA).float()
         return ((a - b).abs() <= NEAR_LEVELS).all(1) | grey & ((a - b).float() @ luma).abs().le(NEAR_LEVELS)
-    found = torch.zeros(len(identities), dtype=torch.bool)
+    found, theirs = torch.zeros(len(identities), dtype=torch.bool), (parts(others), parts(others[:, :2]))
     for start in range(0, len(identities) if len(others) else 0, chunk):
         rows = identities[start:start + chunk]
-        for mine, theirs in ((rows[:, :2], others), (rows, others[:, :2])):  # its own view: their views; and back
-            (bits, colours), (other_bits, other_colours) = parts(mine), parts(theirs)
+        for mine, (other_bits, other_colours) in zip((rows[:, :2], rows), theirs):  # its own view: their views; back
+            bits, colours = parts(mine)
             distance = bits.sum(1, keepdim=True) + other_bits.sum(1) - 2 * bits @ other_bits.T
             i, j = torch.nonzero(distance <= NEAR_BITS, as_tuple=True)
             found[start + i[alike(colours[i], other_colours[j])] // (mine.shape[1] // 2)] = True
