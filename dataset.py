@@ -219,7 +219,7 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
             meta = {"root": str(root), "shape": [len(kept), 3, size, size], "files": [files[i] for i in kept],
                     "identities": [results[i][0] for i in kept], "skipped": skipped}
             (staging / "meta.json").write_text(json.dumps(meta))  # a name that is not UTF-8 round-trips (\udcXX)
-            lines = [one_line(name) + f"\t{why}\n".encode() for name, why in skipped.items()]
+            lines = [os.fsencode(f"{one_line(name)}\t{why}\n") for name, why in skipped.items()]
             (staging / "skipped.txt").write_bytes(b"".join(lines))
     finally:
         _rows = None
@@ -270,8 +270,10 @@ def load_images(root: Path, size: int, cache_dir: Path, limit: int | None = None
     return ImageSet(root, images, torch.tensor(kept_labels), classes, meta["files"], meta["skipped"], folder,
                     torch.tensor(meta["identities"], dtype=torch.int64).reshape(-1, 8))
 
-def one_line(name: str) -> bytes:  # a file name as bytes for a list of one name per line: \n, \t and \\ escaped
-    return os.fsencode(name).replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")
+ONE_LINE = {c: ascii(chr(c))[1:-1] for c in (*range(32), ord("\\"), 127, 0x85, 0x2028, 0x2029)}  # \n, \\, \x1b ...
+
+def one_line(name: str) -> str:  # a name kept on one line of a list or an output: control characters escaped
+    return name.translate(ONE_LINE)
 
 def shown(name: str) -> str:  # printable anywhere: the bytes of a name that is not UTF-8 (surrogates) as \xNN
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -372,7 +374,7 @@ def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
     if verbose and len(splits.two_labels):
         names = [data.files[i] for i in splits.two_labels]
         with contextlib.suppress(OSError):  # the cache folder is named by the files, so by their classes too
-            (data.cache_path / "two-labels.txt").write_bytes(b"".join(one_line(name) + b"\n" for name in names))
+            (data.cache_path / "two-labels.txt").write_bytes(b"".join(os.fsencode(one_line(n) + "\n") for n in names))
         print(f"warning: {len(names):,} photos are under two classes or more, the same pixels ("
               f"{', '.join(map(shown, names[:3]))}{' ...' * (len(names) > 3)}): left out of every split; listed in "
               f"{data.cache_path / 'two-labels.txt'}")

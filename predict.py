@@ -23,8 +23,6 @@ import model
 import runs
 from model import UserError
 
-ONE_LINE = {c: ascii(chr(c))[1:-1] for c in (*range(32), 127, 0x85, 0x2028, 0x2029)}  # control characters, newlines
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", type=Path, nargs="+", help="photos, and folders searched recursively for photos")
@@ -78,7 +76,7 @@ def main(argv=None) -> None:
             images = torch.from_numpy(np.stack([image for image, _ in decoded]))  # (B, 3, S, S) uint8
             features = evaluate.embed(classifier.backbone, images, torch.arange(len(batch)), image_size, runtime)
             for path, (_, reason), row in zip(batch, decoded, F.softmax(classifier.head(features), dim=1).tolist()):
-                name, label = dataset.shown(str(path)).translate(ONE_LINE), row.index(max(row))  # argmax: the first
+                name, label = dataset.shown(dataset.one_line(str(path))), row.index(max(row))  # argmax: the first
                 if reason is not None:  # unreadable: its blank's probabilities are not shown
                     print(f"skipped {name}: {reason}", file=sys.stderr)
                     continue
