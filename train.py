@@ -214,7 +214,7 @@ def main(argv=None) -> None:
             batches = dataset.device_batches(images, pretrain, args.batch_size, runs.generator(
                 images.device, seed_of(args.seed, epoch)), device, context.rank, world, skip=first_step)
             bar = tqdm(batches, f"epoch {epoch + 1}/{args.epochs}", steps_per_epoch, initial=first_step, leave=False,
-                       disable=not context.is_main)
+                       **({} if context.is_main else {"disable": True}))  # as given, TQDM_DISABLE would not hide it
             for step, batch in enumerate(bar, start=first_step):  # batch: (B / world, 3, S, S) uint8 on the device
                 augment_generator.manual_seed(seed_of(args.seed, epoch, step, context.rank))
                 loss, std = model.train_step(wrapped, optimizer, batch, augment_generator, args.image_size,

@@ -275,6 +275,17 @@ def test_ctrl_c_saves_where_it_stopped_and_resume_equals_the_uninterrupted_run(
 
 
 @pytest.mark.slow
+def test_tqdm_disable_hides_the_progress_bars(cache, tmp_path):
+    """TQDM_DISABLE=1 (docs/scripts.md) leaves no progress bar in a run's output: a bar given `disable=` by the code
+    ignores the variable."""
+    result = subprocess.run([PYTHON, "train.py", "--demo", "--cache-dir", str(cache), "--out", str(tmp_path / "run"),
+                             "--epochs", "1", "--limit", "80", "--labels", "10", "--image-size", "16", "--batch-size",
+                             "16", "--device", "cpu"], cwd=REPOSITORY, env={**ONE_THREAD, "TQDM_DISABLE": "1"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "it/s" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
 def test_sigterm_in_a_process_saves_and_exits_143(tree, cache, tmp_path, small_heads):
     """SIGTERM to a training process (a cluster's preemption): last.pt saved where it stopped, one line, no
     traceback, exit status 128 + 15."""
