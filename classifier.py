@@ -16,7 +16,6 @@ import argparse
 import functools
 import json
 import math
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -150,7 +149,7 @@ def main(argv=None) -> None:
                    mode=mode, batch_size_used=batch_size, peak_lr=peak_lr, num_classes=len(data.classes),
                    test_set=test.name, test_fingerprint=test.fingerprint, num_left_out=len(test.left_out))
     if test.left_out:
-        (out / "left-out.txt").write_bytes(b"".join(os.fsencode(dataset.one_line(n) + "\n") for n in test.left_out))
+        dataset.write_names(out / "left-out.txt", test.left_out)
     (out / "labelled.json").write_text(json.dumps({
         "indices": labelled.tolist(), "files": [data.files[i] for i in labelled], "classes": data.classes,
         "labels": data.labels[labelled].tolist(), "root": str(data.root)}))

@@ -219,8 +219,7 @@ def build_cache(root: Path, files: list[str], size: int, folder: Path, workers: 
             meta = {"root": str(root), "shape": [len(kept), 3, size, size], "files": [files[i] for i in kept],
                     "identities": [results[i][0] for i in kept], "skipped": skipped}
             (staging / "meta.json").write_text(json.dumps(meta))  # a name that is not UTF-8 round-trips (\udcXX)
-            lines = [os.fsencode(f"{one_line(name)}\t{why}\n") for name, why in skipped.items()]
-            (staging / "skipped.txt").write_bytes(b"".join(lines))
+            write_names(staging / "skipped.txt", skipped)
     finally:
         _rows = None
 
@@ -274,6 +273,10 @@ ONE_LINE = {c: ascii(chr(c))[1:-1] for c in (*range(32), ord("\\"), 127, 0x85, 0
 
 def one_line(name: str) -> str:  # a name kept on one line of a list or an output: control characters escaped
     return name.translate(ONE_LINE)
+
+def write_names(path: Path, names) -> None:  # a list of photos, a name a line (one_line); a dict's values after a tab
+    path.write_bytes(b"".join(os.fsencode(one_line(name) + (f"\t{names[name]}" if isinstance(names, dict) else "")
+                                          + "\n") for name in names))
 
 def shown(name: str) -> str:  # printable anywhere: the bytes of a name that is not UTF-8 (surrogates) as \xNN
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -374,7 +377,7 @@ def open_data(options, verbose: bool = True) -> tuple[ImageSet, Splits]:
     if verbose and len(splits.two_labels):
         names = [data.files[i] for i in splits.two_labels]
         with contextlib.suppress(OSError):  # the cache folder is named by the files, so by their classes too
-            (data.cache_path / "two-labels.txt").write_bytes(b"".join(os.fsencode(one_line(n) + "\n") for n in names))
+            write_names(data.cache_path / "two-labels.txt", names)
         print(f"warning: {len(names):,} photos are under two classes or more, the same pixels ("
               f"{', '.join(map(shown, names[:3]))}{' ...' * (len(names) > 3)}): left out of every split; listed in "
               f"{data.cache_path / 'two-labels.txt'}")
