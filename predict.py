@@ -44,13 +44,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if sys.stdout is None:  # closed (>&-): every prediction would vanish
         raise UserError("stdout is closed, so the predictions would go nowhere: redirect it (> predictions.txt)")
-    files = []  # files as given, folders' photos at any depth and unreadable sub-folders; each once, as first given
+    files = {}  # resolved -> as first given: files named, folders' photos at any depth and unreadable sub-folders
     for path in args.paths:
         if not path.is_dir() and not path.is_file():  # a mistyped name is no damaged photo; a named pipe would hang
             raise UserError(f"no such file or folder: {path}" if not path.exists() else
                             f"not a regular file or folder (a named pipe or a device?): {path}")
-        files += [path / name for name in dataset.image_tree(path)] if path.is_dir() else [path]
-    files = [files[i] for i in sorted({path.resolve(): i for i, path in reversed(list(enumerate(files)))}.values())]
+        for file in [path / name for name in dataset.image_tree(path)] if path.is_dir() else [path]:
+            files.setdefault(file.resolve(), file)  # each photo once, however often named
+    files = list(files.values())
     if args.csv is not None and (args.csv.is_dir() or (args.csv.exists() and args.csv.suffix.lower() != ".csv")):
         raise UserError(f"--csv {args.csv} would replace a folder or a file that is not a .csv file: name a .csv file")
     runtime = runs.make_runtime(args.device, args.precision)
